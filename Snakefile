@@ -1,0 +1,37 @@
+# fastscan: restore fast video-rate laser-scanning microscopy with a GAN.
+# Run from the repository root: snakemake --profile profiles/default --cores 16
+from snakemake.utils import min_version
+
+min_version("9.16")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/simulate.smk"
+include: "workflow/rules/ingest.smk"
+include: "workflow/rules/register.smk"
+include: "workflow/rules/dataset.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/restore.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        "results/qc/registration.tsv",
+        "results/report/metrics.tsv",
+        "results/report/summary.tsv",
+        get_all_slides,
+    default_target: True
+
+
+rule train_all:
+    input:
+        get_all_models,
+
+
+rule restore_all:
+    input:
+        get_all_slides,

@@ -1,0 +1,317 @@
+"""Tiled LR/HR training datasets in Zarr, normalisation, and data loaders.
+
+A dataset store holds raw intensities; the percentile normalisation (as in CSBDeep) is computed on
+the training split only and stored in the attributes, so inference reuses exactly the same mapping.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import zarr
+
+log = logging.getLogger(__name__)
+
+TILE_COLUMNS = ["sample", "session", "fov", "frame", "y", "x", "split"]
+
+
+class DatasetError(ValueError):
+    """A dataset cannot be built or read."""
+
+
+@dataclass(frozen=True)
+class FovEntry:
+    """One registered FOV that contributes tiles."""
+
+    path: str
+    sample: str
+    session: str
+    fov: str
+    split: str
+
+
+def normalise(x: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map ``low`` to 0 and ``high`` to 1 (float32, not clipped)."""
+    return ((np.asarray(x, dtype=np.float32) - np.float32(low)) / np.float32(max(high - low, 1e-6))).astype(np.float32)
+
+
+def percentile_range(values: np.ndarray, *, low: float, high: float) -> list[float]:
+    """Percentiles ``low`` and ``high`` of ``values`` as plain floats."""
+    lo, hi = np.percentile(values, [low, high])
+    if hi <= lo:
+        raise DatasetError(f"intensity percentiles {low}/{high} coincide ({lo}); the training images are constant")
+    return [float(lo), float(hi)]
+
+
+def _read_registered(path: str) -> tuple[zarr.Array, np.ndarray, dict]:
+    g = zarr.open_group(path, mode="r")
+    return g["lr"], np.asarray(g["hr"][...], dtype=np.float32), dict(g.attrs.get("fastscan", {}))
+
+
+def tile_origins(size: int, tile: int, stride: int) -> list[int]:
+    """Origins of tiles of length ``tile`` every ``stride`` pixels; the last one touches the edge."""
+    if tile > size:
+        raise DatasetError(f"tile size {tile} is larger than the image ({size} px)")
+    origins = list(range(0, size - tile + 1, stride))
+    if origins[-1] != size - tile:
+        origins.append(size - tile)
+    return origins
+
+
+def build_dataset(
+    fovs: Sequence[FovEntry],
+    out: str | os.PathLike,
+    *,
+    tile: int = 64,
+    stride: int = 64,
+    max_frames: int | None = None,
+    background: float = 0.05,
+    percentiles: tuple[float, float] = (1.0, 99.8),
+) -> dict[str, Any]:
+    """Cut registered FOVs into LR/HR tile pairs and write one Zarr store.
+
+    Parameters
+    ----------
+    fovs : sequence of FovEntry
+        Registered stores with their split (``train`` or ``val``). FOVs whose registration QC
+        failed are skipped and logged.
+    out : path-like
+        The ``.zarr`` directory to write (atomically).
+    tile, stride : int
+        LR tile size and step; HR tiles are ``scale`` times larger.
+    max_frames : int, optional
+        Use at most this many frames per FOV (all by default).
+    background : float
+        A tile position is dropped when the 99th percentile of its HR tile, normalised by the
+        training range, is below this value: such tiles teach the network nothing but noise.
+    percentiles : (float, float)
+        Percentiles of the training intensities mapped to 0 and 1.
+
+    Returns
+    -------
+    dict
+        The attributes written (tile counts, normalisation, dropped counts).
+    """
+    out = Path(out)
+    usable: list[tuple[FovEntry, zarr.Array, np.ndarray, dict]] = []
+    excluded = []
+    for entry in fovs:
+        if entry.split not in ("train", "val"):
+            raise DatasetError(f"FOV {entry.sample}/{entry.session}/{entry.fov} has split {entry.split!r}; only train/val FOVs go into a dataset")
+        lr, hr, attrs = _read_registered(entry.path)
+        reg = attrs.get("registration", {})
+        if not reg.get("passed", True):
+            log.warning(
+                "excluding FOV %s/%s/%s from the dataset: registration QC failed (ncc=%.3f < %.3f)",
+                entry.sample, entry.session, entry.fov, reg.get("ncc", float("nan")), reg.get("min_ncc", float("nan")),
+            )
+            excluded.append(f"{entry.sample}/{entry.session}/{entry.fov}")
+            continue
+        usable.append((entry, lr, hr, attrs))
+    train = [u for u in usable if u[0].split == "train"]
+    if not train:
+        raise DatasetError("no training FOV passed registration QC: the dataset would be empty")
+    scales = {int(a.get("scale", round(h.shape[0] / l.shape[1]))) for _, l, h, a in usable}
+    if len(scales) != 1:
+        raise DatasetError(f"FOVs disagree on the HR/LR scale: {sorted(scales)}")
+    scale = scales.pop()
+
+    def frames_of(lr: zarr.Array) -> int:
+        return lr.shape[0] if max_frames is None else min(lr.shape[0], max_frames)
+
+    # Statistics from the training split only: validation and test must not leak into them.
+    rng = np.random.default_rng(0)
+    lr_samples, hr_samples = [], []
+    for _, lr, hr, _ in train:
+        n = frames_of(lr)
+        idx = np.unique(rng.integers(0, n, size=min(n, 8)))
+        lr_samples.append(np.asarray(lr.get_orthogonal_selection((idx, slice(None), slice(None)))).ravel()[::7])
+        hr_samples.append(hr.ravel()[::7])
+    norm_lr = percentile_range(np.concatenate(lr_samples), low=percentiles[0], high=percentiles[1])
+    norm_hr = percentile_range(np.concatenate(hr_samples), low=percentiles[0], high=percentiles[1])
+
+    rows = []
+    dropped = 0
+    plan = []
+    for entry, lr, hr, _ in usable:
+        t, ny, nx = lr.shape
+        if hr.shape != (scale * ny, scale * nx):
+            raise DatasetError(f"{entry.path}: HR shape {hr.shape} is not {scale}x the LR frame shape {(ny, nx)}")
+        hr_n = normalise(hr, *norm_hr)
+        positions = []
+        for y in tile_origins(ny, tile, stride):
+            for x in tile_origins(nx, tile, stride):
+                patch = hr_n[scale * y : scale * (y + tile), scale * x : scale * (x + tile)]
+                if np.percentile(patch, 99) < background:
+                    dropped += frames_of(lr)
+                    continue
+                positions.append((y, x))
+        for f in range(frames_of(lr)):
+            for y, x in positions:
+                rows.append((entry.sample, entry.session, entry.fov, f, y, x, entry.split))
+        plan.append((entry, lr, hr, positions))
+    if not rows:
+        raise DatasetError(f"every tile was below the background level {background}; lower dataset.background")
+    log.info("dataset: %d tiles kept, %d dropped as background, %d FOVs excluded", len(rows), dropped, len(excluded))
+
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    g = zarr.open_group(tmp, mode="w")
+    n = len(rows)
+    lr_arr = g.create_array("lr", shape=(n, tile, tile), chunks=(1, tile, tile), dtype="float32")
+    hr_arr = g.create_array("hr", shape=(n, scale * tile, scale * tile), chunks=(1, scale * tile, scale * tile), dtype="float32")
+    i = 0
+    for entry, lr, hr, positions in plan:
+        if not positions:
+            continue
+        k = len(positions)
+        hr_tiles = np.stack([hr[scale * y : scale * (y + tile), scale * x : scale * (x + tile)] for y, x in positions])
+        for f in range(frames_of(lr)):
+            frame = np.asarray(lr[f], dtype=np.float32)
+            lr_arr[i : i + k] = np.stack([frame[y : y + tile, x : x + tile] for y, x in positions])
+            hr_arr[i : i + k] = hr_tiles
+            i += k
+    attrs = {
+        "kind": "dataset",
+        "tile": tile,
+        "stride": stride,
+        "scale": scale,
+        "normalisation": {"lr": norm_lr, "hr": norm_hr, "percentiles": list(percentiles)},
+        "counts": {
+            "tiles": n,
+            "train": sum(r[-1] == "train" for r in rows),
+            "val": sum(r[-1] == "val" for r in rows),
+            "dropped_background": dropped,
+            "excluded_fovs": excluded,
+        },
+        "background": background,
+    }
+    g.attrs["fastscan"] = attrs
+    pd.DataFrame(rows, columns=TILE_COLUMNS).to_csv(tmp / "tiles.tsv", sep="\t", index=False)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return attrs
+
+
+def read_dataset(path: str | os.PathLike) -> tuple[zarr.Group, pd.DataFrame, dict]:
+    """Open a dataset store: the group, the tile table and the attributes."""
+    path = Path(path)
+    if not (path / "tiles.tsv").is_file():
+        raise DatasetError(f"{path} is not a fastscan dataset (no tiles.tsv)")
+    g = zarr.open_group(path, mode="r")
+    return g, pd.read_csv(path / "tiles.tsv", sep="\t", dtype={"session": str, "fov": str, "sample": str}), dict(g.attrs["fastscan"])
+
+
+class TileDataset:
+    """LR/HR tile pairs of one split, normalised, with the paper's augmentations.
+
+    Augmentations are random zoom, lighting and contrast only: flips, shifts and warps would
+    change the scan distortion the network has to learn. The zoom is applied identically to LR
+    and HR; lighting and contrast are applied to both, so the intensity mapping stays consistent.
+    Progressive resizing crops (never resamples) a ``size`` window out of each stored tile.
+
+    Parameters
+    ----------
+    path : path-like
+        Dataset store.
+    split : {"train", "val"}
+    size : int, optional
+        LR crop size (the stored tile size by default).
+    augment : bool
+        Random crops and augmentations (training); validation crops are centred.
+    max_zoom, max_lighting, max_contrast : float
+        Zoom up to ``max_zoom``; brightness offset up to ``max_lighting`` and contrast factor
+        within ``1 ± max_contrast``, in normalised units.
+    seed : int
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        split: str,
+        *,
+        size: int | None = None,
+        augment: bool = False,
+        max_zoom: float = 1.1,
+        max_lighting: float = 0.2,
+        max_contrast: float = 0.2,
+        seed: int = 0,
+    ) -> None:
+        g, table, attrs = read_dataset(path)
+        self.attrs = attrs
+        self.scale = int(attrs["scale"])
+        tile = int(attrs["tile"])
+        self.size = tile if size is None else int(size)
+        if self.size > tile:
+            raise DatasetError(f"crop size {self.size} is larger than the stored tiles ({tile})")
+        idx = np.flatnonzero(table["split"].to_numpy() == split)
+        if len(idx) == 0:
+            raise DatasetError(f"dataset {path} has no {split!r} tiles")
+        self.table = table.iloc[idx].reset_index(drop=True)
+        norm = attrs["normalisation"]
+        # Small datasets are read once into memory; the per-chunk reads would dominate otherwise.
+        self.lr = normalise(g["lr"].get_orthogonal_selection((idx, slice(None), slice(None))), *norm["lr"])
+        self.hr = normalise(g["hr"].get_orthogonal_selection((idx, slice(None), slice(None))), *norm["hr"])
+        self.augment = augment
+        self.max_zoom, self.max_lighting, self.max_contrast = max_zoom, max_lighting, max_contrast
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.lr)
+
+    def __getitem__(self, i: int):
+        import torch
+        from torch.nn import functional as F
+
+        s, t, size = self.scale, self.lr.shape[-1], self.size
+        if self.augment:
+            y, x = self.rng.integers(0, t - size + 1, size=2)
+        else:
+            y = x = (t - size) // 2
+        lr = torch.from_numpy(self.lr[i, y : y + size, x : x + size].copy())[None]
+        hr = torch.from_numpy(self.hr[i, s * y : s * (y + size), s * x : s * (x + size)].copy())[None]
+        if self.augment:
+            zoom = self.rng.uniform(1.0, self.max_zoom)
+            crop = int(round(size / zoom))
+            if crop < size:
+                oy, ox = self.rng.integers(0, size - crop + 1, size=2)
+                lr = F.interpolate(lr[None, :, oy : oy + crop, ox : ox + crop], size=(size, size), mode="bilinear", align_corners=False)[0]
+                hr = F.interpolate(
+                    hr[None, :, s * oy : s * (oy + crop), s * ox : s * (ox + crop)], size=(s * size, s * size), mode="bilinear", align_corners=False
+                )[0]
+            contrast = 1.0 + self.rng.uniform(-self.max_contrast, self.max_contrast)
+            light = self.rng.uniform(-self.max_lighting, self.max_lighting)
+            lr = (lr - 0.5) * contrast + 0.5 + light
+            hr = (hr - 0.5) * contrast + 0.5 + light
+        return lr, hr
+
+
+def make_dataloaders(
+    path: str | os.PathLike,
+    *,
+    size: int | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    device: str = "cpu",
+    augment: dict | None = None,
+    num_workers: int = 0,
+):
+    """fastai ``DataLoaders`` over the train and val splits of a dataset store."""
+    from fastai.data.core import DataLoaders
+
+    aug = augment or {}
+    train = TileDataset(path, "train", size=size, augment=True, seed=seed, **aug)
+    valid = TileDataset(path, "val", size=size, augment=False, seed=seed)
+    # fastai shuffles and drops the last partial batch of the first (training) loader only; a
+    # training split smaller than one batch must keep its partial batch or nothing is trained.
+    return DataLoaders.from_dsets(
+        train, valid, bs=batch_size, drop_last=(len(train) > batch_size, False), device=device, num_workers=num_workers
+    )

@@ -1,0 +1,348 @@
+"""The paper's three training stages with fastai: generator (MSE), critic, then the GAN.
+
+Each stage writes a model directory: weights as a ``state_dict`` (``generator.pth`` and/or
+``critic.pth``), ``model.json`` (architecture, scale, normalisation, resolved config, seed, library
+versions, training curves) and ``curves.tsv``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+CURVE_COLUMNS = ["stage", "epoch", "train_loss", "valid_loss", "valid_psnr"]
+
+#: Training settings used where the configuration is silent (the schema holds the same defaults).
+DEFAULTS: dict[str, Any] = {
+    "arch": "resnet34",
+    "pretrained": False,
+    "weights": None,
+    "device": "auto",
+    "batch_size": 8,
+    "num_workers": 0,
+    "augment": {"max_zoom": 1.1, "max_lighting": 0.2, "max_contrast": 0.2},
+    "architecture": {},
+    "generator": {"sizes": [64], "epochs": [1], "lr": 1e-3, "wd": 1e-3},
+    "critic": {"epochs": 1, "lr": 1e-3, "nf": 128},
+    "gan": {"epochs": 1, "lr": 1e-4, "weights_gen": [1.0, 50.0], "critic_thresh": 0.65},
+}
+
+
+def resolve_config(config: dict[str, Any] | None) -> dict[str, Any]:
+    """Fill missing keys of a ``train`` config section from :data:`DEFAULTS` (one level deep)."""
+    out: dict[str, Any] = {}
+    config = config or {}
+    for key, default in DEFAULTS.items():
+        value = config.get(key, default)
+        out[key] = {**default, **value} if isinstance(default, dict) and isinstance(value, dict) else value
+    gen = out["generator"]
+    if len(gen["sizes"]) != len(gen["epochs"]):
+        raise ValueError(f"train.generator.sizes {gen['sizes']} and train.generator.epochs {gen['epochs']} must have the same length")
+    return out
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` picks CUDA when present, the CPU otherwise."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device is {device!r} but no CUDA device is available")
+    return device
+
+
+def _setup(seed: int, threads: int | None) -> None:
+    import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle)
+    import torch
+    from fastai.torch_core import set_seed
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    set_seed(seed, reproducible=True)
+
+
+def valid_psnr(pred, targ):
+    """PSNR in dB on the normalised HR scale (data range 1), averaged over validation batches."""
+    import torch
+    from torch.nn import functional as F
+
+    mse = F.mse_loss(pred.float(), targ.float()).clamp_min(1e-10)
+    return -10.0 * torch.log10(mse)
+
+
+def _epoch_logger(stage: str, rows: list[dict]):
+    from fastai.callback.core import Callback
+
+    class EpochLog(Callback):
+        """One log line and one curve row per epoch (fastai's bars go to the log only when interactive)."""
+
+        order = 60
+
+        def before_fit(self):
+            self.t0 = time.time()
+
+        def after_epoch(self):
+            names = list(self.recorder.metric_names[1:-1])
+            vals = dict(zip(names, self.recorder.log[1:-1]))
+            row = {
+                "stage": stage,
+                "epoch": len(rows) + 1,
+                "train_loss": float(vals.get("train_loss", math.nan)),
+                "valid_loss": float(vals.get("valid_loss", math.nan)),
+                "valid_psnr": float(vals.get("valid_psnr", math.nan)),
+            }
+            rows.append(row)
+            log.info(
+                "%s epoch %d: train_loss %.5f valid_loss %.5f valid_psnr %.2f dB (%.1f s)",
+                stage, row["epoch"], row["train_loss"], row["valid_loss"], row["valid_psnr"], time.time() - self.t0,
+            )
+
+    return EpochLog()
+
+
+def _quiet(learn) -> None:
+    import sys
+
+    from fastai.callback.progress import ProgressCallback
+
+    learn.logger = lambda *_: None
+    if not sys.stderr.isatty() and ProgressCallback in [type(c) for c in learn.cbs]:
+        learn.remove_cb(ProgressCallback)
+
+
+def _write_outputs(out_dir: Path, meta: dict, rows: list[dict]) -> None:
+    from fastscan.models import write_model_json
+
+    curves = pd.DataFrame(rows, columns=CURVE_COLUMNS)
+    tmp = out_dir / f".curves.tsv.tmp-{os.getpid()}"
+    curves.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    os.replace(tmp, out_dir / "curves.tsv")
+    meta["curves"] = rows
+    write_model_json(out_dir, meta)
+
+
+def _base_meta(*, stage: str, dataset: Path, config: dict, seed: int, device: str) -> dict:
+    from fastscan.dataset import read_dataset
+    from fastscan.models import library_versions, resolve_architecture
+
+    _, _, attrs = read_dataset(dataset)
+    arch = resolve_architecture({**config["architecture"], "arch": config["arch"], "scale": int(attrs["scale"])})
+    return {
+        "format": "fastscan-model/1",
+        "stage": stage,
+        "architecture": arch,
+        "scale": int(attrs["scale"]),
+        "normalisation": attrs["normalisation"],
+        "dataset": {"path": str(dataset), "tile": attrs["tile"], "counts": attrs["counts"]},
+        "config": config,
+        "seed": seed,
+        "device": device,
+        "versions": library_versions(),
+    }
+
+
+def _generator_learner(dls, model, *, lr_wd: float):
+    from fastai.learner import Learner
+    from fastai.losses import MSELossFlat
+
+    from fastscan.models import generator_splitter
+
+    return Learner(dls, model, loss_func=MSELossFlat(), metrics=[valid_psnr], splitter=generator_splitter, wd=lr_wd)
+
+
+def train_generator(
+    *,
+    dataset: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: dict[str, Any] | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+) -> dict:
+    """Stage 1: the U-Net generator with MSE loss, progressive resizing and one-cycle schedules.
+
+    Returns the ``model.json`` content.
+    """
+    from fastscan.dataset import make_dataloaders
+    from fastscan.models import build_generator, save_state_dict
+
+    cfg = resolve_config(config)
+    device = resolve_device(cfg["device"])
+    _setup(seed, threads)
+    dataset, out_dir = Path(dataset), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = _base_meta(stage="mse", dataset=dataset, config=cfg, seed=seed, device=device)
+    model = build_generator(meta["architecture"], pretrained=cfg["pretrained"], weights=cfg["weights"])
+    rows: list[dict] = []
+    gen = cfg["generator"]
+    learn = None
+    for size, epochs in zip(gen["sizes"], gen["epochs"]):
+        dls = make_dataloaders(
+            dataset, size=size, batch_size=cfg["batch_size"], seed=seed, device=device, augment=cfg["augment"], num_workers=cfg["num_workers"]
+        )
+        if learn is None:
+            learn = _generator_learner(dls, model, lr_wd=gen["wd"])
+            learn.add_cb(_epoch_logger("mse", rows))
+            _quiet(learn)
+            if cfg["pretrained"]:
+                learn.freeze()
+        else:
+            learn.dls = dls
+        log.info("generator: %d epoch(s) at LR tile size %d (%d training tiles)", epochs, size, len(dls.train.dataset))
+        learn.fit_one_cycle(int(epochs), float(gen["lr"]))
+    save_state_dict(model, out_dir / "generator.pth")
+    _write_outputs(out_dir, meta, rows)
+    return meta
+
+
+class _CriticData:
+    """Real HR tiles (label 1) and generated ones (label 0), as in the fastai recipe."""
+
+    def __init__(self, real: np.ndarray, fake: np.ndarray) -> None:
+        self.x = np.concatenate([real, fake]).astype(np.float32)
+        self.y = np.concatenate([np.ones(len(real)), np.zeros(len(fake))]).astype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        return torch.from_numpy(self.x[i][None]), torch.tensor(self.y[i])
+
+
+def _generate(model, ds, *, device: str, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+
+    fakes, reals = [], []
+    model = model.to(device).eval()
+    with torch.inference_mode():
+        for start in range(0, len(ds), batch_size):
+            items = [ds[i] for i in range(start, min(start + batch_size, len(ds)))]
+            lr = torch.stack([x for x, _ in items]).to(device)
+            fakes.append(model(lr).float().cpu().numpy()[:, 0])
+            reals.append(torch.stack([y for _, y in items]).numpy()[:, 0])
+    return np.concatenate(reals), np.concatenate(fakes)
+
+
+def _critic_learner(dls, critic, *, lr_wd: float | None = None):
+    from fastai.learner import Learner
+    from fastai.optimizer import Adam
+    from fastai.vision.gan import AdaptiveLoss, accuracy_thresh_expand
+    from torch import nn
+
+    return Learner(
+        dls, critic, loss_func=AdaptiveLoss(nn.BCEWithLogitsLoss()), metrics=[accuracy_thresh_expand], opt_func=partial(Adam, mom=0.0), wd=lr_wd
+    )
+
+
+def train_critic(
+    *,
+    dataset: str | os.PathLike,
+    generator_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: dict[str, Any] | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+) -> dict:
+    """Stage 2: pretrain fastai's ``gan_critic`` on real HR tiles against stage-1 outputs."""
+    from fastai.data.core import DataLoaders
+
+    from fastscan.dataset import TileDataset
+    from fastscan.models import build_critic, load_generator, save_state_dict
+
+    cfg = resolve_config(config)
+    device = resolve_device(cfg["device"])
+    _setup(seed, threads)
+    dataset, out_dir = Path(dataset), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    generator, gen_meta = load_generator(generator_dir, device=device)
+    sets = []
+    for split in ("train", "val"):
+        real, fake = _generate(generator, TileDataset(dataset, split, seed=seed), device=device, batch_size=cfg["batch_size"])
+        sets.append(_CriticData(real, fake))
+    del generator
+    bs = cfg["batch_size"]
+    dls = DataLoaders.from_dsets(*sets, bs=bs, drop_last=(len(sets[0]) > bs, False), device=device)
+    critic = build_critic(nf=int(cfg["critic"]["nf"]))
+    learn = _critic_learner(dls, critic)
+    rows: list[dict] = []
+    learn.add_cb(_epoch_logger("critic", rows))
+    _quiet(learn)
+    learn.fit_one_cycle(int(cfg["critic"]["epochs"]), float(cfg["critic"]["lr"]))
+    save_state_dict(critic, out_dir / "critic.pth")
+    meta = _base_meta(stage="critic", dataset=dataset, config=cfg, seed=seed, device=device)
+    meta["architecture"] = gen_meta["architecture"]
+    meta["critic"] = {"nf": int(cfg["critic"]["nf"]), "n_channels": 1}
+    meta["generator_dir"] = str(generator_dir)
+    meta["final_accuracy"] = float(learn.recorder.log[-2]) if learn.recorder.log else math.nan
+    _write_outputs(out_dir, meta, rows)
+    return meta
+
+
+def train_gan(
+    *,
+    dataset: str | os.PathLike,
+    generator_dir: str | os.PathLike,
+    critic_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: dict[str, Any] | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+) -> dict:
+    """Stage 3: ``GANLearner.from_learners`` with an adaptive switcher and a weighted loss.
+
+    The generator loss is ``weights_gen[0] * adversarial + weights_gen[1] * MSE``; the switcher
+    hands training back to the generator once the critic's loss falls below ``critic_thresh``.
+    """
+    from fastai.optimizer import Adam
+    from fastai.vision.gan import AdaptiveGANSwitcher, GANLearner
+
+    from fastscan.dataset import make_dataloaders
+    from fastscan.models import build_critic, load_generator, load_state_dict, read_model_json, save_state_dict
+
+    cfg = resolve_config(config)
+    device = resolve_device(cfg["device"])
+    _setup(seed, threads)
+    dataset, out_dir = Path(dataset), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    generator, gen_meta = load_generator(generator_dir, device=device)
+    generator.train()
+    crit_meta = read_model_json(critic_dir)
+    critic = build_critic(nf=int(crit_meta["critic"]["nf"]))
+    critic.load_state_dict(load_state_dict(Path(critic_dir) / "critic.pth"))
+    dls = make_dataloaders(dataset, batch_size=cfg["batch_size"], seed=seed, device=device, augment=cfg["augment"], num_workers=cfg["num_workers"])
+    learn_gen = _generator_learner(dls, generator, lr_wd=cfg["generator"]["wd"])
+    learn_crit = _critic_learner(dls, critic)
+    gcfg = cfg["gan"]
+    learn = GANLearner.from_learners(
+        learn_gen,
+        learn_crit,
+        weights_gen=tuple(float(w) for w in gcfg["weights_gen"]),
+        switcher=AdaptiveGANSwitcher(critic_thresh=float(gcfg["critic_thresh"])),
+        show_img=False,
+        opt_func=partial(Adam, mom=0.0),
+        metrics=[valid_psnr],
+    )
+    rows: list[dict] = []
+    learn.add_cb(_epoch_logger("gan", rows))
+    _quiet(learn)
+    learn.fit(int(gcfg["epochs"]), float(gcfg["lr"]))
+    save_state_dict(learn.model.generator, out_dir / "generator.pth")
+    save_state_dict(learn.model.critic, out_dir / "critic.pth")
+    meta = _base_meta(stage="gan", dataset=dataset, config=cfg, seed=seed, device=device)
+    meta["architecture"] = gen_meta["architecture"]
+    meta["critic"] = crit_meta["critic"]
+    meta["generator_dir"], meta["critic_dir"] = str(generator_dir), str(critic_dir)
+    _write_outputs(out_dir, meta, rows)
+    return meta

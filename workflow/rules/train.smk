@@ -1,0 +1,83 @@
+# The paper's three training stages: generator (MSE) -> critic -> GAN.
+
+
+rule train_generator:
+    input:
+        dataset=rules.build_dataset.output,
+    output:
+        weights="results/train/{model}/mse/generator.pth",
+        meta="results/train/{model}/mse/model.json",
+        curves="results/train/{model}/mse/curves.tsv",
+    log:
+        "logs/train/{model}/generator.log",
+    benchmark:
+        "benchmarks/train/{model}/generator.tsv"
+    params:
+        train=config["train"],
+        seed=config["seed"],
+    threads: 8
+    resources:
+        mem_mb=16000,
+        runtime=720,
+        gpu=1,
+    conda:
+        "../../envs/fastscan-ml.yaml"
+    script:
+        "../scripts/train_generator.py"
+
+
+rule train_critic:
+    input:
+        dataset=rules.build_dataset.output,
+        generator=rules.train_generator.output.weights,
+        generator_meta=rules.train_generator.output.meta,
+    output:
+        weights="results/train/{model}/critic/critic.pth",
+        meta="results/train/{model}/critic/model.json",
+        curves="results/train/{model}/critic/curves.tsv",
+    log:
+        "logs/train/{model}/critic.log",
+    benchmark:
+        "benchmarks/train/{model}/critic.tsv"
+    params:
+        train=config["train"],
+        seed=config["seed"],
+    threads: 8
+    resources:
+        mem_mb=16000,
+        runtime=240,
+        gpu=1,
+    conda:
+        "../../envs/fastscan-ml.yaml"
+    script:
+        "../scripts/train_critic.py"
+
+
+rule train_gan:
+    input:
+        dataset=rules.build_dataset.output,
+        generator=rules.train_generator.output.weights,
+        generator_meta=rules.train_generator.output.meta,
+        critic=rules.train_critic.output.weights,
+        critic_meta=rules.train_critic.output.meta,
+    output:
+        weights=protected("results/models/{model}/generator.pth"),
+        critic="results/models/{model}/critic.pth",
+        meta="results/models/{model}/model.json",
+        curves="results/models/{model}/curves.tsv",
+    log:
+        "logs/train/{model}/gan.log",
+    benchmark:
+        "benchmarks/train/{model}/gan.tsv"
+    params:
+        train=config["train"],
+        seed=config["seed"],
+    threads: 8
+    resources:
+        mem_mb=16000,
+        runtime=720,
+        gpu=1,
+    conda:
+        "../../envs/fastscan-ml.yaml"
+    script:
+        "../scripts/train_gan.py"

@@ -1,0 +1,16 @@
+"""Tables and figures of the HTML report."""
+
+import os
+
+from fastscan.logs import rule_logging
+
+with rule_logging(snakemake.log[0]):
+    from fastscan.report import write_report_figures
+
+    write_report_figures(
+        metrics_tsv=snakemake.input.metrics,
+        restored=list(snakemake.input.restored),
+        curves=list(snakemake.input.curves),
+        qc_tsv=snakemake.input.qc[0],
+        out_dir=os.path.dirname(snakemake.output.summary),
+    )
