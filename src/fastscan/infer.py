@@ -21,17 +21,26 @@ import zarr
 log = logging.getLogger(__name__)
 
 
-def blend_window(size: int, overlap: int) -> np.ndarray:
-    """1-D weights: a raised-cosine ramp over ``overlap`` pixels at each end, 1 in the middle.
+def blend_window(size: int, overlap: int, *, margin: int | None = None) -> np.ndarray:
+    """1-D blending weights of one tile: 0 on the outer ``margin`` px, a raised-cosine ramp over the
+    rest of the ``overlap``, 1 in the middle.
 
-    Neighbouring tiles' ramps add up to a constant, and the weights never reach 0, so every
-    pixel has a well-defined weighted mean.
+    The outer ``margin`` of a tile sees zero padding inside the network, so it is discarded
+    (CSBDeep crops the halo for the same reason); the ramps of two neighbours overlapping by
+    ``overlap`` px add up to exactly 1, so blending never changes intensities and leaves no seam.
+    ``margin`` defaults to a quarter of the overlap.
     """
+    if margin is None:
+        margin = overlap // 4
+    if overlap and not 0 <= 2 * margin < overlap:
+        raise ValueError(f"margin {margin} must be less than half the overlap {overlap}")
     w = np.ones(size, dtype=np.float32)
     if overlap > 0:
-        ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(overlap, dtype=np.float32) + 0.5) / overlap)
-        w[:overlap] = ramp
-        w[size - overlap :] = ramp[::-1]
+        n = overlap - 2 * margin
+        ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(n, dtype=np.float32) + 0.5) / n)
+        edge = np.concatenate([np.zeros(margin, np.float32), ramp, np.ones(margin, np.float32)])
+        w[:overlap] = edge
+        w[size - overlap :] = edge[::-1]
     return w
 
 
@@ -83,7 +92,7 @@ def predict_image(
     ny, nx = image.shape
     tile = min(tile, max(ny, nx) + 2 * overlap)
     # The halo of ``overlap`` px on each side puts the outer ramps of the border tiles into the
-    # padding, so every image pixel is covered by full-weight context.
+    # (reflected) padding, so every image pixel is blended exactly like an interior one.
     sy, sx = tile_starts(ny + 2 * overlap, tile, overlap), tile_starts(nx + 2 * overlap, tile, overlap)
     py = sy[-1] + tile - ny - overlap
     px = sx[-1] + tile - nx - overlap
@@ -101,6 +110,7 @@ def predict_image(
             for (y, x), p in zip(batch, pred):
                 out[scale * y : scale * (y + tile), scale * x : scale * (x + tile)] += p * win
                 weight[scale * y : scale * (y + tile), scale * x : scale * (x + tile)] += win
+    # Weights sum to 1 everywhere inside the halo; the guard only matters in the discarded padding.
     out /= np.maximum(weight, 1e-6)
     o = scale * overlap
     return out[o : o + scale * ny, o : o + scale * nx]

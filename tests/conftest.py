@@ -1,0 +1,54 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "data"
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def bin_dir() -> Path:
+    """The bin folder of the interpreter running the tests (snakemake lives beside it)."""
+    return Path(sys.executable).parent
+
+
+def write_registered(path, *, seed=0, frames=3, size=64, scale=2, passed=True, offset=0.0):
+    """A small registered FOV store (layout of docs/architecture.md) with correlated LR/HR."""
+    import numpy as np
+    import zarr
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    hr = (ndi.gaussian_filter(rng.random((scale * size, scale * size)), 2) * 4000 + offset).astype(np.float32)
+    base = hr.reshape(size, scale, size, scale).mean(axis=(1, 3))
+    lr = np.stack([base + rng.normal(0, 30, base.shape) for _ in range(frames)]).astype(np.float32)
+    g = zarr.open_group(str(path), mode="w")
+    g.create_array("lr", data=lr, chunks=(1, size, size))
+    g.create_array("hr", data=hr)
+    g.attrs["fastscan"] = {
+        "scale": scale,
+        "lr_pixel_size_um": [0.4, 0.4],
+        "hr_pixel_size_um": [0.2, 0.2],
+        "registration": {"passed": passed, "ncc": 0.9 if passed else 0.1, "min_ncc": 0.3},
+    }
+    return path
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path):
+    """A dataset store with two train FOVs and one val FOV of 64x64 LR frames."""
+    from fastscan.dataset import FovEntry, build_dataset
+
+    entries = []
+    for i, split in enumerate(["train", "train", "val"]):
+        p = write_registered(tmp_path / f"reg{i}.zarr", seed=i)
+        entries.append(FovEntry(str(p), "mito", "s1", f"f{i}", split))
+    out = tmp_path / "ds.zarr"
+    build_dataset(entries, out, tile=32, stride=32)
+    return out

@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+import zarr
+
+from conftest import write_registered
+from fastscan.dataset import DatasetError, FovEntry, TileDataset, build_dataset, read_dataset, tile_origins
+
+
+def test_tile_origins_cover_the_edge():
+    assert tile_origins(64, 32, 32) == [0, 32]
+    assert tile_origins(70, 32, 32) == [0, 32, 38]
+    with pytest.raises(DatasetError, match="larger than the image"):
+        tile_origins(16, 32, 8)
+
+
+def test_build_dataset_pairs_and_provenance(tmp_path, tiny_dataset):
+    g, table, attrs = read_dataset(tiny_dataset)
+    assert g["lr"].shape[1:] == (32, 32) and g["hr"].shape[1:] == (64, 64)
+    assert g["lr"].chunks == (1, 32, 32)
+    assert len(table) == g["lr"].shape[0] == attrs["counts"]["tiles"]
+    # LR tile i is the block-average of HR tile i plus noise: they come from the same place.
+    src = zarr.open_group(str(tmp_path / "reg0.zarr"), mode="r")
+    row = table.iloc[0]
+    lr_ref = src["lr"][row["frame"], row["y"] : row["y"] + 32, row["x"] : row["x"] + 32]
+    np.testing.assert_array_equal(g["lr"][0], lr_ref)
+    np.testing.assert_array_equal(g["hr"][0], src["hr"][2 * row["y"] : 2 * row["y"] + 64, 2 * row["x"] : 2 * row["x"] + 64])
+    # Split by FOV: no FOV in two splits.
+    assert table.groupby("fov")["split"].nunique().max() == 1
+    assert set(table["split"]) == {"train", "val"}
+
+
+def test_normalisation_uses_training_split_only(tmp_path):
+    entries = [
+        FovEntry(str(write_registered(tmp_path / "a.zarr", seed=1)), "m", "s", "a", "train"),
+        FovEntry(str(write_registered(tmp_path / "b.zarr", seed=2, offset=1e5)), "m", "s", "b", "val"),
+    ]
+    attrs = build_dataset(entries, tmp_path / "ds.zarr", tile=32, stride=32)
+    assert attrs["normalisation"]["hr"][1] < 1e4  # the bright validation FOV did not leak in
+
+
+def test_failed_registration_is_excluded_and_logged(tmp_path, caplog):
+    entries = [
+        FovEntry(str(write_registered(tmp_path / "a.zarr", seed=1)), "m", "s", "a", "train"),
+        FovEntry(str(write_registered(tmp_path / "b.zarr", seed=2, passed=False)), "m", "s", "bad", "train"),
+    ]
+    attrs = build_dataset(entries, tmp_path / "ds.zarr", tile=32, stride=32)
+    assert attrs["counts"]["excluded_fovs"] == ["m/s/bad"]
+    assert "m/s/bad" in caplog.text and "registration QC failed" in caplog.text
+
+
+def test_background_tiles_are_dropped(tmp_path):
+    p = write_registered(tmp_path / "a.zarr", seed=1)
+    g = zarr.open_group(str(p), mode="r+")
+    hr = g["hr"][...]
+    hr[:64, :] = hr.min()  # top half of the HR target is empty
+    g["hr"][...] = hr
+    attrs = build_dataset([FovEntry(str(p), "m", "s", "a", "train")], tmp_path / "ds.zarr", tile=32, stride=32, background=0.2)
+    assert attrs["counts"]["dropped_background"] == 2 * 3  # two positions x three frames
+    assert attrs["counts"]["tiles"] == 2 * 3
+
+
+def test_test_split_fovs_are_refused(tmp_path):
+    p = write_registered(tmp_path / "a.zarr")
+    with pytest.raises(DatasetError, match="only train/val"):
+        build_dataset([FovEntry(str(p), "m", "s", "a", "test")], tmp_path / "ds.zarr", tile=32, stride=32)
+
+
+def test_no_partial_store_on_failure(tmp_path):
+    p = write_registered(tmp_path / "a.zarr")
+    with pytest.raises(DatasetError):
+        build_dataset([FovEntry(str(p), "m", "s", "a", "train")], tmp_path / "ds.zarr", tile=128, stride=32)
+    assert not list(tmp_path.glob("ds.zarr*"))
+
+
+def test_tile_dataset_crops_and_augments(tiny_dataset):
+    train = TileDataset(tiny_dataset, "train", size=16, augment=True, seed=1)
+    lr, hr = train[0]
+    assert lr.shape == (1, 16, 16) and hr.shape == (1, 32, 32)
+    valid = TileDataset(tiny_dataset, "val", size=16)
+    a, b = valid[0], valid[0]
+    assert (a[0] == b[0]).all()  # validation is deterministic (centre crop, no augmentation)
+    # Without augmentation the crop keeps LR and HR aligned: HR block-mean ~ LR up to noise.
+    full = TileDataset(tiny_dataset, "val")
+    lr, hr = full[0]
+    down = hr[0].reshape(32, 2, 32, 2).mean(dim=(1, 3))
+    assert np.corrcoef(down.numpy().ravel(), lr[0].numpy().ravel())[0, 1] > 0.9

@@ -1,0 +1,356 @@
+"""Metric definitions, baselines geometry and per-FOV evaluation of restored stores."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+from skimage import metrics as skm
+
+from fastscan.baselines import METHOD_COLOURS, METHOD_LABELS, METHODS, method_sort_key, upsample
+from fastscan.metrics import (
+    METRIC_COLUMNS,
+    SUMMARY_COLUMNS,
+    evaluate_many,
+    evaluate_restored,
+    nrmse,
+    psnr,
+    read_metrics_tsv,
+    ssim,
+    summarise,
+    write_tsv,
+)
+
+# ----------------------------------------------------------------------------- baselines
+
+
+def _reference_bilinear_1d(x: np.ndarray, scale: int) -> np.ndarray:
+    """Half-pixel-centred linear interpolation, written out as torch's align_corners=False does it."""
+    n = x.shape[0]
+    out = np.empty(n * scale)
+    for o in range(n * scale):
+        src = max((o + 0.5) / scale - 0.5, 0.0)
+        i0 = int(math.floor(src))
+        i1 = min(i0 + 1, n - 1)
+        w = src - i0
+        out[o] = (1 - w) * x[i0] + w * x[i1]
+    return out
+
+
+def _reference_bilinear(image: np.ndarray, scale: int) -> np.ndarray:
+    rows = np.stack([_reference_bilinear_1d(r, scale) for r in image])
+    return np.stack([_reference_bilinear_1d(c, scale) for c in rows.T]).T
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+def test_bilinear_matches_reference(scale: int) -> None:
+    image = np.random.default_rng(1).random((9, 11))
+    got = upsample(image, scale=scale, order=1)
+    want = _reference_bilinear(image, scale)
+    assert got.dtype == np.float32
+    assert got.shape == (9 * scale, 11 * scale)
+    # Away from the border the interpolant is pure geometry.
+    np.testing.assert_allclose(got[scale:-scale, scale:-scale], want[scale:-scale, scale:-scale], atol=1e-6)
+    # At the border the edge value is repeated, as torch clamps the source coordinate.
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_lr_pixel_centre_lands_on_hr_centre() -> None:
+    # A linear ramp sampled at LR centres i must read back i at HR coordinate 2i + 0.5.
+    image = np.tile(np.arange(8, dtype=np.float64), (8, 1))
+    hr = upsample(image, scale=2, order=1)
+    x = np.arange(16)
+    expected = np.clip((x + 0.5) / 2 - 0.5, 0, 7)
+    np.testing.assert_allclose(hr[4], expected, atol=1e-6)
+
+
+def test_bilinear_matches_torch() -> None:
+    torch = pytest.importorskip("torch")
+    stack = np.random.default_rng(2).random((3, 10, 12)).astype(np.float32)
+    want = torch.nn.functional.interpolate(
+        torch.from_numpy(stack)[:, None], scale_factor=2, mode="bilinear", align_corners=False
+    )[:, 0].numpy()
+    np.testing.assert_allclose(upsample(stack, scale=2, order=1), want, atol=1e-6)
+
+
+def test_upsample_stack_is_per_frame() -> None:
+    stack = np.random.default_rng(3).random((3, 6, 7))
+    for order in (1, 3):
+        got = upsample(stack, scale=2, order=order)
+        assert got.shape == (3, 12, 14)
+        for i in range(3):
+            np.testing.assert_allclose(got[i], upsample(stack[i], scale=2, order=order), atol=1e-6)
+
+
+def test_bicubic_reproduces_smooth_signal_better_than_bilinear() -> None:
+    y, x = np.mgrid[0:16, 0:16]
+    lr = np.sin(x / 3.0) * np.cos(y / 4.0)
+    hy, hx = np.mgrid[0:32, 0:32]
+    # HR pixel centres in LR coordinates under the pixel-area geometry.
+    truth = np.sin(((hx + 0.5) / 2 - 0.5) / 3.0) * np.cos(((hy + 0.5) / 2 - 0.5) / 4.0)
+    inner = (slice(4, -4), slice(4, -4))
+    err1 = np.abs(upsample(lr, order=1) - truth)[inner].max()
+    err3 = np.abs(upsample(lr, order=3) - truth)[inner].max()
+    assert err3 < err1 / 3
+
+
+@pytest.mark.parametrize("bad", [{"scale": 0}, {"scale": 1.5}, {"order": 7}])
+def test_upsample_rejects_bad_options(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        upsample(np.zeros((4, 4)), **bad)
+    with pytest.raises(ValueError, match="shape"):
+        upsample(np.zeros(4))
+
+
+def test_method_vocabulary() -> None:
+    assert METHODS == ("bilinear", "bicubic", "classical", "mse", "gan", "finetuned")
+    assert set(METHOD_LABELS) == set(METHODS) == set(METHOD_COLOURS)
+    assert len(set(METHOD_COLOURS.values())) == len(METHODS)
+    assert METHOD_LABELS["classical"] == "Classical cascade"
+    assert sorted(["gan", "zzz", "bilinear", "aaa", "mse"], key=method_sort_key) == [
+        "bilinear",
+        "mse",
+        "gan",
+        "aaa",
+        "zzz",
+    ]
+
+
+# ----------------------------------------------------------------------------- metric definitions
+
+
+def test_psnr_of_known_mse() -> None:
+    target = np.zeros((16, 16))
+    pred = np.full((16, 16), 0.1)
+    # MSE = 0.01, so PSNR = 10 log10(1 / 0.01) = 20 dB.
+    assert psnr(pred, target) == pytest.approx(20.0)
+    # The peak enters squared: halving the range costs 20 log10(2) dB.
+    assert psnr(pred, target, data_range=0.5) == pytest.approx(20.0 - 20 * math.log10(2))
+
+
+def test_psnr_identical_is_infinite_without_warning(recwarn: pytest.WarningsRecorder) -> None:
+    a = np.random.default_rng(0).random((8, 8))
+    assert psnr(a, a) == math.inf
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_nrmse_definition() -> None:
+    rng = np.random.default_rng(4)
+    target = rng.random((10, 10)) + 0.5
+    pred = target + rng.normal(0, 0.1, target.shape)
+    want = np.sqrt(np.mean((pred - target) ** 2)) / np.sqrt(np.mean(target**2))
+    assert nrmse(pred, target) == pytest.approx(want, rel=1e-12)
+    assert nrmse(pred, target) == pytest.approx(np.linalg.norm(pred - target) / np.linalg.norm(target))
+
+
+def test_ssim_definition() -> None:
+    rng = np.random.default_rng(5)
+    a = rng.random((32, 32))
+    b = np.clip(a + rng.normal(0, 0.2, a.shape), 0, 1)
+    assert ssim(a, a) == pytest.approx(1.0)
+    want = skm.structural_similarity(a, b, data_range=1.0, win_size=7, gaussian_weights=False)
+    assert ssim(b, a) == pytest.approx(want, rel=1e-12)
+    assert 0 < ssim(b, a) < 1
+    # A brightness offset changes the luminance term only, so the score drops but stays close to 1.
+    shifted = ssim(a + 0.1, a)
+    assert 0.9 < shifted < 1.0
+
+
+def test_ssim_uses_data_range_and_float64() -> None:
+    rng = np.random.default_rng(6)
+    a = rng.random((20, 20)).astype(np.float32)
+    b = (a + 0.05 * rng.standard_normal(a.shape)).astype(np.float32)
+    # A wider range enlarges the stabilising constants (K * L)**2, which pulls SSIM towards 1.
+    assert ssim(b, a, data_range=10.0) > ssim(b, a, data_range=1.0)
+    assert ssim(b, a) == pytest.approx(ssim(b.astype(np.float64), a.astype(np.float64)), rel=1e-12)
+
+
+def test_metrics_reject_shape_mismatch() -> None:
+    for fn in (psnr, ssim, nrmse):
+        with pytest.raises(ValueError, match="shape"):
+            fn(np.zeros((8, 8)), np.zeros((8, 9)))
+
+
+# ----------------------------------------------------------------------------- restored stores
+
+
+def _write_restored(
+    path: Path,
+    *,
+    n: int = 2,
+    lr_size: int = 12,
+    scale: int = 2,
+    methods: tuple[str, ...] = ("mse", "gan"),
+    frames: list[int] | None = None,
+    perfect: str | None = "gan",
+    shape_override: dict[str, tuple[int, ...]] | None = None,
+) -> Path:
+    rng = np.random.default_rng(7)
+    hr = rng.random((lr_size * scale, lr_size * scale)).astype(np.float32)
+    lr = rng.random((n, lr_size, lr_size)).astype(np.float32)
+    group = zarr.open_group(str(path), mode="w")
+    group.create_array("lr", data=lr)
+    group.create_array("hr", data=hr)
+    for method in methods:
+        if method == perfect:
+            data = np.broadcast_to(hr, (n, *hr.shape)).copy()
+        else:
+            data = np.clip(hr + rng.normal(0, 0.05, (n, *hr.shape)), 0, 1).astype(np.float32)
+        if shape_override and method in shape_override:
+            data = np.zeros(shape_override[method], dtype=np.float32)
+        group.create_array(method, data=data)
+    group.attrs["fastscan"] = {
+        "frames": frames if frames is not None else [10 + i for i in range(n)],
+        "methods": list(methods),
+        "scale": scale,
+        "normalisation": {"hr": [0.0, 1.0]},
+    }
+    return path
+
+
+def test_evaluate_restored_rows(tmp_path: Path) -> None:
+    store = _write_restored(tmp_path / "fov1.zarr", n=3)
+    df = evaluate_restored(store, model="m1", sample="mito", session="s1", fov="001")
+    assert list(df.columns) == list(METRIC_COLUMNS)
+    assert len(df) == 3 * 4
+    assert list(df["method"].iloc[:4]) == ["bilinear", "bicubic", "mse", "gan"]
+    assert sorted(df["frame"].unique()) == [10, 11, 12]
+    assert set(df["fov"]) == {"001"}
+    gan = df[df["method"] == "gan"]
+    assert np.isinf(gan["psnr"]).all()
+    assert gan["ssim"].to_numpy() == pytest.approx(1.0)
+    assert gan["nrmse"].to_numpy() == pytest.approx(0.0)
+    mse = df[df["method"] == "mse"]
+    assert np.isfinite(mse["psnr"]).all()
+
+
+def test_evaluate_restored_baseline_values(tmp_path: Path) -> None:
+    store = _write_restored(tmp_path / "fov.zarr", n=1)
+    group = zarr.open_group(str(store), mode="r")
+    hr = group["hr"][...]
+    bilinear = upsample(group["lr"][0], scale=2, order=1)
+    df = evaluate_restored(store, model="m", sample="s", session="x", fov="f")
+    row = df[df["method"] == "bilinear"].iloc[0]
+    assert row["psnr"] == pytest.approx(psnr(bilinear, hr))
+    assert row["ssim"] == pytest.approx(ssim(bilinear, hr))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"shape_override": {"gan": (2, 20, 20)}}, "'gan'"),
+        ({"frames": [0]}, "frames"),
+        ({"scale": 3, "lr_size": 8}, None),
+    ],
+)
+def test_evaluate_restored_shape_errors(tmp_path: Path, kwargs: dict, match: str | None) -> None:
+    store = _write_restored(tmp_path / "bad.zarr", **kwargs)
+    if match is None:
+        # scale 3 is consistent, so it must evaluate; break it by editing the attribute instead.
+        group = zarr.open_group(str(store), mode="a")
+        attrs = dict(group.attrs["fastscan"])
+        attrs["scale"] = 2
+        group.attrs["fastscan"] = attrs
+        match = "'lr'.*'hr'"
+    with pytest.raises(ValueError, match=match) as info:
+        evaluate_restored(store, model="m", sample="s", session="x", fov="f")
+    assert "bad.zarr" in str(info.value)
+
+
+def test_evaluate_restored_missing_array(tmp_path: Path) -> None:
+    store = _write_restored(tmp_path / "fov.zarr")
+    group = zarr.open_group(str(store), mode="a")
+    attrs = dict(group.attrs["fastscan"])
+    attrs["methods"] = ["mse", "gan", "finetuned"]
+    group.attrs["fastscan"] = attrs
+    with pytest.raises(ValueError, match="finetuned"):
+        evaluate_restored(store, model="m", sample="s", session="x", fov="f")
+
+
+def test_evaluate_many_concatenates(tmp_path: Path) -> None:
+    a = _write_restored(tmp_path / "a.zarr", n=1)
+    b = _write_restored(tmp_path / "b.zarr", n=2, methods=("mse",))
+    df = evaluate_many(
+        [
+            {"restored": a, "model": "m", "sample": "mito", "session": "1", "fov": "a"},
+            {"restored": b, "model": "m", "sample": "actin", "session": "1", "fov": "b"},
+        ]
+    )
+    assert len(df) == 1 * 4 + 2 * 3
+    assert evaluate_many([]).empty
+
+
+# ----------------------------------------------------------------------------- summary and TSV
+
+
+def _table() -> pd.DataFrame:
+    rows = []
+    for method, (p, s) in {"gan": (30.0, 0.9), "bilinear": (22.0, 0.5), "mse": (28.0, 0.8)}.items():
+        for frame, delta in enumerate((-1.0, 1.0)):
+            rows.append(
+                {
+                    "model": "m",
+                    "sample": "mito",
+                    "session": "1",
+                    "fov": "001",
+                    "frame": frame,
+                    "method": method,
+                    "psnr": p + delta,
+                    "ssim": s + delta / 100,
+                    "nrmse": 0.1,
+                }
+            )
+    return pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
+
+
+def test_summarise_table_ii() -> None:
+    summary = summarise(_table())
+    assert list(summary.columns) == list(SUMMARY_COLUMNS)
+    assert list(summary["method"]) == ["bilinear", "mse", "gan"]
+    gan = summary.set_index("method").loc["gan"]
+    assert gan["n"] == 2
+    assert gan["psnr_mean"] == pytest.approx(30.0)
+    assert gan["psnr_sd"] == pytest.approx(math.sqrt(2.0))  # sample SD of 29 and 31
+    assert gan["ssim_mean"] == pytest.approx(0.9)
+    assert gan["label"] == "GAN"
+
+
+def test_summarise_ignores_infinite_psnr(caplog: pytest.LogCaptureFixture) -> None:
+    df = _table()
+    df.loc[(df["method"] == "gan") & (df["frame"] == 0), "psnr"] = math.inf
+    with caplog.at_level(logging.WARNING, logger="fastscan.metrics"):
+        summary = summarise(df)
+    gan = summary.set_index("method").loc["gan"]
+    assert gan["n"] == 2
+    assert gan["psnr_n"] == 1
+    assert gan["psnr_mean"] == pytest.approx(31.0)
+    assert math.isnan(gan["psnr_sd"])
+    assert "not finite" in caplog.text
+
+
+def test_write_tsv_roundtrip(tmp_path: Path) -> None:
+    df = _table()
+    df.loc[0, "psnr"] = math.inf
+    df.loc[1, "psnr"] = 12.345678
+    out = write_tsv(df, tmp_path / "sub" / "metrics.tsv")
+    text = out.read_text()
+    assert "12.3457" in text and "12.34567" not in text
+    assert "\tinf\t" in text
+    assert not list(out.parent.glob(".*tmp"))
+    back = read_metrics_tsv(out)
+    assert list(back.columns) == list(METRIC_COLUMNS)
+    assert back["fov"].iloc[0] == "001"
+    assert back["psnr"].iloc[0] == math.inf
+    assert back["frame"].dtype == np.int64
+
+
+def test_write_tsv_replaces_existing(tmp_path: Path) -> None:
+    path = tmp_path / "t.tsv"
+    path.write_text("old\n")
+    write_tsv(summarise(_table()), path)
+    assert path.read_text().startswith("model\tsample\tmethod")

@@ -1,0 +1,214 @@
+"""Report figures and tables from small synthetic inputs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+
+from fastscan.baselines import METHODS
+from fastscan.metrics import METRIC_COLUMNS, SUMMARY_COLUMNS, write_tsv
+from fastscan.report import (
+    REPORT_FILES,
+    _brightest_variance_region,
+    _nice_bar_length,
+    plot_example_panels,
+    plot_metric_boxes,
+    plot_training_curves,
+    registration_qc_table,
+    write_report_figures,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _assert_png(path: Path) -> None:
+    assert path.is_file()
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC
+    assert len(data) > 1000
+
+
+def _metrics_table(rng: np.random.Generator) -> pd.DataFrame:
+    centres = {"bilinear": (22.7, 0.52), "bicubic": (23.1, 0.55), "mse": (28.5, 0.83), "gan": (29.7, 0.87)}
+    rows = []
+    for sample in ("mito", "actin"):
+        for fov in ("001", "002"):
+            for frame in range(5):
+                for method, (p, s) in centres.items():
+                    rows.append(
+                        {
+                            "model": "demo",
+                            "sample": sample,
+                            "session": "s1",
+                            "fov": fov,
+                            "frame": frame,
+                            "method": method,
+                            "psnr": p + rng.normal(0, 1.0),
+                            "ssim": min(1.0, s + rng.normal(0, 0.03)),
+                            "nrmse": 0.2 + rng.normal(0, 0.02),
+                        }
+                    )
+    return pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
+
+
+def _blobs(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    image = np.zeros(shape)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    for _ in range(25):
+        cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+        image += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * rng.uniform(1.5, 4) ** 2))
+    return image / image.max()
+
+
+def _restored_store(path: Path, rng: np.random.Generator, *, methods=("mse", "gan"), pixel=True) -> Path:
+    hr = _blobs((128, 128), rng).astype(np.float32)
+    lr = hr.reshape(64, 2, 64, 2).mean(axis=(1, 3))
+    lr = np.stack([lr + rng.normal(0, 0.08, lr.shape) for _ in range(2)]).astype(np.float32)
+    group = zarr.open_group(str(path), mode="w")
+    group.create_array("lr", data=lr)
+    group.create_array("hr", data=hr)
+    for k, method in enumerate(methods):
+        noise = 0.1 / (k + 1)
+        group.create_array(method, data=(hr + rng.normal(0, noise, (2, *hr.shape))).astype(np.float32))
+    attrs = {"frames": [3, 4], "methods": list(methods), "scale": 2}
+    if pixel:
+        attrs["hr_pixel_size_um"] = [0.2, 0.2]
+    group.attrs["fastscan"] = attrs
+    return path
+
+
+def _curves(path: Path, rng: np.random.Generator) -> Path:
+    rows = []
+    for stage, n, base in (("mse", 6, 0.05), ("critic", 3, 0.7), ("gan", 5, 0.3)):
+        for epoch in range(n):
+            rows.append(
+                {
+                    "stage": stage,
+                    "epoch": epoch,
+                    "train_loss": base * 0.8**epoch * rng.uniform(0.9, 1.1),
+                    "valid_loss": base * 0.85**epoch * rng.uniform(0.9, 1.1),
+                    "valid_psnr": math.nan if stage == "critic" else 24 + epoch * 0.8 + (stage == "gan") * 4,
+                }
+            )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, sep="\t", index=False)
+    return path
+
+
+def _qc(path: Path) -> Path:
+    pd.DataFrame(
+        {
+            "sample": ["mito", "mito", "actin"],
+            "session": ["s1", "s1", "s1"],
+            "fov": ["001", "002", "<003>"],
+            "ncc": [0.91, 0.42, 0.88],
+            "min_ncc": [0.6, 0.6, 0.6],
+            "passed": [True, False, True],
+        }
+    ).to_csv(path, sep="\t", index=False)
+    return path
+
+
+@pytest.mark.parametrize("metric", ["psnr", "ssim"])
+def test_plot_metric_boxes(tmp_path: Path, metric: str) -> None:
+    df = _metrics_table(np.random.default_rng(0))
+    out = plot_metric_boxes(df, tmp_path / f"{metric}.png", metric=metric)
+    _assert_png(out)
+
+
+def test_plot_metric_boxes_tolerates_infinite_psnr(tmp_path: Path) -> None:
+    df = _metrics_table(np.random.default_rng(1))
+    df.loc[df["method"] == "gan", "psnr"] = math.inf
+    _assert_png(plot_metric_boxes(df, tmp_path / "b.png", metric="psnr"))
+    with pytest.raises(ValueError, match="metric"):
+        plot_metric_boxes(df, tmp_path / "c.png", metric="psnr_db")
+
+
+def test_plot_example_panels(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    stores = [
+        _restored_store(tmp_path / "mito" / "s1" / "001.zarr", rng),
+        _restored_store(tmp_path / "actin" / "s1" / "002.zarr", rng, methods=("mse",), pixel=False),
+    ]
+    _assert_png(plot_example_panels(stores, tmp_path / "examples.png", frame_index=1))
+    _assert_png(plot_example_panels(stores[:1], tmp_path / "fixed.png", inset=(10, 20, 32, 32)))
+    with pytest.raises(ValueError, match="inset"):
+        plot_example_panels(stores[:1], tmp_path / "bad.png", inset=(120, 120, 32, 32))
+    with pytest.raises(ValueError, match="frame_index"):
+        plot_example_panels(stores[:1], tmp_path / "bad.png", frame_index=5)
+
+
+def test_brightest_variance_region_finds_structure() -> None:
+    image = np.zeros((200, 200))
+    image[130:150, 40:60] = 1.0
+    y0, x0, h, w = _brightest_variance_region(image, 64)
+    assert (h, w) == (64, 64)
+    assert y0 <= 130 and y0 + h >= 150 and x0 <= 40 and x0 + w >= 60
+    assert 0 <= y0 <= 200 - 64 and 0 <= x0 <= 200 - 64
+
+
+def test_nice_bar_length() -> None:
+    assert _nice_bar_length(102.4) == 20.0
+    assert _nice_bar_length(25.6) == 5.0
+    assert _nice_bar_length(6.0) == 1.0
+
+
+def test_plot_training_curves(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    one = _curves(tmp_path / "m1" / "curves.tsv", rng)
+    two = _curves(tmp_path / "m2" / "curves.tsv", rng)
+    _assert_png(plot_training_curves([one], tmp_path / "curves1.png"))
+    _assert_png(plot_training_curves([one, two], tmp_path / "curves2.png"))
+    bad = tmp_path / "bad.tsv"
+    pd.DataFrame({"stage": ["mse"], "epoch": [0]}).to_csv(bad, sep="\t", index=False)
+    with pytest.raises(ValueError, match="valid_psnr"):
+        plot_training_curves([bad], tmp_path / "bad.png")
+
+
+def test_registration_qc_table(tmp_path: Path) -> None:
+    qc = _qc(tmp_path / "registration.tsv")
+    before = qc.read_bytes()
+    fragment = registration_qc_table(qc)
+    assert "1 of 3 FOVs failed" in fragment
+    assert fragment.count("FAILED") == 1
+    assert fragment.count("<tr") == 4
+    assert "&lt;003&gt;" in fragment and "<003>" not in fragment
+    assert qc.read_bytes() == before
+
+
+def test_registration_qc_without_passed_column(tmp_path: Path) -> None:
+    qc = tmp_path / "qc.tsv"
+    pd.DataFrame({"fov": ["a", "b"], "ncc": [0.9, 0.1], "min_ncc": [0.5, 0.5]}).to_csv(qc, sep="\t", index=False)
+    assert "1 of 2 FOVs failed" in registration_qc_table(qc)
+
+
+def test_write_report_figures(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    metrics = write_tsv(_metrics_table(rng), tmp_path / "metrics.tsv")
+    stores = [_restored_store(tmp_path / "restore" / s / "s1" / "001.zarr", rng) for s in ("mito", "actin")]
+    curves = [_curves(tmp_path / "train" / "demo" / "curves.tsv", rng)]
+    out_dir = tmp_path / "report"
+    written = write_report_figures(
+        metrics_tsv=metrics, restored=stores, curves=curves, qc_tsv=_qc(tmp_path / "qc.tsv"), out_dir=out_dir
+    )
+    assert [p.name for p in written] == list(REPORT_FILES)
+    for path in written:
+        if path.suffix == ".png":
+            _assert_png(path)
+    summary = pd.read_csv(out_dir / "summary.tsv", sep="\t")
+    assert list(summary.columns) == list(SUMMARY_COLUMNS)
+    assert len(summary) == 2 * 4
+    methods = list(summary.loc[summary["sample"] == "mito", "method"])
+    assert methods == [m for m in METHODS if m in methods]
+    assert "FAILED" in (out_dir / "registration_qc.html").read_text()
+
+
+def test_write_report_figures_with_empty_inputs(tmp_path: Path) -> None:
+    metrics = write_tsv(pd.DataFrame(columns=list(METRIC_COLUMNS)), tmp_path / "metrics.tsv")
+    written = write_report_figures(metrics_tsv=metrics, restored=[], curves=[], qc_tsv=None, out_dir=tmp_path / "r")
+    assert all(p.is_file() for p in written)

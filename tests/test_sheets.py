@@ -1,0 +1,72 @@
+import pandas as pd
+import pytest
+
+from fastscan.sheets import SheetError, assign_splits, load_samples, load_slides
+
+HEADER = "sample\tsession\tfov\tlr\thr\n"
+
+
+def write(tmp_path, text, name="samples.tsv"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_load_samples_fills_optional_columns(tmp_path):
+    df = load_samples(write(tmp_path, HEADER + "mito\ts1\tf1\ta.tif\tb.tif\n"))
+    assert list(df.index) == ["mito/s1/f1"]
+    assert df.loc["mito/s1/f1", "channel"] == 0
+    assert df.loc["mito/s1/f1", "split"] == ""
+
+
+def test_duplicate_fov_is_refused(tmp_path):
+    p = write(tmp_path, HEADER + "mito\ts1\tf1\ta.tif\tb.tif\nmito\ts1\tf1\tc.tif\td.tif\n")
+    with pytest.raises(SheetError, match=r"duplicate.*mito/s1/f1"):
+        load_samples(p)
+
+
+def test_missing_and_unknown_columns_are_named(tmp_path):
+    with pytest.raises(SheetError, match=r"lacks the column.*'hr'"):
+        load_samples(write(tmp_path, "sample\tsession\tfov\tlr\nmito\ts1\tf1\ta.tif\n"))
+    with pytest.raises(SheetError, match=r"unknown column.*'colour'"):
+        load_samples(write(tmp_path, "sample\tsession\tfov\tlr\thr\tcolour\nm\ts\tf\ta\tb\tred\n"))
+
+
+def test_wrong_type_names_row_and_column(tmp_path):
+    p = write(tmp_path, "sample\tsession\tfov\tlr\thr\tchannel\nm\ts\tf\ta\tb\tgreen\n")
+    with pytest.raises(SheetError, match=r"row 2: column 'channel' must be int, got 'green'"):
+        load_samples(p)
+
+
+def test_bad_split_value(tmp_path):
+    p = write(tmp_path, "sample\tsession\tfov\tlr\thr\tsplit\nm\ts\tf\ta\tb\ttraining\n")
+    with pytest.raises(SheetError, match="split must be one of"):
+        load_samples(p)
+
+
+def test_missing_sheet(tmp_path):
+    with pytest.raises(SheetError, match="does not exist"):
+        load_samples(tmp_path / "nope.tsv")
+
+
+def test_slides_sheet(tmp_path):
+    df = load_slides(write(tmp_path, "slide\tpath\nwhole\tx.svs\n", "slides.tsv"))
+    assert df.loc["whole", "channel"] == 0 and df.loc["whole", "model"] == ""
+    with pytest.raises(SheetError, match="duplicate slide"):
+        load_slides(write(tmp_path, "slide\tpath\nw\tx.svs\nw\ty.svs\n", "slides.tsv"))
+
+
+def test_splits_are_by_fov_stable_and_explicit_wins():
+    rows = [("m", "s1", f"f{i:03d}", "") for i in range(300)] + [("m", "s1", "fixed", "test")]
+    df = pd.DataFrame(rows, columns=["sample", "session", "fov", "split"])
+    df.index = df["sample"] + "/" + df["session"] + "/" + df["fov"]
+    s1 = assign_splits(df, seed=3, val_fraction=0.2, test_fraction=0.2)
+    assert s1["m/s1/fixed"] == "test"
+    counts = s1.value_counts()
+    assert 0.1 < counts["val"] / len(df) < 0.3 and 0.1 < counts["test"] / len(df) < 0.3
+    # Adding a FOV never moves another FOV to a different split.
+    more = pd.concat([df, pd.DataFrame([("m", "s2", "new", "")], columns=df.columns, index=["m/s2/new"])])
+    s2 = assign_splits(more, seed=3, val_fraction=0.2, test_fraction=0.2)
+    assert (s2[s1.index] == s1).all()
+    # Another seed gives another split.
+    assert (assign_splits(df, seed=4, val_fraction=0.2, test_fraction=0.2) != s1).any()

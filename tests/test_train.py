@@ -1,0 +1,44 @@
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from fastscan.models import load_generator, load_state_dict
+from fastscan.train import resolve_config, train_critic, train_gan, train_generator
+
+TINY = {
+    "batch_size": 4,
+    "device": "cpu",
+    "generator": {"sizes": [16, 32], "epochs": [1, 1]},
+    "critic": {"epochs": 1, "nf": 16},
+    "gan": {"epochs": 1},
+}
+
+
+def test_config_defaults_and_checks():
+    cfg = resolve_config({"generator": {"sizes": [32]}})
+    assert cfg["generator"]["lr"] == 1e-3 and cfg["gan"]["weights_gen"] == [1.0, 50.0]
+    with pytest.raises(ValueError, match="same length"):
+        resolve_config({"generator": {"sizes": [16, 32], "epochs": [1]}})
+
+
+def test_three_stages_write_loadable_models(tmp_path, tiny_dataset):
+    mse, critic, gan = tmp_path / "mse", tmp_path / "critic", tmp_path / "gan"
+    meta = train_generator(dataset=tiny_dataset, out_dir=mse, config=TINY, seed=1, threads=2)
+    assert meta["stage"] == "mse" and meta["normalisation"]["hr"][1] > meta["normalisation"]["hr"][0]
+    curves = pd.read_csv(mse / "curves.tsv", sep="\t")
+    assert list(curves["stage"]) == ["mse", "mse"]  # one row per epoch over both resizing steps
+    assert curves["valid_psnr"].notna().all()
+
+    train_critic(dataset=tiny_dataset, generator_dir=mse, out_dir=critic, config=TINY, seed=1, threads=2)
+    assert set(load_state_dict(critic / "critic.pth")) and json.loads((critic / "model.json").read_text())["critic"]["nf"] == 16
+
+    train_gan(dataset=tiny_dataset, generator_dir=mse, critic_dir=critic, out_dir=gan, config=TINY, seed=1, threads=2)
+    model, meta = load_generator(gan)
+    assert meta["stage"] == "gan" and meta["versions"]["torch"].startswith("2.14")
+    with torch.inference_mode():
+        assert model(torch.rand(1, 1, 32, 32)).shape == (1, 1, 64, 64)
+    # The GAN stage changed the generator it started from.
+    before, after = load_state_dict(mse / "generator.pth"), load_state_dict(gan / "generator.pth")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
