@@ -1,0 +1,174 @@
+"""Workflow tests: lint, dry runs, config validation and a tiny end-to-end run."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ALL_RULES = [
+    "simulate_fov",
+    "simulate_slide",
+    "ingest_fov",
+    "register_fov",
+    "registration_qc",
+    "build_dataset",
+    "train_generator",
+    "train_critic",
+    "train_gan",
+    "restore_fov",
+    "restore_slide",
+    "metrics",
+    "report",
+    "all",
+]
+
+TINY_CONFIG = {
+    "samples": "config/tiny/samples.tsv",
+    "slides": "config/tiny/slides.tsv",
+    "simulate": {
+        "slides": {"tiny_slide": {"shape_px": [96, 80], "specimen": "tissue"}},
+        "params": {"field_of_view_um": 25.6, "hr": {"pixels": 128}, "lr": {"pixels": 64, "frames": 3}},
+    },
+    "dataset": {"tile": 32, "stride": 32},
+    "train": {
+        "batch_size": 4,
+        "generator": {"sizes": [32], "epochs": [1]},
+        "critic": {"epochs": 1, "nf": 16},
+        "gan": {"epochs": 1},
+    },
+    "restore": {"frames": 1, "tile": 64, "overlap": 16, "region": 64, "pyramid_levels": 2},
+}
+
+ROWS = [("fov01", "train"), ("fov02", "train"), ("fov03", "val"), ("fov04", "test")]
+
+
+def sheet_row(fov, split, session="tiny"):
+    base = f"results/simulated/mito/{session}/{fov}"
+    return f"mito\t{session}\t{fov}\t{base}_lr.ome.tif\t{base}_hr.ome.tif\t{split}\n"
+
+
+def snakemake(bin_dir, workdir, *args, check=True, timeout=1800):
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(
+        [str(bin_dir / "snakemake"), "--cores", "2", *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    return proc
+
+
+def make_workdir(root, tmp_path, config=TINY_CONFIG, rows=ROWS):
+    """A copy of the workflow with the tiny config (as a user's project directory would be)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("Snakefile", "workflow", "config", "profiles", "envs"):
+        src = root / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+    tiny = work / "config" / "tiny"
+    tiny.mkdir()
+    (tiny / "samples.tsv").write_text("sample\tsession\tfov\tlr\thr\tsplit\n" + "".join(sheet_row(f, s) for f, s in rows))
+    (tiny / "slides.tsv").write_text("slide\tpath\tmodel\tchannel\ntiny_slide\tresults/simulated/slides/tiny_slide.ome.tif\tmito\t0\n")
+    (tiny / "config.yaml").write_text(yaml.safe_dump(config))
+    return work
+
+
+def planned_jobs(stdout):
+    """Job counts from the 'Job stats' table of a dry run."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Job stats"))
+    jobs = {}
+    for line in lines[start + 3 :]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+def test_lint_is_clean(root, bin_dir):
+    proc = snakemake(bin_dir, root, "--lint", "--configfile", "config/demo/config.yaml")
+    assert "good condition" in proc.stdout + proc.stderr
+
+
+def test_demo_dry_run_plans_every_rule(root, bin_dir, tmp_path):
+    proc = snakemake(bin_dir, root, "-n", "--configfile", "config/demo/config.yaml", "--directory", str(root))
+    jobs = planned_jobs(proc.stdout)
+    assert set(ALL_RULES) <= set(jobs), jobs
+
+
+def test_schema_error_names_the_key(root, bin_dir, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"train": {"batch_size": "eight"}}))
+    proc = snakemake(bin_dir, root, "-n", "--configfile", "config/demo/config.yaml", str(bad), check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "batch_size" in out and "'eight' is not of type 'integer'" in out
+
+
+def test_unknown_config_key_is_refused(root, bin_dir, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"dataset": {"tiles": 64}}))
+    proc = snakemake(bin_dir, root, "-n", "--configfile", "config/demo/config.yaml", str(bad), check=False)
+    assert proc.returncode != 0 and "'tiles' was unexpected" in proc.stdout + proc.stderr
+
+
+def test_bad_sheet_names_the_row(root, bin_dir, tmp_path):
+    work = make_workdir(root, tmp_path, rows=ROWS + [("fov01", "train")])
+    proc = snakemake(bin_dir, work, "-n", "--configfile", "config/tiny/config.yaml", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "duplicate" in out and "mito/tiny/fov01" in out
+
+
+@pytest.mark.slow
+def test_tiny_workflow_end_to_end(root, bin_dir, tmp_path):
+    work = make_workdir(root, tmp_path)
+    snakemake(bin_dir, work, "--configfile", "config/tiny/config.yaml")
+
+    metrics = pd.read_csv(work / "results/report/metrics.tsv", sep="\t")
+    assert set(metrics["method"]) == {"bilinear", "bicubic", "mse", "gan"}
+    assert metrics["psnr"].between(0, 100).all() and metrics["ssim"].between(-1, 1).all()
+    qc = pd.read_csv(work / "results/qc/registration.tsv", sep="\t")
+    assert len(qc) == len(ROWS)
+    for name in ("psnr_boxes.png", "ssim_boxes.png", "examples.png", "training_curves.png", "summary.tsv"):
+        assert (work / "results/report" / name).stat().st_size > 0
+
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    slide = work / "results/restore/slides/tiny_slide.ome.zarr"
+    node = next(iter(Reader(parse_url(str(slide)))()))
+    level0 = node.data[0]
+    assert level0.shape == (2 * 96, 2 * 80) and len(node.data) == 2
+    scale = node.metadata["coordinateTransformations"][0][0]["scale"]
+    assert scale == pytest.approx([0.2, 0.2], rel=1e-3)  # pixel size halved from 0.4 µm
+
+    report = work / "results/report.html"
+    snakemake(bin_dir, work, "--configfile", "config/tiny/config.yaml", "--report", str(report))
+    html = report.read_text(errors="replace")
+    assert report.stat().st_size > 10_000 and "metrics.tsv" in html
+
+    # Nothing is left to do; adding a held-out FOV re-runs only that FOV's jobs plus the aggregates.
+    proc = snakemake(bin_dir, work, "-n", "--configfile", "config/tiny/config.yaml")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+    with open(work / "config/tiny/samples.tsv", "a") as fh:
+        fh.write(sheet_row("fov09", "test", session="new"))
+    jobs = planned_jobs(snakemake(bin_dir, work, "-n", "--configfile", "config/tiny/config.yaml").stdout)
+    assert jobs == {
+        "simulate_fov": 1,
+        "ingest_fov": 1,
+        "register_fov": 1,
+        "registration_qc": 1,
+        "restore_fov": 1,
+        "metrics": 1,
+        "report": 1,
+        "all": 1,
+    }
