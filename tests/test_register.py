@@ -315,7 +315,8 @@ def test_register_fov_end_to_end(tmp_path, caplog):
     assert {k: attrs[k] for k in src_attrs} == dict(src_attrs)
     r = attrs["registration"]
     assert set(r) == {
-        "drift_px", "hr_shift_px", "line_phase_px", "ncc", "residual_drift_px", "passed", "min_ncc"
+        "drift_px", "hr_shift_px", "line_phase_px", "field_fraction", "ncc", "residual_drift_px",
+        "passed", "min_ncc",
     }
     assert np.shape(r["drift_px"]) == (8, 2) and r["passed"] is True and r["min_ncc"] == 0.3
     err = np.asarray(r["drift_px"]) + drift
@@ -410,3 +411,33 @@ def test_gather_qc_sorts_by_sample_session_fov(tmp_path):
     # no inputs: a header-only table
     empty = reg.gather_qc([], tmp_path / "empty.tsv")
     assert empty.empty and list(reg.read_qc(tmp_path / "empty.tsv").columns) == list(reg.QC_COLUMNS)
+
+
+@pytest.mark.parametrize("offset_um", [(0.0, 0.0), (0.8, -1.2)])
+def test_fit_scan_model_undoes_resonant_distortion(offset_um):
+    """A plain rigid shift between a resonant LR mean and the HR target is biased by many pixels;
+    forward-modelling the distortion finds the field fraction and the true offset."""
+    from fastscan.register import fit_scan_model
+    from fastscan.simulate import acquire_hr, acquire_lr_series, render_specimen, resolve_params
+
+    params = resolve_params(
+        {
+            "field_of_view_um": 51.2,
+            "hr": {"pixels": 256},
+            "lr": {"pixels": 128, "frames": 8, "drift_um_per_frame": 0.0, "offset_um": list(offset_um)},
+        }
+    )
+    rng = np.random.default_rng(3)
+    n = int(round((51.2 + 8) / params["specimen_pixel_size_um"]))
+    specimen = render_specimen("mitochondria", shape=(n, n), pixel_size_um=params["specimen_pixel_size_um"], rng=rng)
+    hr = acquire_hr(specimen, params=params, rng=rng).astype(np.float64)
+    lr, truth = acquire_lr_series(specimen, params=params, rng=rng)
+    lr_mean = lr.astype(np.float64).mean(axis=0)
+    phase = reg.estimate_line_phase(lr.astype(np.float64))
+    ff, shift, ncc = fit_scan_model(hr, lr_mean, scale=2, line_phase_px=phase)
+    assert ff == pytest.approx(truth["field_fraction"], abs=0.051)
+    assert ncc > 0.9
+    # Truth: the specimen appears moved by hr_to_lr_shift_px LR px in the series; the registered
+    # HR sits half a line phase from the even rows (mean of both scan directions).
+    expected = np.array(truth["hr_to_lr_shift_px"]) * 2 + np.array([0.0, phase])
+    np.testing.assert_allclose(shift, expected, atol=0.5)  # HR px, i.e. 0.25 LR px

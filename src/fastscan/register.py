@@ -43,6 +43,7 @@ __all__ = [
     "correct_line_phase",
     "estimate_drift",
     "estimate_line_phase",
+    "fit_scan_model",
     "forward_model",
     "gather_qc",
     "normalised_cross_correlation",
@@ -61,6 +62,7 @@ QC_COLUMNS: tuple[str, ...] = (
     "frames",
     "ncc",
     "line_phase_px",
+    "field_fraction",
     "hr_shift_dy",
     "hr_shift_dx",
     "drift_rms_px",
@@ -518,6 +520,7 @@ def forward_model(
     scale: int = 2,
     blur_sigma: float = 0.0,
     line_phase_px: float = 0.0,
+    field_fraction: float = 0.0,
 ) -> np.ndarray:
     """Predict what the LR acquisition would record of the HR image (noise-free).
 
@@ -537,6 +540,11 @@ def forward_model(
         Bidirectional line phase in LR pixels (see :func:`estimate_line_phase`). Applied
         symmetrically, even rows by ``-line_phase_px / 2`` and odd rows by ``+line_phase_px / 2``,
         so the mean position of the two scan directions stays on the HR geometry.
+    field_fraction : float, optional
+        Fraction of the resonant half-period used for imaging. Display column ``j`` of a
+        resonant scan shows the nominal column
+        :func:`fastscan.simulate.resonant_pixel_coordinates` gives (wide pixels at the centre,
+        compressed at the edges); 0 means a linear scan.
 
     Returns
     -------
@@ -562,6 +570,12 @@ def forward_model(
         img = ndimage.gaussian_filter(img, blur_sigma * scale, mode="reflect")
     ny, nx = img.shape[0] // scale, img.shape[1] // scale
     lr = img.reshape(ny, scale, nx, scale).mean(axis=(1, 3), dtype=np.float64).astype(img.dtype)
+    if field_fraction:
+        from fastscan.simulate import resonant_pixel_coordinates
+
+        xs = resonant_pixel_coordinates(nx, field_fraction=field_fraction)
+        coords = np.stack(np.meshgrid(np.arange(ny, dtype=np.float64), xs, indexing="ij"))
+        lr = ndimage.map_coordinates(lr, coords, order=1, mode="nearest").astype(lr.dtype)
     if line_phase_px:
         lr[0::2] = _shift_rows_x(lr[0::2], -0.5 * line_phase_px, method="fourier", order=3)
         lr[1::2] = _shift_rows_x(lr[1::2], 0.5 * line_phase_px, method="fourier", order=3)
@@ -576,6 +590,7 @@ def align_hr_to_lr(
     upsample_factor: int = 20,
     blur_sigma: float = 0.0,
     line_phase_px: float = 0.0,
+    field_fraction: float = 0.0,
     iterations: int = 2,
     smooth_sigma: float = 1.0,
     taper: float = 0.25,
@@ -593,7 +608,7 @@ def align_hr_to_lr(
         HR pixels per LR pixel.
     upsample_factor : int, optional
         Resolution of the estimate: ``1 / upsample_factor`` LR pixel.
-    blur_sigma, line_phase_px : float, optional
+    blur_sigma, line_phase_px, field_fraction : float, optional
         Passed to :func:`forward_model`.
     iterations : int, optional
         Estimation passes; each pass after the first moves the HR image by the current estimate
@@ -630,6 +645,10 @@ def align_hr_to_lr(
         )
     window = _taper(lr_mean.shape, taper)
     ref_f = sp_fft.fft2(_prepare(lr_mean, smooth_sigma=smooth_sigma, window=window))
+    # A shift measured in resonant display columns is, near the centre where most of the
+    # correlation comes from, phi/sin(phi) nominal columns wide; iterating removes the rest.
+    half = 0.5 * math.pi * field_fraction
+    gain = np.array([1.0, half / math.sin(half) if field_fraction else 1.0])
     hr_shift = np.zeros(2, dtype=np.float64)
     moved = hr
     for it in range(iterations):
@@ -638,12 +657,77 @@ def align_hr_to_lr(
             # taper's pull towards zero shift.
             moved = _shift_array(hr, hr_shift)
         model = forward_model(
-            moved, scale=scale, blur_sigma=blur_sigma, line_phase_px=line_phase_px
+            moved,
+            scale=scale,
+            blur_sigma=blur_sigma,
+            line_phase_px=line_phase_px,
+            field_fraction=field_fraction,
         )
         mov_f = sp_fft.fft2(_prepare(model, smooth_sigma=smooth_sigma, window=window))
         shift_lr = _pcc(ref_f, mov_f, upsample_factor=upsample_factor, normalization=normalization)
-        hr_shift += shift_lr * scale
+        hr_shift += shift_lr * gain * scale
     return hr_shift
+
+
+#: Field fractions tried by :func:`fit_scan_model` (0 is a linear scan).
+FIELD_FRACTIONS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(19))
+
+
+def fit_scan_model(
+    hr: np.ndarray,
+    lr_mean: np.ndarray,
+    *,
+    scale: int = 2,
+    line_phase_px: float = 0.0,
+    field_fractions: Sequence[float] = FIELD_FRACTIONS,
+    upsample_factor: int = 20,
+    blur_sigma: float = 0.0,
+    smooth_sigma: float = 1.0,
+    iterations: int = 3,
+) -> tuple[float, np.ndarray, float]:
+    """Fit the resonant field fraction and the HR shift by forward-modelling the HR target.
+
+    A rigid shift estimated between a distorted LR mean and the undistorted HR target is biased
+    (the edges of a resonant frame are stretched), so each candidate field fraction is
+    forward-modelled, aligned, and scored by its normalised cross-correlation with the LR mean.
+
+    Returns
+    -------
+    field_fraction : float
+        The best candidate.
+    hr_shift : (2,) ndarray
+        ``[dy, dx]`` in HR pixels for that candidate (see :func:`align_hr_to_lr`).
+    ncc : float
+        Its normalised cross-correlation (inner region, away from shifted-in borders).
+    """
+    best: tuple[float, np.ndarray, float] | None = None
+    ny, nx = lr_mean.shape
+    for ff in field_fractions:
+        shift = align_hr_to_lr(
+            hr,
+            lr_mean,
+            scale=scale,
+            upsample_factor=upsample_factor,
+            blur_sigma=blur_sigma,
+            line_phase_px=line_phase_px,
+            field_fraction=ff,
+            smooth_sigma=smooth_sigma,
+            iterations=iterations,
+        )
+        model = forward_model(
+            _shift_array(hr, shift),
+            scale=scale,
+            blur_sigma=blur_sigma,
+            line_phase_px=line_phase_px,
+            field_fraction=ff,
+        )
+        m = min(int(math.ceil(np.abs(shift).max() / scale)) + 1, ny // 4, nx // 4)
+        ncc = normalised_cross_correlation(model[m : ny - m, m : nx - m], lr_mean[m : ny - m, m : nx - m])
+        logger.debug("field fraction %.2f: shift %s, ncc %.4f", ff, shift, ncc)
+        if best is None or ncc > best[2]:
+            best = (float(ff), shift, float(ncc))
+    assert best is not None, "field_fractions must not be empty"
+    return best
 
 
 def normalised_cross_correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -802,13 +886,13 @@ def register_fov(
     )
     registered = apply_shifts(lr, drift).astype(np.float32, copy=False)
     lr_mean = registered.mean(axis=0, dtype=np.float64)
-    hr_shift = align_hr_to_lr(
+    field_fraction, hr_shift, _ = fit_scan_model(
         hr,
         lr_mean,
         scale=scale,
+        line_phase_px=line_phase,
         upsample_factor=upsample_factor,
         blur_sigma=blur_sigma,
-        line_phase_px=line_phase,
         smooth_sigma=smooth_sigma,
     )
     hr_aligned = apply_shifts(hr[None], hr_shift[None])[0].astype(np.float32, copy=False)
@@ -818,7 +902,13 @@ def register_fov(
     margin = int(math.ceil(np.abs(drift).max(initial=0) + np.abs(hr_shift).max() / scale)) + 1
     margin = min(margin, ny // 4, nx // 4)
     inner = (slice(margin, ny - margin), slice(margin, nx - margin))
-    model = forward_model(hr_aligned, scale=scale, blur_sigma=blur_sigma, line_phase_px=line_phase)
+    model = forward_model(
+        hr_aligned,
+        scale=scale,
+        blur_sigma=blur_sigma,
+        line_phase_px=line_phase,
+        field_fraction=field_fraction,
+    )
     ncc = normalised_cross_correlation(model[inner], lr_mean[inner])
     residual = _rms(
         estimate_drift(
@@ -835,6 +925,7 @@ def register_fov(
         "drift_px": drift.tolist(),
         "hr_shift_px": hr_shift.tolist(),
         "line_phase_px": float(line_phase),
+        "field_fraction": float(field_fraction),
         "ncc": float(ncc),
         "residual_drift_px": float(residual),
         "passed": passed,
@@ -879,6 +970,7 @@ def register_fov(
         "frames": int(lr.shape[0]),
         "ncc": float(ncc),
         "line_phase_px": float(line_phase),
+        "field_fraction": float(field_fraction),
         "hr_shift_dy": float(hr_shift[0]),
         "hr_shift_dx": float(hr_shift[1]),
         "drift_rms_px": _rms(drift),
