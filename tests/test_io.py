@@ -572,3 +572,18 @@ def test_truncated_oib_names_file(tmp_path: Path) -> None:
     with pytest.raises(InputError) as err:
         read_series(path)
     assert path.name in str(err.value)
+
+
+def test_ingest_simulated_fov(tmp_path):
+    """The simulator writes what a microscope would; ingestion reads pixel sizes from its metadata."""
+    from fastscan.io import ingest_fov, read_fov
+    from fastscan.simulate import write_fov
+
+    params = {"field_of_view_um": 25.6, "hr": {"pixels": 128}, "lr": {"pixels": 64, "frames": 4}}
+    lr_path, hr_path = tmp_path / "f_lr.ome.tif", tmp_path / "f_hr.ome.tif"
+    write_fov(lr_path=lr_path, hr_path=hr_path, truth_path=tmp_path / "f.json", specimen="tissue", seed=2, params=params)
+    attrs = ingest_fov(lr=str(lr_path), hr=str(hr_path), out=tmp_path / "f.zarr", sample="tissue", session="s", fov="f")
+    lr, hr, stored = read_fov(tmp_path / "f.zarr")
+    assert lr.shape == (4, 64, 64) and lr.dtype == np.uint16 and hr.shape == (128, 128)
+    assert attrs["lr_pixel_size_um"] == pytest.approx([0.4, 0.4]) and attrs["hr_pixel_size_um"] == pytest.approx([0.2, 0.2])
+    assert stored["source"]["lr"]["significant_bits"] == 12

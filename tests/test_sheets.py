@@ -70,3 +70,12 @@ def test_splits_are_by_fov_stable_and_explicit_wins():
     assert (s2[s1.index] == s1).all()
     # Another seed gives another split.
     assert (assign_splits(df, seed=4, val_fraction=0.2, test_fraction=0.2) != s1).any()
+
+
+def test_workflow_parse_time_imports_stay_light():
+    """common.smk imports fastscan.sheets while Snakemake parses: it must not pull in torch."""
+    import subprocess
+    import sys
+
+    code = "import sys, fastscan.sheets; sys.exit('torch' in sys.modules or 'fastai' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -100,7 +100,9 @@ def test_lint_is_clean(root, bin_dir):
 
 
 def test_demo_dry_run_plans_every_rule(root, bin_dir, tmp_path):
-    proc = snakemake(bin_dir, root, "-n", "--configfile", "config/demo/config.yaml", "--directory", str(root))
+    # In a fresh copy: a demo already run in the checkout would leave nothing to plan.
+    work = make_workdir(root, tmp_path)
+    proc = snakemake(bin_dir, work, "-n", "--configfile", "config/demo/config.yaml")
     jobs = planned_jobs(proc.stdout)
     assert set(ALL_RULES) <= set(jobs), jobs
 

@@ -5,7 +5,7 @@ rule ingest_fov:
     input:
         unpack(get_raw_fov),
     output:
-        directory("results/ingest/{sample}/{session}/{fov}.zarr"),
+        temp(directory("results/ingest/{sample}/{session}/{fov}.zarr")),
     log:
         "logs/ingest/{sample}/{session}/{fov}.log",
     benchmark:
