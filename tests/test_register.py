@@ -153,10 +153,9 @@ def test_estimate_line_phase_noisy_mean(phase):
     assert abs(reg.estimate_line_phase(frames.mean(axis=0)) - phase) < 0.2
 
 
-REAL_OIB = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "mitoegfp_fv1000.oib"
+REAL_OIB = Path(__file__).resolve().parent / "data" / "mitoegfp_fv1000.oib"
 
 
-@pytest.mark.skipif(not REAL_OIB.is_file(), reason="shared real test data not present")
 def test_estimate_line_phase_on_real_one_way_scan():
     # A real (not simulated) frame: the one-way scan has no line phase; planted phases (with
     # linear interpolation, so nothing is periodic) come back from single noisy frames.
