@@ -84,3 +84,30 @@ def test_tile_dataset_crops_and_augments(tiny_dataset):
     lr, hr = full[0]
     down = hr[0].reshape(32, 2, 32, 2).mean(dim=(1, 3))
     assert np.corrcoef(down.numpy().ravel(), lr[0].numpy().ravel())[0, 1] > 0.9
+
+
+def test_lazy_reading_matches_in_memory(tiny_dataset):
+    eager = TileDataset(tiny_dataset, "train", size=24)
+    lazy = TileDataset(tiny_dataset, "train", size=24, max_memory_mb=0)
+    assert eager.in_memory and not lazy.in_memory
+    for i in (0, len(eager) - 1):
+        for a, b in zip(eager[i], lazy[i]):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+
+
+def test_augmentation_keeps_pairs_consistent(tiny_dataset):
+    """Zoom, lighting and contrast only: an augmented HR tile still block-averages to its LR tile
+    (no flip, shift or warp applied to one side only), and intensities change the same way."""
+    ds = TileDataset(tiny_dataset, "train", augment=True, max_zoom=1.3, max_lighting=0.3, max_contrast=0.3, seed=5)
+    plain = TileDataset(tiny_dataset, "train")
+    for i in range(6):
+        lr, hr = ds[i]
+        down = hr[0].reshape(32, 2, 32, 2).mean(dim=(1, 3)).numpy().ravel()
+        assert np.corrcoef(down, lr[0].numpy().ravel())[0, 1] > 0.85
+        # The affine intensity change is shared: LR and HR means move together.
+        p_lr, p_hr = plain[i]
+        assert abs((lr.mean() - p_lr.mean()) - (hr.mean() - p_hr.mean())) < 0.1
+    # A flipped pair would decorrelate: the check above can fail.
+    lr, hr = plain[0]
+    flipped = hr[0].flip(-1).reshape(32, 2, 32, 2).mean(dim=(1, 3)).numpy().ravel()
+    assert np.corrcoef(flipped, lr[0].numpy().ravel())[0, 1] < 0.5

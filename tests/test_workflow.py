@@ -161,8 +161,9 @@ def test_tiny_workflow_end_to_end(root, bin_dir, tmp_path):
     # Nothing is left to do; adding a held-out FOV re-runs only that FOV's jobs plus the aggregates.
     proc = snakemake(bin_dir, work, "-n", "--configfile", "config/tiny/config.yaml")
     assert "Nothing to be done" in proc.stdout + proc.stderr
-    with open(work / "config/tiny/samples.tsv", "a") as fh:
-        fh.write(sheet_row("fov09", "test", session="new"))
+    sheet = work / "config/tiny/samples.tsv"
+    original = sheet.read_text()
+    sheet.write_text(original + sheet_row("fov09", "test", session="new"))
     jobs = planned_jobs(snakemake(bin_dir, work, "-n", "--configfile", "config/tiny/config.yaml").stdout)
     assert jobs == {
         "simulate_fov": 1,
@@ -174,3 +175,9 @@ def test_tiny_workflow_end_to_end(root, bin_dir, tmp_path):
         "report": 1,
         "all": 1,
     }
+
+    # A new training FOV: only its own registration plus the dataset and everything downstream.
+    sheet.write_text(original + sheet_row("fov08", "train", session="new"))
+    jobs = planned_jobs(snakemake(bin_dir, work, "-n", "--configfile", "config/tiny/config.yaml").stdout)
+    assert jobs["simulate_fov"] == jobs["ingest_fov"] == jobs["register_fov"] == 1
+    assert jobs["build_dataset"] == 1 and jobs["train_generator"] == 1

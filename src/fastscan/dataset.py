@@ -231,6 +231,9 @@ class TileDataset:
         Zoom up to ``max_zoom``; brightness offset up to ``max_lighting`` and contrast factor
         within ``1 ± max_contrast``, in normalised units.
     seed : int
+    max_memory_mb : float
+        A split smaller than this is read into memory once; a larger one is read tile by tile
+        from the store (one chunk per tile), so memory does not grow with the dataset.
     """
 
     def __init__(
@@ -244,6 +247,7 @@ class TileDataset:
         max_lighting: float = 0.2,
         max_contrast: float = 0.2,
         seed: int = 0,
+        max_memory_mb: float = 2048.0,
     ) -> None:
         g, table, attrs = read_dataset(path)
         self.attrs = attrs
@@ -256,28 +260,49 @@ class TileDataset:
         if len(idx) == 0:
             raise DatasetError(f"dataset {path} has no {split!r} tiles")
         self.table = table.iloc[idx].reset_index(drop=True)
-        norm = attrs["normalisation"]
-        # Small datasets are read once into memory; the per-chunk reads would dominate otherwise.
-        self.lr = normalise(g["lr"].get_orthogonal_selection((idx, slice(None), slice(None))), *norm["lr"])
-        self.hr = normalise(g["hr"].get_orthogonal_selection((idx, slice(None), slice(None))), *norm["hr"])
+        self.norm = attrs["normalisation"]
+        self.tile = tile
+        self.index = idx
+        nbytes = len(idx) * 4 * (tile * tile) * (1 + self.scale**2)
+        self.in_memory = nbytes <= max_memory_mb * 2**20
+        if self.in_memory:
+            # Small datasets are read once; per-chunk reads would dominate a training step.
+            self.lr = normalise(g["lr"].get_orthogonal_selection((idx, slice(None), slice(None))), *self.norm["lr"])
+            self.hr = normalise(g["hr"].get_orthogonal_selection((idx, slice(None), slice(None))), *self.norm["hr"])
+        else:
+            self.lr, self.hr = g["lr"], g["hr"]
         self.augment = augment
         self.max_zoom, self.max_lighting, self.max_contrast = max_zoom, max_lighting, max_contrast
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
-        return len(self.lr)
+        return len(self.index)
+
+    def _crop(self, i: int, y: int, x: int) -> tuple[np.ndarray, np.ndarray]:
+        s, size = self.scale, self.size
+        if self.in_memory:
+            return (
+                self.lr[i, y : y + size, x : x + size].copy(),
+                self.hr[i, s * y : s * (y + size), s * x : s * (x + size)].copy(),
+            )
+        j = int(self.index[i])
+        return (
+            normalise(self.lr[j, y : y + size, x : x + size], *self.norm["lr"]),
+            normalise(self.hr[j, s * y : s * (y + size), s * x : s * (x + size)], *self.norm["hr"]),
+        )
 
     def __getitem__(self, i: int):
         import torch
         from torch.nn import functional as F
 
-        s, t, size = self.scale, self.lr.shape[-1], self.size
+        s, t, size = self.scale, self.tile, self.size
         if self.augment:
+            # Crops fall on whole LR pixels so LR and HR stay aligned without resampling.
             y, x = self.rng.integers(0, t - size + 1, size=2)
         else:
             y = x = (t - size) // 2
-        lr = torch.from_numpy(self.lr[i, y : y + size, x : x + size].copy())[None]
-        hr = torch.from_numpy(self.hr[i, s * y : s * (y + size), s * x : s * (x + size)].copy())[None]
+        lr_np, hr_np = self._crop(i, int(y), int(x))
+        lr, hr = torch.from_numpy(lr_np)[None], torch.from_numpy(hr_np)[None]
         if self.augment:
             zoom = self.rng.uniform(1.0, self.max_zoom)
             crop = int(round(size / zoom))
@@ -303,13 +328,18 @@ def make_dataloaders(
     device: str = "cpu",
     augment: dict | None = None,
     num_workers: int = 0,
+    max_memory_mb: float = 2048.0,
 ):
-    """fastai ``DataLoaders`` over the train and val splits of a dataset store."""
+    """fastai ``DataLoaders`` over the train and val splits of a dataset store.
+
+    ``augment`` holds the :class:`TileDataset` augmentation limits; ``max_memory_mb`` is its
+    threshold between reading a split into memory and reading tile by tile.
+    """
     from fastai.data.core import DataLoaders
 
     aug = augment or {}
-    train = TileDataset(path, "train", size=size, augment=True, seed=seed, **aug)
-    valid = TileDataset(path, "val", size=size, augment=False, seed=seed)
+    train = TileDataset(path, "train", size=size, augment=True, seed=seed, max_memory_mb=max_memory_mb, **aug)
+    valid = TileDataset(path, "val", size=size, augment=False, seed=seed, max_memory_mb=max_memory_mb)
     # fastai shuffles and drops the last partial batch of the first (training) loader only; a
     # training split smaller than one batch must keep its partial batch or nothing is trained.
     return DataLoaders.from_dsets(
