@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,6 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 import zarr
+
+from fastscan.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -161,23 +162,7 @@ def build_dataset(
         raise DatasetError(f"every tile was below the background level {background}; lower dataset.background")
     log.info("dataset: %d tiles kept, %d dropped as background, %d FOVs excluded", len(rows), dropped, len(excluded))
 
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    g = zarr.open_group(tmp, mode="w")
     n = len(rows)
-    lr_arr = g.create_array("lr", shape=(n, tile, tile), chunks=(1, tile, tile), dtype="float32")
-    hr_arr = g.create_array("hr", shape=(n, scale * tile, scale * tile), chunks=(1, scale * tile, scale * tile), dtype="float32")
-    i = 0
-    for entry, lr, hr, positions in plan:
-        if not positions:
-            continue
-        k = len(positions)
-        hr_tiles = np.stack([hr[scale * y : scale * (y + tile), scale * x : scale * (x + tile)] for y, x in positions])
-        for f in range(frames_of(lr)):
-            frame = np.asarray(lr[f], dtype=np.float32)
-            lr_arr[i : i + k] = np.stack([frame[y : y + tile, x : x + tile] for y, x in positions])
-            hr_arr[i : i + k] = hr_tiles
-            i += k
     attrs = {
         "kind": "dataset",
         "tile": tile,
@@ -193,11 +178,23 @@ def build_dataset(
         },
         "background": background,
     }
-    g.attrs["fastscan"] = attrs
-    pd.DataFrame(rows, columns=TILE_COLUMNS).to_csv(tmp / "tiles.tsv", sep="\t", index=False)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        g = zarr.open_group(tmp, mode="w")
+        lr_arr = g.create_array("lr", shape=(n, tile, tile), chunks=(1, tile, tile), dtype="float32")
+        hr_arr = g.create_array("hr", shape=(n, scale * tile, scale * tile), chunks=(1, scale * tile, scale * tile), dtype="float32")
+        i = 0
+        for _, lr, hr, positions in plan:
+            if not positions:
+                continue
+            k = len(positions)
+            hr_tiles = np.stack([hr[scale * y : scale * (y + tile), scale * x : scale * (x + tile)] for y, x in positions])
+            for f in range(frames_of(lr)):
+                frame = np.asarray(lr[f], dtype=np.float32)
+                lr_arr[i : i + k] = np.stack([frame[y : y + tile, x : x + tile] for y, x in positions])
+                hr_arr[i : i + k] = hr_tiles
+                i += k
+        g.attrs["fastscan"] = attrs
+        pd.DataFrame(rows, columns=TILE_COLUMNS).to_csv(tmp / "tiles.tsv", sep="\t", index=False)
     return attrs
 
 

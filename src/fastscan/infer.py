@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import zarr
+
+from fastscan.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -157,17 +158,6 @@ def restore_fov(
     scale = int(next(iter(loaded.values()))[1]["scale"])
     lr = normalise(g["lr"][:n], *norm["lr"])
     hr = normalise(g["hr"][...], *norm["hr"])
-    out = Path(out)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    og = zarr.open_group(tmp, mode="w")
-    og.create_array("lr", data=lr, chunks=(1,) + lr.shape[1:])
-    og.create_array("hr", data=hr)
-    for name, (model, _) in loaded.items():
-        t0 = time.time()
-        pred = np.stack([predict_image(model, f, scale=scale, tile=tile, overlap=overlap, batch_size=batch_size, device=device) for f in lr])
-        og.create_array(name, data=pred, chunks=(1,) + pred.shape[1:])
-        log.info("restored %d frame(s) of %s with %s in %.1f s", n, registered, name, time.time() - t0)
     meta = {
         "kind": "restored_fov",
         "frames": list(range(n)),
@@ -178,10 +168,18 @@ def restore_fov(
         "source": str(registered),
         **{k: attrs[k] for k in ("sample", "session", "fov", "lr_pixel_size_um", "hr_pixel_size_um") if k in attrs},
     }
-    og.attrs["fastscan"] = meta
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        og = zarr.open_group(tmp, mode="w")
+        og.create_array("lr", data=lr, chunks=(1,) + lr.shape[1:])
+        og.create_array("hr", data=hr)
+        for name, (model, _) in loaded.items():
+            t0 = time.time()
+            pred = np.stack(
+                [predict_image(model, f, scale=scale, tile=tile, overlap=overlap, batch_size=batch_size, device=device) for f in lr]
+            )
+            og.create_array(name, data=pred, chunks=(1,) + pred.shape[1:])
+            log.info("restored %d frame(s) of %s with %s in %.1f s", n, registered, name, time.time() - t0)
+        og.attrs["fastscan"] = meta
     return meta
 
 
@@ -246,39 +244,7 @@ def restore_slide(
     scale = int(meta["scale"])
     slide, smeta = open_slide(path, channel=channel, level=level)
     ny, nx = slide.shape
-    out = Path(out)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    root = zarr.open_group(tmp, mode="w", zarr_format=3)
     chunk = scale * region
-    level0 = root.create_array("0", shape=(scale * ny, scale * nx), chunks=(chunk, chunk), dtype="float32")
-    regions = _regions((ny, nx), region)
-    t0 = time.time()
-    for i, (y0, y1, x0, x1) in enumerate(regions):
-        block, oy, ox = _read_with_halo(slide, y0, y1, x0, x1, overlap)
-        pred = predict_image(model, normalise(block, *meta["normalisation"]["lr"]), scale=scale, tile=tile, overlap=overlap, batch_size=batch_size, device=device)
-        level0[scale * y0 : scale * y1, scale * x0 : scale * x1] = pred[scale * oy : scale * (oy + y1 - y0), scale * ox : scale * (ox + x1 - x0)]
-        if (i + 1) % max(1, len(regions) // 10) == 0 or i + 1 == len(regions):
-            log.info("slide %s: %d/%d regions restored (%.1f s)", path, i + 1, len(regions), time.time() - t0)
-    # Each pyramid level is the 2x2 mean of the one below, computed region by region.
-    prev = level0
-    for lev in range(1, pyramid_levels):
-        shape = (prev.shape[0] // 2, prev.shape[1] // 2)
-        if min(shape) < 1:
-            break
-        arr = root.create_array(str(lev), shape=shape, chunks=(chunk, chunk), dtype="float32")
-        for y0, y1, x0, x1 in _regions(shape, chunk):
-            src = np.asarray(prev[2 * y0 : 2 * y1, 2 * x0 : 2 * x1])
-            arr[y0:y1, x0:x1] = src.reshape(y1 - y0, 2, x1 - x0, 2).mean(axis=(1, 3))
-        prev = arr
-    levels = sorted((k for k in root.array_keys()), key=int)
-    in_px = smeta.get("pixel_size_um") or [1.0, 1.0]
-    datasets = [
-        {"path": k, "coordinateTransformations": [{"type": "scale", "scale": [in_px[0] / scale * 2**int(k), in_px[1] / scale * 2**int(k)]}]}
-        for k in levels
-    ]
-    axes = [{"name": "y", "type": "space", "unit": "micrometer"}, {"name": "x", "type": "space", "unit": "micrometer"}]
-    write_multiscales_metadata(root, datasets, fmt=FormatV05(), axes=axes, name=Path(path).stem)
     prov = {
         "kind": "restored_slide",
         "input": str(path),
@@ -292,8 +258,39 @@ def restore_slide(
         "region": region,
         "normalisation": meta["normalisation"],
     }
-    root.attrs["fastscan"] = prov
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        root = zarr.open_group(tmp, mode="w", zarr_format=3)
+        level0 = root.create_array("0", shape=(scale * ny, scale * nx), chunks=(chunk, chunk), dtype="float32")
+        regions = _regions((ny, nx), region)
+        t0 = time.time()
+        for i, (y0, y1, x0, x1) in enumerate(regions):
+            block, oy, ox = _read_with_halo(slide, y0, y1, x0, x1, overlap)
+            pred = predict_image(
+                model, normalise(block, *meta["normalisation"]["lr"]), scale=scale, tile=tile, overlap=overlap, batch_size=batch_size, device=device
+            )
+            level0[scale * y0 : scale * y1, scale * x0 : scale * x1] = pred[
+                scale * oy : scale * (oy + y1 - y0), scale * ox : scale * (ox + x1 - x0)
+            ]
+            if (i + 1) % max(1, len(regions) // 10) == 0 or i + 1 == len(regions):
+                log.info("slide %s: %d/%d regions restored (%.1f s)", path, i + 1, len(regions), time.time() - t0)
+        # Each pyramid level is the 2x2 mean of the one below, computed region by region.
+        prev = level0
+        for lev in range(1, pyramid_levels):
+            shape = (prev.shape[0] // 2, prev.shape[1] // 2)
+            if min(shape) < 1:
+                break
+            arr = root.create_array(str(lev), shape=shape, chunks=(chunk, chunk), dtype="float32")
+            for y0, y1, x0, x1 in _regions(shape, chunk):
+                src = np.asarray(prev[2 * y0 : 2 * y1, 2 * x0 : 2 * x1])
+                arr[y0:y1, x0:x1] = src.reshape(y1 - y0, 2, x1 - x0, 2).mean(axis=(1, 3))
+            prev = arr
+        in_px = smeta.get("pixel_size_um") or [1.0, 1.0]
+        datasets = [
+            {"path": k, "coordinateTransformations": [{"type": "scale", "scale": [in_px[0] / scale * 2 ** int(k), in_px[1] / scale * 2 ** int(k)]}]}
+            for k in sorted(root.array_keys(), key=int)
+        ]
+        axes = [{"name": "y", "type": "space", "unit": "micrometer"}, {"name": "x", "type": "space", "unit": "micrometer"}]
+        write_multiscales_metadata(root, datasets, fmt=FormatV05(), axes=axes, name=Path(path).stem)
+        root.attrs["fastscan"] = prov
     return prov
+

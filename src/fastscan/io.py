@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import re
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -688,13 +687,6 @@ def _check_values(data: np.ndarray, path: PathLike, role: str) -> None:
         raise InputError(f"{path}: {role} is all zero; check the channel and the file")
 
 
-def _remove_tree(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
 def ingest_fov(
     *,
     lr: PathLike,
@@ -826,14 +818,9 @@ def _write_store_atomically(
 ) -> None:
     import zarr
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pid = os.getpid()
-    tmp = out.with_name(f"{out.name}.tmp-{pid}")
-    old = out.with_name(f"{out.name}.old-{pid}")
-    # A previous run killed with the same pid would otherwise be mixed into this one.
-    _remove_tree(tmp)
-    _remove_tree(old)
-    try:
+    from fastscan.atomic import atomic_path
+
+    with atomic_path(out) as tmp:
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
         group.create_array(
             "lr",
@@ -848,18 +835,6 @@ def _write_store_atomically(
             dimension_names=("y", "x"),
         )
         group.attrs["fastscan"] = attrs
-        if out.exists() or out.is_symlink():
-            os.replace(out, old)
-        try:
-            os.replace(tmp, out)
-        except OSError:
-            if old.exists() and not out.exists():
-                os.replace(old, out)
-            raise
-    except BaseException:
-        _remove_tree(tmp)
-        raise
-    _remove_tree(old)
 
 
 def _zarr_kind(path: Path) -> str | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -423,17 +422,11 @@ def write_tsv(df: pd.DataFrame, path: str | Path) -> Path:
     Path
         `path`.
     """
+    from fastscan.atomic import atomic_path
+
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # A sibling path keeps the rename on one filesystem; the pid keeps concurrent writers apart.
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", newline="") as fh:
-            df.to_csv(fh, sep="\t", index=False, float_format="%.4f", na_rep="NaN", lineterminator="\n")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(target) as tmp, open(tmp, "w", newline="") as fh:
+        df.to_csv(fh, sep="\t", index=False, float_format="%.4f", na_rep="NaN", lineterminator="\n")
     logger.info("wrote %s (%d rows)", target, len(df))
     return target
 

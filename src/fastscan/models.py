@@ -183,12 +183,11 @@ def build_critic(*, n_channels: int = 1, nf: int = 128, n_blocks: int = 3, dropo
 
 def save_state_dict(model: nn.Module, path: str | os.PathLike) -> None:
     """Write ``model.state_dict()`` atomically (a killed job never leaves a truncated file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    from fastscan.atomic import atomic_path
+
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -241,11 +240,9 @@ def load_generator(model_dir: str | os.PathLike, *, device: str | torch.device =
 
 def write_model_json(model_dir: str | os.PathLike, meta: dict[str, Any]) -> None:
     """Write ``model.json`` atomically."""
-    path = Path(model_dir) / "model.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".model.json.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(meta, indent=2, default=str))
-    os.replace(tmp, path)
+    from fastscan.atomic import write_text
+
+    write_text(Path(model_dir) / "model.json", json.dumps(meta, indent=2, default=str))
 
 
 def library_versions() -> dict[str, str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import html
 import logging
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from fastscan.atomic import atomic_path, write_text
 from fastscan.baselines import METHOD_COLOURS, method_colour, method_label, method_sort_key, upsample
 from fastscan.metrics import psnr, read_metrics_tsv, ssim, summarise, write_tsv
 
@@ -89,14 +89,9 @@ def _pyplot() -> Any:
 def _save(fig: Figure, out_png: str | Path) -> Path:
     plt = _pyplot()
     out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        fig.savefig(tmp, format="png", dpi=_DPI)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, format="png", dpi=_DPI)
     finally:
         plt.close(fig)
     logger.info("wrote %s", out)
@@ -104,14 +99,7 @@ def _save(fig: Figure, out_png: str | Path) -> Path:
 
 
 def _write_text(text: str, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_text(path, text)
     logger.info("wrote %s", path)
     return path
 

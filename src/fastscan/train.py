@@ -122,12 +122,11 @@ def _quiet(learn) -> None:
 
 
 def _write_outputs(out_dir: Path, meta: dict, rows: list[dict]) -> None:
+    from fastscan.atomic import write_text
     from fastscan.models import write_model_json
 
     curves = pd.DataFrame(rows, columns=CURVE_COLUMNS)
-    tmp = out_dir / f".curves.tsv.tmp-{os.getpid()}"
-    curves.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
-    os.replace(tmp, out_dir / "curves.tsv")
+    write_text(out_dir / "curves.tsv", curves.to_csv(sep="\t", index=False, float_format="%.6g"))
     meta["curves"] = rows
     write_model_json(out_dir, meta)
 
