@@ -82,6 +82,8 @@ from scipy import ndimage as ndi
 from scipy import signal as sp_signal
 from scipy.spatial import cKDTree
 
+from fastscan.atomic import atomic_path
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -1527,19 +1529,8 @@ def acquire_lr_series(
 @contextlib.contextmanager
 def _atomic_paths(*paths: PathLike) -> Iterator[list[Path]]:
     """Temporary siblings of ``paths``, renamed into place only if the block succeeds."""
-    finals = [Path(p) for p in paths]
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    temps = [f.with_name(f"{f.name}.tmp-{tag}") for f in finals]
-    for f in finals:
-        f.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        yield temps
-        for temp, final in zip(temps, finals):
-            os.replace(temp, final)
-    finally:
-        for temp in temps:
-            with contextlib.suppress(FileNotFoundError):
-                temp.unlink()
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(atomic_path(p)) for p in paths]
 
 
 def _file_uuid(role: str, specimen: str, params: Mapping[str, Any]) -> str:
