@@ -52,7 +52,8 @@ def test_three_stages_write_loadable_models(tmp_path, tiny_dataset):
     g = zarr.open_group(str(tmp_path / "restored.zarr"), mode="r")
     raw = zarr.open_group(str(tmp_path / "reg2.zarr"), mode="r")
     np.testing.assert_allclose(g["lr"][...], normalise(raw["lr"][:2], *meta["normalisation"]["lr"]), rtol=1e-6)
-    assert g["gan"].shape == (2, 128, 128) and g["mse"].shape == (2, 128, 128)
+    assert g["gan"].shape == g["mse"].shape == g["classical"].shape == (2, 128, 128)
+    assert g.attrs["fastscan"]["methods"] == ["classical", "mse", "gan"]
     # The GAN stage changed the generator it started from.
     before, after = load_state_dict(mse / "generator.pth"), load_state_dict(gan / "generator.pth")
     assert any(not torch.equal(before[k], after[k]) for k in before)

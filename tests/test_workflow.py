@@ -135,7 +135,7 @@ def test_tiny_workflow_end_to_end(root, bin_dir, tmp_path):
     snakemake(bin_dir, work, "--configfile", "config/tiny/config.yaml")
 
     metrics = pd.read_csv(work / "results/report/metrics.tsv", sep="\t")
-    assert set(metrics["method"]) == {"bilinear", "bicubic", "mse", "gan"}
+    assert set(metrics["method"]) == {"bilinear", "bicubic", "classical", "mse", "gan"}
     assert metrics["psnr"].between(0, 100).all() and metrics["ssim"].between(-1, 1).all()
     qc = pd.read_csv(work / "results/qc/registration.tsv", sep="\t")
     assert len(qc) == len(ROWS)

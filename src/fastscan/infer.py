@@ -128,6 +128,7 @@ def restore_fov(
     batch_size: int = 4,
     device: str = "cpu",
     threads: int | None = None,
+    classical: bool = True,
 ) -> dict[str, Any]:
     """Restore the first ``frames`` frames of a registered FOV with each model, for evaluation.
 
@@ -139,6 +140,9 @@ def restore_fov(
         Restored FOV store (written atomically), see docs/architecture.md.
     models : dict
         Method name (``mse``, ``gan``) -> model directory. All must share one normalisation.
+    classical : bool
+        Also store the classical cascade (:func:`fastscan.classical.restore_classical`) with the
+        line phase and field fraction registration fitted for this FOV, as method ``classical``.
     """
     import torch
 
@@ -161,7 +165,7 @@ def restore_fov(
     meta = {
         "kind": "restored_fov",
         "frames": list(range(n)),
-        "methods": list(models),
+        "methods": (["classical"] if classical else []) + list(models),
         "scale": scale,
         "normalisation": norm,
         "models": {k: str(v) for k, v in models.items()},
@@ -172,6 +176,14 @@ def restore_fov(
         og = zarr.open_group(tmp, mode="w")
         og.create_array("lr", data=lr, chunks=(1,) + lr.shape[1:])
         og.create_array("hr", data=hr)
+        if classical:
+            from fastscan.classical import restore_classical
+
+            reg = attrs.get("registration", {})
+            pred = restore_classical(
+                lr, line_phase_px=float(reg.get("line_phase_px", 0.0)), field_fraction=float(reg.get("field_fraction", 0.0)), scale=scale
+            )
+            og.create_array("classical", data=pred, chunks=(1,) + pred.shape[1:])
         for name, (model, _) in loaded.items():
             t0 = time.time()
             pred = np.stack(
