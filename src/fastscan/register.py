@@ -9,8 +9,13 @@ Before the pair can be tiled for training this module
    information and used by the forward model and the classical baselines;
 2. estimates and removes per-frame drift against a robust temporal reference;
 3. moves the HR target onto the grid of the drift-corrected LR series through a forward model of
-   the LR acquisition (:func:`forward_model`), and scores the match with a normalised
-   cross-correlation that decides whether the FOV enters the training set.
+   the LR acquisition (:func:`forward_model`, with the resonant field fraction fitted by
+   :func:`fit_scan_model`), and scores the match with a normalised cross-correlation that
+   decides whether the FOV enters the training set.
+
+For a resonant scan, drift is measured and corrected as a displacement of the specimen on the
+nominal (linear) grid, each display column moving by its own amount (see :func:`estimate_drift`
+and :func:`apply_shifts` with ``field_fraction``).
 
 Shift conventions follow :func:`skimage.registration.phase_cross_correlation`: an estimated shift
 is the translation that, applied to the moving image with :func:`apply_shifts` (or
@@ -22,8 +27,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +38,8 @@ from scipy import fft as sp_fft
 from scipy import ndimage
 from scipy.signal import windows
 from skimage.registration import phase_cross_correlation
+
+from fastscan.atomic import atomic_path
 
 __all__ = [
     "QC_COLUMNS",
@@ -154,17 +159,24 @@ def _shift_array(
     axes = tuple(int(a) for a in np.flatnonzero(shift))
     pads = [(0, 0)] * array.ndim
     for ax in axes:
-        p = min(int(math.ceil(abs(shift[ax]))) + _FOURIER_PAD, array.shape[ax] - 1)
-        pads[ax] = (p, p)
+        n = array.shape[ax]
+        p = min(int(math.ceil(abs(shift[ax]))) + _FOURIER_PAD, n - 1)
+        # Pad on to a length with small prime factors: n + 2p is often twice a prime (274 for
+        # 256 columns), for which the FFT is several times slower.
+        extra = min(sp_fft.next_fast_len(n + 2 * p, real=True) - (n + 2 * p), n - 1 - p)
+        pads[ax] = (p, p + extra)
     padded = np.pad(array, pads, mode="symmetric") if any(p for p, _ in pads) else array
-    spectrum = sp_fft.fftn(padded, axes=axes)
+    sizes = [padded.shape[ax] for ax in axes]
+    # Real-input transforms: the last shifted axis keeps only non-negative frequencies.
+    spectrum = sp_fft.rfftn(padded, axes=axes)
     for ax in axes:
-        freq = sp_fft.fftfreq(padded.shape[ax]).astype(dtype)
+        n = padded.shape[ax]
+        freq = sp_fft.rfftfreq(n) if ax == axes[-1] else sp_fft.fftfreq(n)
         ramp = np.exp(-2j * np.pi * shift[ax] * freq).astype(spectrum.dtype)
         ramp_shape = [1] * array.ndim
         ramp_shape[ax] = -1
         spectrum *= ramp.reshape(ramp_shape)
-    shifted = sp_fft.ifftn(spectrum, axes=axes).real
+    shifted = sp_fft.irfftn(spectrum, s=sizes, axes=axes)
     crop = tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, array.shape, strict=True))
     return np.ascontiguousarray(shifted[crop], dtype=dtype)
 
@@ -228,6 +240,130 @@ def _as_frames(frames: np.ndarray, name: str = "frames") -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
+# resonant scan geometry
+
+
+def _nominal_columns(n: int, field_fraction: float) -> np.ndarray:
+    """Nominal (linear-grid) column shown by each display column of a resonant line, ``(n,)``.
+
+    The convention of :func:`fastscan.simulate.resonant_pixel_coordinates`; the identity for a
+    linear scan (``field_fraction`` 0).
+    """
+    if not field_fraction:
+        return np.arange(n, dtype=np.float64)
+    from fastscan.simulate import resonant_pixel_coordinates
+
+    return resonant_pixel_coordinates(n, field_fraction=field_fraction)
+
+
+def _display_columns(x: np.ndarray, n: int, field_fraction: float) -> np.ndarray:
+    """Inverse of :func:`_nominal_columns`: the fractional display column of nominal column ``x``.
+
+    Display column ``j`` is sampled at the mirror phase ``phi_j = -h + j 2h / (n - 1)``,
+    ``h = field_fraction pi / 2``, and shows nominal column ``(n - 1) / 2 (1 + sin phi_j / sin h)``.
+    Positions beyond the mirror's turning points are clipped to them.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if not field_fraction:
+        return x.copy()
+    half = 0.5 * math.pi * field_fraction
+    u = np.clip((2.0 * x / (n - 1) - 1.0) * math.sin(half), -1.0, 1.0)
+    return (np.arcsin(u) + half) * ((n - 1) / (2.0 * half))
+
+
+def _resonant_gain(n: int, field_fraction: float, taper: float) -> float:
+    """Nominal pixels per display pixel of a rigid x shift measured on resonant frames.
+
+    Content displaced by ``d`` nominal pixels moves by ``d / s_j`` display pixels in display
+    column ``j``, where ``s_j`` is the local width of that column in nominal pixels
+    (``h / sin h`` at the centre of the line, ``h cos h / sin h`` at its ends). A
+    cross-correlation weights each column by its gradient energy, which scales as ``s_j**2`` for
+    content with the same spectrum everywhere on the nominal grid, times the squared taper
+    ``w_j**2`` of both images; its peak is therefore at about ``d sum(s w**2) / sum(s**2 w**2)``
+    display pixels, and the nominal shift is the measured one times the returned
+    ``sum(s**2 w**2) / sum(s w**2)`` (1.12 for ``field_fraction`` 0.8 and a 0.25 taper, against
+    ``h / sin h`` = 1.32 at the centre alone). The estimators iterate on the residual of
+    already aligned images, whose fixed point does not depend on this factor: it only sets how
+    fast they converge. 1 for a linear scan.
+    """
+    if not field_fraction or n < 2:
+        return 1.0
+    half = 0.5 * math.pi * field_fraction
+    phi = np.linspace(-half, half, n)
+    width = half * np.cos(phi) / math.sin(half)
+    weight = np.ones(n) if taper <= 0 else windows.tukey(n, taper) ** 2
+    return float(np.sum(width**2 * weight) / np.sum(width * weight))
+
+
+def _reflect_index(index: np.ndarray, n: int) -> np.ndarray:
+    """Fold integer indices into ``[0, n)`` with the ``d c b a | a b c d`` (symmetric) rule."""
+    m = np.mod(index, 2 * n)
+    return np.where(m < n, m, 2 * n - 1 - m)
+
+
+def _resample_columns(image: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Every row of ``image`` (``(..., X)``) read at the fractional columns ``positions``.
+
+    Catmull-Rom cubic convolution (4 taps, interpolating, no prefilter) with a symmetric
+    boundary; a column whose position is an integer is copied exactly.
+    """
+    n = image.shape[-1]
+    i0 = np.floor(positions).astype(np.intp)
+    f = positions - i0
+    f2, f3 = f * f, f * f * f
+    weights = (
+        0.5 * (-f3 + 2.0 * f2 - f),
+        0.5 * (3.0 * f3 - 5.0 * f2 + 2.0),
+        0.5 * (-3.0 * f3 + 4.0 * f2 + f),
+        0.5 * (f3 - f2),
+    )
+    out = np.zeros(image.shape, dtype=image.dtype)
+    for k, w in zip((-1, 0, 1, 2), weights, strict=True):
+        out += image[..., _reflect_index(i0 + k, n)] * w.astype(image.dtype)
+    return out
+
+
+def _shift_resonant(
+    frame: np.ndarray,
+    shift: Sequence[float],
+    field_fraction: float,
+    *,
+    method: ShiftMethod,
+    order: int,
+    mode: str,
+) -> np.ndarray:
+    """Translate a resonant frame by ``[dy, dx]`` with ``dx`` in nominal pixels.
+
+    The content of display column ``j`` moves to where nominal column ``x_j + dx`` is displayed,
+    so the shift in display pixels varies along the line (larger towards the ends, where columns
+    are narrow). The Fourier method shifts the whole frame by ``dy`` and by the display shift of
+    the centre of the line, keeping the noise power there, and resamples the columns for the
+    rest, which is zero at the centre and grows towards the ends (cubic convolution: the noise
+    variance of a column read halfway between two samples drops by about a third). The spline
+    method samples the exact coordinates directly. The line phase changes the shift of the odd
+    rows by less than 0.05 px at the outermost columns for a drift of one pixel, and is ignored.
+    """
+    frame = np.asarray(frame, dtype=_float_dtype(frame.dtype))
+    dy, dx = (float(v) for v in shift)
+    n = frame.shape[-1]
+    if not dx:
+        return _shift_array(frame, [dy, 0.0], method=method, order=order, mode=mode)
+    source = _display_columns(_nominal_columns(n, field_fraction) - dx, n, field_fraction)
+    if method == "spline":
+        rows = np.arange(frame.shape[0], dtype=np.float64) - dy
+        coords = np.stack(np.meshgrid(rows, source, indexing="ij"))
+        return ndimage.map_coordinates(
+            frame, coords, order=order, mode=mode, prefilter=order > 1
+        ).astype(frame.dtype, copy=False)
+    _check_choice("method", method, ("fourier", "spline"))
+    centre = 0.5 * (n - 1)
+    centre_shift = centre - float(_display_columns(np.array(centre - dx), n, field_fraction))
+    base = _shift_array(frame, [dy, centre_shift], method="fourier")
+    # base[j] = frame[j - centre_shift], so frame[source_j] = base[source_j + centre_shift].
+    return _resample_columns(base, source + centre_shift)
+
+
+# --------------------------------------------------------------------------------------------
 # line phase of the bidirectional scan
 
 
@@ -237,6 +373,7 @@ def estimate_line_phase(
     upsample_factor: int = 20,
     taper: float = 0.25,
     normalization: Normalization = None,
+    smooth_sigma: float = 0.7,
 ) -> float:
     """Sub-pixel x displacement of the odd rows against the even rows of a bidirectional scan.
 
@@ -254,6 +391,12 @@ def estimate_line_phase(
         ``None`` weights each frequency by its signal power, which is what keeps the estimate
         stable at a few photons per pixel; ``"phase"`` whitens the spectrum (classic phase
         correlation), which amplifies high-frequency noise.
+    smooth_sigma : float, optional
+        Gaussian low-pass of the cross-power spectrum, the same as smoothing both row sets along
+        x with this standard deviation in pixels (0 disables it). The optics and the pixel
+        integration leave little signal above a third of the sampling frequency while the
+        photon noise is white, so this roughly halves the error on single frames of a few
+        photons per pixel; being common to both row sets it does not move the peak.
 
     Returns
     -------
@@ -317,6 +460,9 @@ def estimate_line_phase(
     cross = (sp_fft.fft(moving, axis=1) * sp_fft.fft(reference, axis=1).conj()).sum(axis=0)
     if normalization == "phase":
         cross = cross / np.maximum(np.abs(cross), np.finfo(np.float32).eps)
+    if smooth_sigma > 0:
+        freq = sp_fft.fftfreq(image.shape[1])
+        cross = cross * np.exp(-((2.0 * np.pi * smooth_sigma * freq) ** 2))
     return _upsampled_peak_1d(cross, upsample_factor)
 
 
@@ -379,6 +525,7 @@ def apply_shifts(
     method: ShiftMethod = "fourier",
     order: int = 3,
     mode: str = "reflect",
+    field_fraction: float = 0.0,
 ) -> np.ndarray:
     """Translate each frame by its own shift.
 
@@ -387,7 +534,8 @@ def apply_shifts(
     frames : (T, Y, X) ndarray
         Frames to translate (any real dtype).
     shifts : (T, 2) array_like
-        ``[dy, dx]`` per frame, in pixels, as returned by :func:`estimate_drift`.
+        ``[dy, dx]`` per frame, in pixels, as returned by :func:`estimate_drift` (with the same
+        ``field_fraction``).
     method : {"fourier", "spline"}, optional
         ``"fourier"`` multiplies the spectrum of a reflect-padded frame by a phase ramp: exact
         for band-limited content and noise-power preserving. ``"spline"`` uses
@@ -396,11 +544,27 @@ def apply_shifts(
         Spline order for ``method="spline"``.
     mode : str, optional
         Boundary mode for ``method="spline"`` (see :func:`scipy.ndimage.shift`).
+    field_fraction : float, optional
+        Resonant scan model of the frames (see :func:`forward_model`). With a non-zero value,
+        ``dx`` is in nominal (linear-grid) pixels and each column moves by its own display
+        shift, so content anywhere along the line moves by the same physical distance; the
+        Fourier method then resamples the columns away from the centre of the line with a
+        cubic kernel (see Notes). 0 (the default) is a rigid translation in display pixels.
 
     Returns
     -------
     shifted : (T, Y, X) ndarray
         float32 (float64 when ``frames`` is float64).
+
+    Notes
+    -----
+    A resonant frame displays the nominal grid stretched at the centre and compressed towards
+    the ends of each line, so a specimen displacement of ``dx`` nominal pixels moves content by
+    ``dx / s`` display pixels where a column is ``s`` nominal pixels wide: ``0.76 dx`` at the
+    centre and ``2.4 dx`` at the ends of a line for a field fraction of 0.8. A rigid display
+    shift can only match one of them. With ``field_fraction`` the frame is shifted in Fourier
+    space by ``dy`` and by the display shift of the line centre, and the columns are then
+    resampled for the remainder, which is zero at the centre.
     """
     _check_choice("method", method, ("fourier", "spline"))
     frames = _as_frames(frames)
@@ -409,7 +573,12 @@ def apply_shifts(
         raise ValueError(f"shifts must have shape ({frames.shape[0]}, 2), got {shifts.shape}")
     out = np.empty(frames.shape, dtype=_float_dtype(frames.dtype))
     for t in range(frames.shape[0]):
-        out[t] = _shift_array(frames[t], shifts[t], method=method, order=order, mode=mode)
+        if field_fraction:
+            out[t] = _shift_resonant(
+                frames[t], shifts[t], field_fraction, method=method, order=order, mode=mode
+            )
+        else:
+            out[t] = _shift_array(frames[t], shifts[t], method=method, order=order, mode=mode)
     return out
 
 
@@ -428,6 +597,8 @@ def estimate_drift(
     smooth_sigma: float = 1.0,
     taper: float = 0.25,
     normalization: Normalization = None,
+    field_fraction: float = 0.0,
+    initial: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per-frame sub-pixel translation of a series against its robust temporal reference.
 
@@ -452,14 +623,24 @@ def estimate_drift(
         Passed to :func:`skimage.registration.phase_cross_correlation`. ``None`` (plain
         cross-correlation) is the default because phase normalisation whitens the spectrum and
         so undoes the pre-smoothing, giving the white Poisson noise the same weight as signal.
+    field_fraction : float, optional
+        Resonant scan model of the frames (:func:`fit_scan_model`). With a non-zero value the
+        x drift is a displacement of the specimen in nominal (linear-grid) pixels, the unit of
+        the HR target and of ``fastscan.simulate``'s ``drift_px``, and the frames are aligned
+        by :func:`apply_shifts` with the same ``field_fraction`` between passes (see Notes).
+        0 (the default) treats the frames as a linear scan: shifts in display pixels.
+    initial : (T, 2) array_like, optional
+        Starting estimate, in the units of the result; the first pass then measures the residual
+        of the frames aligned with it.
 
     Returns
     -------
     drift : (T, 2) ndarray of float64
         ``drift[t] = [dy, dx]`` is the shift that, applied to frame ``t`` with
-        :func:`apply_shifts` or :func:`scipy.ndimage.shift`, aligns it with the reference. The
-        reference is the temporal median (or mean) of the series, so the drift is relative to
-        the series' robust centre position, not to the first frame; its mean is not removed.
+        :func:`apply_shifts` (and the same ``field_fraction``) or, for a linear scan,
+        :func:`scipy.ndimage.shift`, aligns it with the reference. The reference is the
+        temporal median (or mean) of the series, so the drift is relative to the series'
+        robust centre position, not to the first frame; its mean is not removed.
 
     Notes
     -----
@@ -467,6 +648,15 @@ def estimate_drift(
     accumulate over the series. Each pass costs, per frame, one FFT and one inverse FFT of the
     frame, an upsampled DFT of ``(1.5 * upsample_factor)**2`` points [1]_ and, after the first
     pass, one Fourier shift.
+
+    A specimen displacement along a resonant line is not a translation of the displayed frame:
+    columns are narrower towards the ends of the line, where the same displacement covers more
+    display pixels. A rigid registration of such frames reports a display shift that is an
+    average over the line (about 0.9 times the displacement for a field fraction of 0.8, and
+    not that of the centre, 0.76) and leaves the ends misaligned by a third of the displacement.
+    With ``field_fraction`` each pass measures the rigid residual of frames aligned by the
+    model-based shift and converts it to nominal pixels (:func:`_resonant_gain`); the passes
+    converge to the displacement that aligns the frames at every column.
 
     References
     ----------
@@ -486,19 +676,25 @@ def estimate_drift(
             smoothed, (0, smooth_sigma, smooth_sigma), mode="reflect"
         )
     window = _taper(frames.shape[1:], taper)
+    gain = np.array([1.0, _resonant_gain(frames.shape[2], field_fraction, taper)])
 
     drift = np.zeros((frames.shape[0], 2), dtype=np.float64)
+    if initial is not None:
+        initial = np.asarray(initial, dtype=np.float64)
+        if initial.shape != drift.shape:
+            raise ValueError(f"initial must have shape {drift.shape}, got {initial.shape}")
+        drift += initial
     aligned = smoothed
     for it in range(iterations):
-        if it:
+        if it or initial is not None:
             # Re-estimating the residual of already aligned frames, rather than the full shift,
             # also removes the small pull of the taper towards zero shift (about 1 % of the
             # shift for a 0.25 Tukey window): the residual is near zero, so is its bias.
-            aligned = apply_shifts(smoothed, drift)
+            aligned = apply_shifts(smoothed, drift, field_fraction=field_fraction)
         ref_f = sp_fft.fft2(_prepare(_reference(aligned, reference), smooth_sigma=0, window=window))
         for t in range(frames.shape[0]):
             frame_f = sp_fft.fft2(_prepare(aligned[t], smooth_sigma=0, window=window))
-            drift[t] += _pcc(
+            drift[t] += gain * _pcc(
                 ref_f, frame_f, upsample_factor=upsample_factor, normalization=normalization
             )
         logger.debug("drift pass %d/%d: rms %.3f px", it + 1, iterations, _rms(drift))
@@ -582,6 +778,68 @@ def forward_model(
     return lr
 
 
+def _edge_columns(shift_px: float, n: int, field_fraction: float) -> int:
+    """Display columns at the end of a line that a nominal shift of ``shift_px`` fills from outside.
+
+    The ends of a resonant line are compressed, so a shift covers more display columns there.
+    """
+    return int(math.ceil(float(_display_columns(np.array(abs(shift_px)), n, field_fraction))))
+
+
+def _check_hr_lr_shapes(hr: np.ndarray, lr_mean: np.ndarray, scale: int) -> None:
+    model_shape = (hr.shape[0] // scale, hr.shape[1] // scale) if hr.ndim == 2 else hr.shape
+    if model_shape != lr_mean.shape:
+        raise ValueError(
+            f"hr shape {hr.shape} / scale {scale} = {model_shape} does not match the LR "
+            f"shape {lr_mean.shape}"
+        )
+
+
+def _align_hr(
+    hr: np.ndarray,
+    ref_f: np.ndarray,
+    window: np.ndarray | None,
+    start: np.ndarray,
+    *,
+    scale: int,
+    upsample_factor: int,
+    blur_sigma: float,
+    line_phase_px: float,
+    field_fraction: float,
+    iterations: int,
+    smooth_sigma: float,
+    taper: float,
+    normalization: Normalization,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Passes of :func:`align_hr_to_lr` from ``start``.
+
+    Returns the HR shift and, when the last pass measured no residual, the forward model of the
+    HR image moved by it (else ``None``).
+    """
+    # A shift measured in resonant display columns is an average over the line of a shift that
+    # varies along it; _resonant_gain converts it to nominal pixels and iterating removes the rest.
+    gain = scale * np.array([1.0, _resonant_gain(ref_f.shape[1], field_fraction, taper)])
+    hr_shift = np.array(start, dtype=np.float64)
+    for _ in range(iterations):
+        # As in estimate_drift: measuring the residual of the already moved HR removes the
+        # taper's pull towards zero shift.
+        moved = _shift_array(hr, hr_shift) if np.any(hr_shift) else hr
+        model = forward_model(
+            moved,
+            scale=scale,
+            blur_sigma=blur_sigma,
+            line_phase_px=line_phase_px,
+            field_fraction=field_fraction,
+        )
+        mov_f = sp_fft.fft2(_prepare(model, smooth_sigma=smooth_sigma, window=window))
+        shift_lr = _pcc(ref_f, mov_f, upsample_factor=upsample_factor, normalization=normalization)
+        if not np.any(shift_lr):
+            # Converged to the resolution of the estimate: further passes would repeat this one.
+            return hr_shift, model
+        hr_shift = hr_shift + shift_lr * gain
+    return hr_shift, None
+
+
 def align_hr_to_lr(
     hr: np.ndarray,
     lr_mean: np.ndarray,
@@ -595,6 +853,7 @@ def align_hr_to_lr(
     smooth_sigma: float = 1.0,
     taper: float = 0.25,
     normalization: Normalization = None,
+    initial: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Translation that moves the HR target onto the grid of the LR series.
 
@@ -612,13 +871,17 @@ def align_hr_to_lr(
         Passed to :func:`forward_model`.
     iterations : int, optional
         Estimation passes; each pass after the first moves the HR image by the current estimate
-        and adds the residual shift it measures.
+        and adds the residual shift it measures. Passes stop early once the residual is below
+        the resolution of the estimate.
     smooth_sigma : float, optional
         Gaussian pre-smoothing in LR pixels applied to both images before correlation.
     taper : float, optional
         Tukey window parameter applied to both images (0 disables it).
     normalization : {None, "phase"}, optional
         Passed to :func:`skimage.registration.phase_cross_correlation`.
+    initial : (2,) array_like, optional
+        Starting estimate in HR pixels (for example the shift found for a nearby field
+        fraction); the first pass then measures the residual.
 
     Returns
     -------
@@ -631,46 +894,54 @@ def align_hr_to_lr(
     The HR image is forward-modelled into LR geometry and phase-correlated with the LR mean; the
     LR-pixel shift is multiplied by ``scale``. The estimate is thus limited by the LR sampling,
     which is adequate because the HR target only has to agree with the LR grid at that scale.
+    The shift is a translation of the HR image, i.e. of the nominal (linear) grid; the resonant
+    warp and the line phase are applied after it by :func:`forward_model`.
     """
     _check_choice("normalization", normalization, (None, "phase"))
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     lr_mean = np.asarray(lr_mean)
     hr = np.asarray(hr)
-    model_shape = (hr.shape[0] // scale, hr.shape[1] // scale) if hr.ndim == 2 else hr.shape
-    if model_shape != lr_mean.shape:
-        raise ValueError(
-            f"hr shape {hr.shape} / scale {scale} = {model_shape} does not match the LR "
-            f"shape {lr_mean.shape}"
-        )
+    _check_hr_lr_shapes(hr, lr_mean, scale)
     window = _taper(lr_mean.shape, taper)
     ref_f = sp_fft.fft2(_prepare(lr_mean, smooth_sigma=smooth_sigma, window=window))
-    # A shift measured in resonant display columns is, near the centre where most of the
-    # correlation comes from, phi/sin(phi) nominal columns wide; iterating removes the rest.
-    half = 0.5 * math.pi * field_fraction
-    gain = np.array([1.0, half / math.sin(half) if field_fraction else 1.0])
-    hr_shift = np.zeros(2, dtype=np.float64)
-    moved = hr
-    for it in range(iterations):
-        if it:
-            # As in estimate_drift: measuring the residual of the already moved HR removes the
-            # taper's pull towards zero shift.
-            moved = _shift_array(hr, hr_shift)
-        model = forward_model(
-            moved,
-            scale=scale,
-            blur_sigma=blur_sigma,
-            line_phase_px=line_phase_px,
-            field_fraction=field_fraction,
-        )
-        mov_f = sp_fft.fft2(_prepare(model, smooth_sigma=smooth_sigma, window=window))
-        shift_lr = _pcc(ref_f, mov_f, upsample_factor=upsample_factor, normalization=normalization)
-        hr_shift += shift_lr * gain * scale
+    start = np.zeros(2) if initial is None else np.asarray(initial, dtype=np.float64)
+    if start.shape != (2,):
+        raise ValueError(f"initial must be [dy, dx], got {start.tolist()}")
+    hr_shift, _ = _align_hr(
+        hr,
+        ref_f,
+        window,
+        start,
+        scale=scale,
+        upsample_factor=upsample_factor,
+        blur_sigma=blur_sigma,
+        line_phase_px=line_phase_px,
+        field_fraction=field_fraction,
+        iterations=iterations,
+        smooth_sigma=smooth_sigma,
+        taper=taper,
+        normalization=normalization,
+    )
     return hr_shift
 
 
 #: Field fractions tried by :func:`fit_scan_model` (0 is a linear scan).
 FIELD_FRACTIONS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(19))
+
+# Largest field fraction fit_scan_model evaluates when it refines past the end of its grid (the
+# simulator's limit: beyond it the outermost dwells reach the mirror's turning points).
+_MAX_FIELD_FRACTION = 0.98
+
+
+def _parabola_vertex(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Abscissa of the extremum of the parabola through three points (``None`` if degenerate)."""
+    (x0, x1, x2), (y0, y1, y2) = x, y
+    num = (x1 - x0) ** 2 * (y1 - y2) - (x1 - x2) ** 2 * (y1 - y0)
+    den = (x1 - x0) * (y1 - y2) - (x1 - x2) * (y1 - y0)
+    if den == 0 or not math.isfinite(num / den):
+        return None
+    return x1 - 0.5 * num / den
 
 
 def fit_scan_model(
@@ -684,6 +955,7 @@ def fit_scan_model(
     blur_sigma: float = 0.0,
     smooth_sigma: float = 1.0,
     iterations: int = 3,
+    refine: bool = True,
 ) -> tuple[float, np.ndarray, float]:
     """Fit the resonant field fraction and the HR shift by forward-modelling the HR target.
 
@@ -691,43 +963,109 @@ def fit_scan_model(
     (the edges of a resonant frame are stretched), so each candidate field fraction is
     forward-modelled, aligned, and scored by its normalised cross-correlation with the LR mean.
 
+    Parameters
+    ----------
+    hr : (scale*Y, scale*X) ndarray
+        HR target.
+    lr_mean : (Y, X) ndarray
+        Temporal mean of the drift-corrected LR series.
+    scale, line_phase_px, upsample_factor, blur_sigma, smooth_sigma
+        As for :func:`align_hr_to_lr`.
+    field_fractions : sequence of float, optional
+        Candidates of the coarse search, each in ``[0, 1)``.
+    iterations : int, optional
+        Passes of :func:`align_hr_to_lr` per candidate; each candidate starts from the shift of
+        the previous one, so later candidates usually converge in one or two.
+    refine : bool, optional
+        Refine the best candidate by successive parabolic interpolation of the correlation
+        through it and its neighbours (down to 0.001), evaluating one step past the end of the
+        grid when the best candidate is the last one. False keeps the best candidate.
+
     Returns
     -------
     field_fraction : float
-        The best candidate.
+        The best field fraction found.
     hr_shift : (2,) ndarray
-        ``[dy, dx]`` in HR pixels for that candidate (see :func:`align_hr_to_lr`).
+        ``[dy, dx]`` in HR pixels for that field fraction (see :func:`align_hr_to_lr`).
     ncc : float
         Its normalised cross-correlation (inner region, away from shifted-in borders).
     """
-    best: tuple[float, np.ndarray, float] | None = None
+    lr_mean = np.asarray(lr_mean)
+    hr = np.asarray(hr)
+    _check_hr_lr_shapes(hr, lr_mean, scale)
+    grid = sorted({round(float(f), 6) for f in field_fractions})
+    if not grid:
+        raise ValueError("field_fractions must not be empty")
+    if grid[0] < 0 or grid[-1] >= 1:
+        raise ValueError(f"field fractions must lie in [0, 1), got {grid[0]} .. {grid[-1]}")
     ny, nx = lr_mean.shape
-    for ff in field_fractions:
-        shift = align_hr_to_lr(
+    taper = 0.25
+    window = _taper(lr_mean.shape, taper)
+    ref_f = sp_fft.fft2(_prepare(lr_mean, smooth_sigma=smooth_sigma, window=window))
+    scores: dict[float, tuple[np.ndarray, float]] = {}
+
+    def score(ff: float, start: np.ndarray) -> np.ndarray:
+        shift, model = _align_hr(
             hr,
-            lr_mean,
+            ref_f,
+            window,
+            start,
             scale=scale,
             upsample_factor=upsample_factor,
             blur_sigma=blur_sigma,
             line_phase_px=line_phase_px,
             field_fraction=ff,
-            smooth_sigma=smooth_sigma,
             iterations=iterations,
+            smooth_sigma=smooth_sigma,
+            taper=taper,
+            normalization=None,
         )
-        model = forward_model(
-            _shift_array(hr, shift),
-            scale=scale,
-            blur_sigma=blur_sigma,
-            line_phase_px=line_phase_px,
-            field_fraction=ff,
+        if model is None:
+            model = forward_model(
+                _shift_array(hr, shift),
+                scale=scale,
+                blur_sigma=blur_sigma,
+                line_phase_px=line_phase_px,
+                field_fraction=ff,
+            )
+        my = min(int(math.ceil(abs(shift[0]) / scale)) + 1, ny // 4)
+        mx = min(_edge_columns(shift[1] / scale, nx, ff) + 1, nx // 4)
+        ncc = normalised_cross_correlation(
+            model[my : ny - my, mx : nx - mx], lr_mean[my : ny - my, mx : nx - mx]
         )
-        m = min(int(math.ceil(np.abs(shift).max() / scale)) + 1, ny // 4, nx // 4)
-        ncc = normalised_cross_correlation(model[m : ny - m, m : nx - m], lr_mean[m : ny - m, m : nx - m])
-        logger.debug("field fraction %.2f: shift %s, ncc %.4f", ff, shift, ncc)
-        if best is None or ncc > best[2]:
-            best = (float(ff), shift, float(ncc))
-    assert best is not None, "field_fractions must not be empty"
-    return best
+        logger.debug("field fraction %.3f: shift %s, ncc %.5f", ff, shift, ncc)
+        scores[ff] = (shift, float(ncc))
+        return shift
+
+    start = np.zeros(2)
+    for ff in grid:
+        # The shift changes little between neighbouring candidates: start from the last one.
+        start = score(ff, start)
+
+    for _ in range(4 if refine and len(grid) > 1 else 0):
+        fs = sorted(scores)
+        k = max(range(len(fs)), key=lambda i: scores[fs[i]][1])
+        best = fs[k]
+        if k in (0, len(fs) - 1):
+            # The optimum lies at or past the end of the grid: evaluate one step further.
+            step = fs[1] - fs[0] if k == 0 else fs[-1] - fs[-2]
+            beyond = round(best - step if k == 0 else best + step, 3)
+            if not 0.0 <= beyond <= _MAX_FIELD_FRACTION or beyond in scores or best == 0.0:
+                break
+            score(beyond, scores[best][0])
+            continue
+        three = (fs[k - 1], best, fs[k + 1])
+        vertex = _parabola_vertex(three, [scores[f][1] for f in three])
+        if vertex is None:
+            break
+        vertex = round(min(max(vertex, three[0]), three[2]), 3)
+        if min(abs(vertex - f) for f in fs) < 1e-3:
+            break
+        score(vertex, scores[best][0])
+
+    ff = max(scores, key=lambda f: scores[f][1])
+    shift, ncc = scores[ff]
+    return float(ff), shift, ncc
 
 
 def normalised_cross_correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -758,37 +1096,6 @@ def normalised_cross_correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 # --------------------------------------------------------------------------------------------
 # per-FOV driver
-
-
-def _tmp_path(out: Path) -> Path:
-    return out.with_name(f"{out.name}.tmp-{os.getpid()}")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def _clear_stale_tmp(out: Path) -> None:
-    """Remove temporary siblings of ``out`` left by killed jobs (and our own)."""
-    for tmp in [*out.parent.glob(f"{out.name}.tmp-*"), *out.parent.glob(f"{out.name}.old-*")]:
-        suffix = tmp.name.rsplit("-", 1)[-1]
-        # Leave a sibling alone while the process that writes it is still running.
-        if suffix.isdigit() and int(suffix) != os.getpid() and _pid_alive(int(suffix)):
-            continue
-        _remove(tmp)
 
 
 def _to_builtin(value: Any) -> Any:
@@ -834,7 +1141,8 @@ def register_fov(
     reference : {"median", "mean"}, optional
         Temporal reference for :func:`estimate_drift`.
     iterations : int, optional
-        Passes of :func:`estimate_drift`.
+        Passes of drift estimation: a first rigid one, on which the scan model is fitted, then
+        ``iterations - 1`` of :func:`estimate_drift` with the fitted field fraction.
     smooth_sigma : float, optional
         Gaussian pre-smoothing (LR px) for the drift and HR shift estimates.
     blur_sigma : float, optional
@@ -854,8 +1162,17 @@ def register_fov(
     phase is kept because the network learns to undo it), ``hr`` (float32, moved onto the LR
     grid) and the attribute ``fastscan``: the ingest attributes plus ``registration`` with
     ``drift_px`` (T x 2, LR px), ``hr_shift_px`` ([dy, dx], HR px), ``line_phase_px`` (LR px),
-    ``ncc``, ``residual_drift_px`` (RMS drift re-estimated on the corrected frames, LR px),
-    ``passed`` and ``min_ncc``.
+    ``field_fraction``, ``ncc``, ``residual_drift_px`` (RMS drift re-estimated on the corrected
+    frames, LR px), ``passed`` and ``min_ncc``.
+
+    Steps: the line phase of the raw series; a rigid drift pass and the scan model
+    (:func:`fit_scan_model`) on the mean of the frames it aligns; the drift with that model
+    (:func:`estimate_drift` with ``field_fraction``), applied by :func:`apply_shifts` with the
+    same model; the HR shift refined on the mean of the registered frames. For a resonant scan
+    the x drift is therefore a displacement of the specimen in nominal (linear-grid) LR pixels,
+    like ``hr_shift_px`` and the simulator's ``drift_px``, and each column of a frame is moved
+    by its own display shift, so the ends of the lines are aligned as well as their centre; for
+    a linear scan (field fraction 0) nominal and display pixels are the same.
     """
     src, out = Path(src), Path(out)
     group = zarr.open_group(str(src), mode="r")
@@ -877,15 +1194,15 @@ def register_fov(
     label = "/".join(ident.values())
 
     line_phase = estimate_line_phase(lr, upsample_factor=upsample_factor)
-    drift = estimate_drift(
-        lr,
-        reference=reference,
-        upsample_factor=upsample_factor,
-        iterations=iterations,
-        smooth_sigma=smooth_sigma,
-    )
-    registered = apply_shifts(lr, drift).astype(np.float32, copy=False)
-    lr_mean = registered.mean(axis=0, dtype=np.float64)
+    drift_options = {
+        "reference": reference,
+        "upsample_factor": upsample_factor,
+        "smooth_sigma": smooth_sigma,
+    }
+    # A first, rigid pass gives a sharp enough mean to fit the scan model on; the remaining
+    # passes measure the drift with that model, in nominal pixels (see estimate_drift).
+    rigid = estimate_drift(lr, iterations=1, **drift_options)
+    lr_mean = apply_shifts(lr, rigid).mean(axis=0, dtype=np.float64)
     field_fraction, hr_shift, _ = fit_scan_model(
         hr,
         lr_mean,
@@ -895,13 +1212,44 @@ def register_fov(
         blur_sigma=blur_sigma,
         smooth_sigma=smooth_sigma,
     )
+    ny, nx = lr_mean.shape
+    gain = _resonant_gain(nx, field_fraction, 0.25)
+    drift = rigid * [1.0, gain]
+    if iterations > 1:
+        drift = estimate_drift(
+            lr,
+            iterations=iterations - 1,
+            field_fraction=field_fraction,
+            initial=drift,
+            **drift_options,
+        )
+    registered = apply_shifts(lr, drift, field_fraction=field_fraction).astype(
+        np.float32, copy=False
+    )
+    lr_mean = registered.mean(axis=0, dtype=np.float64)
+    # The registered frames sit where the drift reference was, a little away from the rigid
+    # pre-registration that the shift was fitted on.
+    hr_shift = align_hr_to_lr(
+        hr,
+        lr_mean,
+        scale=scale,
+        upsample_factor=upsample_factor,
+        blur_sigma=blur_sigma,
+        line_phase_px=line_phase,
+        field_fraction=field_fraction,
+        smooth_sigma=smooth_sigma,
+        iterations=3,
+        initial=hr_shift,
+    )
     hr_aligned = apply_shifts(hr[None], hr_shift[None])[0].astype(np.float32, copy=False)
 
-    # Borders filled by the shifts carry reflected, not measured, content.
-    ny, nx = lr_mean.shape
-    margin = int(math.ceil(np.abs(drift).max(initial=0) + np.abs(hr_shift).max() / scale)) + 1
-    margin = min(margin, ny // 4, nx // 4)
-    inner = (slice(margin, ny - margin), slice(margin, nx - margin))
+    # Borders filled by the shifts carry reflected, not measured, content; the ends of resonant
+    # lines are compressed, so the same shift fills more display columns there.
+    my = math.ceil(np.abs(drift[:, 0]).max(initial=0) + abs(hr_shift[0]) / scale) + 1
+    shift_x = np.abs(drift[:, 1]).max(initial=0) + abs(hr_shift[1]) / scale
+    mx = _edge_columns(shift_x, nx, field_fraction) + 1
+    my, mx = min(my, ny // 4), min(mx, nx // 4)
+    inner = (slice(my, ny - my), slice(mx, nx - mx))
     model = forward_model(
         hr_aligned,
         scale=scale,
@@ -913,10 +1261,9 @@ def register_fov(
     residual = _rms(
         estimate_drift(
             registered,
-            reference=reference,
-            upsample_factor=upsample_factor,
             iterations=1,
-            smooth_sigma=smooth_sigma,
+            field_fraction=field_fraction,
+            **drift_options,
         )
     )
     passed = bool(ncc >= min_ncc)
@@ -933,12 +1280,7 @@ def register_fov(
     }
     out_attrs = _to_builtin({**attrs, "registration": registration})
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _clear_stale_tmp(out)
-    tmp = _tmp_path(out)
-    old = out.with_name(f"{out.name}.old-{os.getpid()}")
-    _remove(old)
-    try:
+    with atomic_path(out) as tmp:
         dest = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         dest.create_array(
             "lr",
@@ -950,20 +1292,6 @@ def register_fov(
             "hr", data=hr_aligned, chunks=hr_aligned.shape, dimension_names=("y", "x")
         )
         dest.attrs["fastscan"] = out_attrs
-        # Move a previous store aside rather than deleting it first, so a failed rename can
-        # put it back.
-        if out.exists() or out.is_symlink():
-            os.replace(out, old)
-        try:
-            os.replace(tmp, out)
-        except OSError:
-            if old.exists() and not out.exists():
-                os.replace(old, out)
-            raise
-    except BaseException:
-        _remove(tmp)
-        raise
-    _remove(old)
 
     row = {
         **ident,
@@ -1023,14 +1351,8 @@ def _qc_frame(rows: Sequence[Mapping[str, Any]] | Mapping[str, Any] | pd.DataFra
 
 
 def _write_tsv_atomic(table: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
+    with atomic_path(path) as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_qc(rows: Sequence[Mapping[str, Any]] | Mapping[str, Any], path: str | Path) -> Path:
