@@ -72,6 +72,16 @@ def _setup(seed: int, threads: int | None) -> None:
     set_seed(seed, reproducible=True)
 
 
+def _start_stage(config, *, seed: int, threads: int | None, dataset, out_dir) -> tuple[dict, str, Path, Path]:
+    """What every stage does first: resolve config and device, seed everything, make ``out_dir``."""
+    cfg = resolve_config(config)
+    device = resolve_device(cfg["device"])
+    _setup(seed, threads)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return cfg, device, Path(dataset), out_dir
+
+
 def valid_psnr(pred, targ):
     """PSNR in dB on the normalised HR scale (data range 1), averaged over validation batches."""
     import torch
@@ -175,11 +185,7 @@ def train_generator(
     from fastscan.dataset import make_dataloaders
     from fastscan.models import build_generator, save_state_dict
 
-    cfg = resolve_config(config)
-    device = resolve_device(cfg["device"])
-    _setup(seed, threads)
-    dataset, out_dir = Path(dataset), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg, device, dataset, out_dir = _start_stage(config, seed=seed, threads=threads, dataset=dataset, out_dir=out_dir)
     meta = _base_meta(stage="mse", dataset=dataset, config=cfg, seed=seed, device=device)
     model = build_generator(meta["architecture"], pretrained=cfg["pretrained"], weights=cfg["weights"])
     rows: list[dict] = []
@@ -260,11 +266,7 @@ def train_critic(
     from fastscan.dataset import TileDataset
     from fastscan.models import build_critic, load_generator, save_state_dict
 
-    cfg = resolve_config(config)
-    device = resolve_device(cfg["device"])
-    _setup(seed, threads)
-    dataset, out_dir = Path(dataset), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg, device, dataset, out_dir = _start_stage(config, seed=seed, threads=threads, dataset=dataset, out_dir=out_dir)
     generator, gen_meta = load_generator(generator_dir, device=device)
     sets = []
     for split in ("train", "val"):
@@ -310,11 +312,7 @@ def train_gan(
     from fastscan.dataset import make_dataloaders
     from fastscan.models import build_critic, load_generator, load_state_dict, read_model_json, save_state_dict
 
-    cfg = resolve_config(config)
-    device = resolve_device(cfg["device"])
-    _setup(seed, threads)
-    dataset, out_dir = Path(dataset), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg, device, dataset, out_dir = _start_stage(config, seed=seed, threads=threads, dataset=dataset, out_dir=out_dir)
     generator, gen_meta = load_generator(generator_dir, device=device)
     generator.train()
     crit_meta = read_model_json(critic_dir)
