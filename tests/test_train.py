@@ -57,3 +57,55 @@ def test_three_stages_write_loadable_models(tmp_path, tiny_dataset):
     # The GAN stage changed the generator it started from.
     before, after = load_state_dict(mse / "generator.pth"), load_state_dict(gan / "generator.pth")
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+RESUME_SCRIPT = """
+import sys
+from fastscan.train import train_generator
+train_generator(dataset=sys.argv[1], out_dir=sys.argv[2], checkpoint_dir=sys.argv[3], config={config!r}, seed=1, threads=1)
+"""
+
+
+def test_killed_training_resumes_from_last_epoch(tmp_path, tiny_dataset, caplog):
+    import logging
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = {**TINY, "generator": {"sizes": [16, 32], "epochs": [3, 2]}}
+    out, ckdir = tmp_path / "mse", tmp_path / "ckpt"
+    script = tmp_path / "run.py"
+    script.write_text(RESUME_SCRIPT.format(config=config))
+    proc = subprocess.Popen([sys.executable, str(script), str(tiny_dataset), str(out), str(ckdir)])
+    ckpt = ckdir / "mse.pth"
+    deadline = time.time() + 300
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "no checkpoint was written before the kill"
+    assert not (out / "generator.pth").exists()
+    state = torch.load(ckpt, weights_only=True)
+    done = (state["phase"], state["epoch"])
+    assert done < (1, 2), "the run finished before it could be killed"
+    first_rows = list(state["rows"])
+
+    with caplog.at_level(logging.INFO, logger="fastscan.train"):
+        train_generator(dataset=tiny_dataset, out_dir=out, checkpoint_dir=ckdir, config=config, seed=1, threads=1)
+    assert f"resuming from checkpoint {ckpt}" in caplog.text
+    curves = pd.read_csv(out / "curves.tsv", sep="\t")
+    assert len(curves) == 5  # every epoch of both phases, once
+    # The epochs done before the kill come from the checkpoint; only the rest were trained again.
+    np.testing.assert_allclose(curves["train_loss"][: len(first_rows)], [r["train_loss"] for r in first_rows], rtol=1e-5)
+    trained_again = caplog.text.count("mse epoch")
+    assert trained_again == 5 - len(first_rows)
+
+
+def test_training_is_deterministic_on_cpu(tmp_path, tiny_dataset):
+    config = {**TINY, "generator": {"sizes": [16], "epochs": [1]}}
+    for name in ("a", "b"):
+        train_generator(dataset=tiny_dataset, out_dir=tmp_path / name, config=config, seed=7, threads=2)
+    a, b = load_state_dict(tmp_path / "a" / "generator.pth"), load_state_dict(tmp_path / "b" / "generator.pth")
+    assert all(torch.equal(a[k], b[k]) for k in a)

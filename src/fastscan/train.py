@@ -91,7 +91,7 @@ def valid_psnr(pred, targ):
     return -10.0 * torch.log10(mse)
 
 
-def _epoch_logger(stage: str, rows: list[dict]):
+def _epoch_logger(stage: str, rows: list[dict], *, start: int = 0):
     from fastai.callback.core import Callback
 
     class EpochLog(Callback):
@@ -103,6 +103,8 @@ def _epoch_logger(stage: str, rows: list[dict]):
             self.t0 = time.time()
 
         def after_epoch(self):
+            if self.epoch < start:  # skipped on resume: already in ``rows`` from the checkpoint
+                return
             names = list(self.recorder.metric_names[1:-1])
             vals = dict(zip(names, self.recorder.log[1:-1]))
             row = {
@@ -129,6 +131,85 @@ def _quiet(learn) -> None:
     learn.logger = lambda *_: None
     if not sys.stderr.isatty() and ProgressCallback in [type(c) for c in learn.cbs]:
         learn.remove_cb(ProgressCallback)
+
+
+def _load_checkpoint(path: Path | None) -> dict | None:
+    """The last epoch checkpoint of a stage, or None (no checkpoint, or one of another config)."""
+    import torch
+
+    if path is None or not path.is_file():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a checkpoint torn by a crash must not block a fresh start
+        log.warning("ignoring unreadable checkpoint %s (%s); training from scratch", path, exc)
+        return None
+    return ckpt
+
+
+def _checkpointer(path: Path | None, *, phase: int, start: int, rows: list[dict], fingerprint: str):
+    """Save model, optimiser and curves after every completed epoch, atomically."""
+    from fastai.callback.core import Callback
+
+    class EpochCheckpoint(Callback):
+        order = 70  # after the recorder and the epoch log
+
+        def after_epoch(self):
+            if path is None or self.epoch < start:  # epochs skipped on resume are not re-saved
+                return
+            import torch
+
+            from fastscan.atomic import atomic_path
+
+            state = {
+                "fingerprint": fingerprint,
+                "phase": phase,
+                "epoch": self.epoch + 1,
+                "model": {k: v.detach().cpu() for k, v in self.learn.model.state_dict().items()},
+                "opt": _plain(self.learn.opt.state_dict()),
+                "rows": list(rows),
+            }
+            with atomic_path(path) as tmp:
+                torch.save(state, tmp)
+
+    return EpochCheckpoint()
+
+
+def _plain(obj: Any) -> Any:
+    """fastai's containers as lists and dicts, so the checkpoint loads with ``weights_only=True``."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) or type(obj).__name__ == "L":
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _fingerprint(*parts: Any) -> str:
+    """Identity of a training run: a checkpoint is only resumed by the run that wrote it."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _resume_state(ckpt: dict | None, fingerprint: str, path: Path | None) -> dict | None:
+    if ckpt is None:
+        return None
+    if ckpt.get("fingerprint") != fingerprint:
+        log.warning("checkpoint %s belongs to another configuration or dataset; training from scratch", path)
+        return None
+    log.info("resuming from checkpoint %s: phase %d, %d epoch(s) done", path, ckpt["phase"] + 1, ckpt["epoch"])
+    return ckpt
+
+
+def _restore(learn, ckpt: dict) -> None:
+    learn.model.load_state_dict(ckpt["model"])
+    from fastcore.foundation import L
+
+    learn.create_opt()
+    learn.opt.load_state_dict({"state": ckpt["opt"]["state"], "hypers": L(ckpt["opt"]["hypers"])})
 
 
 def _write_outputs(out_dir: Path, meta: dict, rows: list[dict]) -> None:
@@ -177,8 +258,13 @@ def train_generator(
     config: dict[str, Any] | None = None,
     seed: int = 0,
     threads: int | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
 ) -> dict:
     """Stage 1: the U-Net generator with MSE loss, progressive resizing and one-cycle schedules.
+
+    With ``checkpoint_dir``, model, optimiser and curves are saved after every epoch; a run
+    killed at any point and started again continues from the last completed epoch with the same
+    schedule (the one-cycle position is restored from the epoch number).
 
     Returns the ``model.json`` content.
     """
@@ -188,23 +274,35 @@ def train_generator(
     cfg, device, dataset, out_dir = _start_stage(config, seed=seed, threads=threads, dataset=dataset, out_dir=out_dir)
     meta = _base_meta(stage="mse", dataset=dataset, config=cfg, seed=seed, device=device)
     model = build_generator(meta["architecture"], pretrained=cfg["pretrained"], weights=cfg["weights"])
-    rows: list[dict] = []
     gen = cfg["generator"]
+    ckpt_path = Path(checkpoint_dir) / "mse.pth" if checkpoint_dir else None
+    fingerprint = _fingerprint("mse", cfg, seed, meta["normalisation"], meta["dataset"])
+    ckpt = _resume_state(_load_checkpoint(ckpt_path), fingerprint, ckpt_path)
+    rows: list[dict] = list(ckpt["rows"]) if ckpt else []
     learn = None
-    for size, epochs in zip(gen["sizes"], gen["epochs"]):
+    for phase, (size, epochs) in enumerate(zip(gen["sizes"], gen["epochs"])):
+        if ckpt and (ckpt["phase"] > phase or (ckpt["phase"] == phase and ckpt["epoch"] >= epochs)):
+            continue  # finished before the interruption
         dls = make_dataloaders(
             dataset, size=size, batch_size=cfg["batch_size"], seed=seed, device=device, augment=cfg["augment"], num_workers=cfg["num_workers"]
         )
         if learn is None:
             learn = _generator_learner(dls, model, lr_wd=gen["wd"])
-            learn.add_cb(_epoch_logger("mse", rows))
             _quiet(learn)
             if cfg["pretrained"]:
                 learn.freeze()
         else:
             learn.dls = dls
+        start = 0
+        if ckpt:
+            _restore(learn, ckpt)
+            start = ckpt["epoch"] if ckpt["phase"] == phase else 0
+            ckpt = None
         log.info("generator: %d epoch(s) at LR tile size %d (%d training tiles)", epochs, size, len(dls.train.dataset))
-        learn.fit_one_cycle(int(epochs), float(gen["lr"]))
+        cbs = [_epoch_logger("mse", rows, start=start), _checkpointer(ckpt_path, phase=phase, start=start, rows=rows, fingerprint=fingerprint)]
+        learn.fit_one_cycle(int(epochs), float(gen["lr"]), cbs=cbs, start_epoch=start)
+    if learn is None and ckpt:  # every epoch was done: only the outputs were missing
+        model.load_state_dict(ckpt["model"])
     save_state_dict(model, out_dir / "generator.pth")
     _write_outputs(out_dir, meta, rows)
     return meta

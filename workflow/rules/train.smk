@@ -15,6 +15,7 @@ rule train_generator:
     params:
         train=config["train"],
         seed=config["seed"],
+        checkpoints="results/train/{model}/checkpoints",
     threads: 8
     resources:
         mem_mb=16000,
