@@ -109,3 +109,28 @@ def test_training_is_deterministic_on_cpu(tmp_path, tiny_dataset):
         train_generator(dataset=tiny_dataset, out_dir=tmp_path / name, config=config, seed=7, threads=2)
     a, b = load_state_dict(tmp_path / "a" / "generator.pth"), load_state_dict(tmp_path / "b" / "generator.pth")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gan_and_critic_resume_from_checkpoints(tmp_path, tiny_dataset, caplog):
+    import logging
+
+    config = {**TINY, "generator": {"sizes": [16], "epochs": [1]}, "gan": {"epochs": 2}}
+    ck = tmp_path / "ck"
+    train_generator(dataset=tiny_dataset, out_dir=tmp_path / "mse", config=config, seed=1, threads=2)
+    train_critic(dataset=tiny_dataset, generator_dir=tmp_path / "mse", out_dir=tmp_path / "critic", config=config, seed=1, threads=2, checkpoint_dir=ck)
+    assert (ck / "critic.pth").is_file()
+    args = dict(dataset=tiny_dataset, generator_dir=tmp_path / "mse", critic_dir=tmp_path / "critic", config=config, seed=1, threads=2, checkpoint_dir=ck)
+    train_gan(out_dir=tmp_path / "gan1", **args)
+    state = torch.load(ck / "gan.pth", weights_only=True)
+    assert state["epoch"] == 2 and len(state["rows"]) == 2
+    # The outputs were lost after the last epoch: the re-run trains nothing and restores the weights.
+    with caplog.at_level(logging.INFO, logger="fastscan.train"):
+        train_gan(out_dir=tmp_path / "gan2", **args)
+    assert "resuming from checkpoint" in caplog.text and "gan epoch" not in caplog.text
+    a, b = load_state_dict(tmp_path / "gan1" / "generator.pth"), load_state_dict(tmp_path / "gan2" / "generator.pth")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # Another configuration does not pick up the stale checkpoint.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="fastscan.train"):
+        train_gan(out_dir=tmp_path / "gan3", **{**args, "config": {**config, "gan": {"epochs": 1, "lr": 2e-4}}})
+    assert "belongs to another configuration" in caplog.text and caplog.text.count("gan epoch") == 1

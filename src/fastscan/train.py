@@ -212,6 +212,30 @@ def _restore(learn, ckpt: dict) -> None:
     learn.opt.load_state_dict({"state": ckpt["opt"]["state"], "hypers": L(ckpt["opt"]["hypers"])})
 
 
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _fit_resumable(
+    learn, *, stage: str, epochs: int, lr: float, one_cycle: bool, checkpoint_dir, fingerprint: str
+) -> list[dict]:
+    """Fit a single-phase stage with per-epoch checkpoints, resuming a killed run."""
+    ckpt_path = Path(checkpoint_dir) / f"{stage}.pth" if checkpoint_dir else None
+    ckpt = _resume_state(_load_checkpoint(ckpt_path), fingerprint, ckpt_path)
+    rows: list[dict] = list(ckpt["rows"]) if ckpt else []
+    start = 0
+    if ckpt:
+        _restore(learn, ckpt)
+        start = min(int(ckpt["epoch"]), epochs)
+    if start < epochs:
+        cbs = [_epoch_logger(stage, rows, start=start), _checkpointer(ckpt_path, phase=0, start=start, rows=rows, fingerprint=fingerprint)]
+        fit = learn.fit_one_cycle if one_cycle else learn.fit
+        fit(epochs, lr, cbs=cbs, start_epoch=start)
+    return rows
+
+
 def _write_outputs(out_dir: Path, meta: dict, rows: list[dict]) -> None:
     from fastscan.atomic import write_text
     from fastscan.models import write_model_json
@@ -357,8 +381,12 @@ def train_critic(
     config: dict[str, Any] | None = None,
     seed: int = 0,
     threads: int | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
 ) -> dict:
-    """Stage 2: pretrain fastai's ``gan_critic`` on real HR tiles against stage-1 outputs."""
+    """Stage 2: pretrain fastai's ``gan_critic`` on real HR tiles against stage-1 outputs.
+
+    ``checkpoint_dir`` enables per-epoch checkpoints and resuming, as in :func:`train_generator`.
+    """
     from fastai.data.core import DataLoaders
 
     from fastscan.dataset import TileDataset
@@ -375,10 +403,12 @@ def train_critic(
     dls = DataLoaders.from_dsets(*sets, bs=bs, drop_last=(len(sets[0]) > bs, False), device=device)
     critic = build_critic(nf=int(cfg["critic"]["nf"]))
     learn = _critic_learner(dls, critic)
-    rows: list[dict] = []
-    learn.add_cb(_epoch_logger("critic", rows))
     _quiet(learn)
-    learn.fit_one_cycle(int(cfg["critic"]["epochs"]), float(cfg["critic"]["lr"]))
+    fingerprint = _fingerprint("critic", cfg, seed, _file_digest(Path(generator_dir) / "generator.pth"))
+    rows = _fit_resumable(
+        learn, stage="critic", epochs=int(cfg["critic"]["epochs"]), lr=float(cfg["critic"]["lr"]), one_cycle=True,
+        checkpoint_dir=checkpoint_dir, fingerprint=fingerprint,
+    )
     save_state_dict(critic, out_dir / "critic.pth")
     meta = _base_meta(stage="critic", dataset=dataset, config=cfg, seed=seed, device=device)
     meta["architecture"] = gen_meta["architecture"]
@@ -398,8 +428,11 @@ def train_gan(
     config: dict[str, Any] | None = None,
     seed: int = 0,
     threads: int | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
 ) -> dict:
     """Stage 3: ``GANLearner.from_learners`` with an adaptive switcher and a weighted loss.
+
+    ``checkpoint_dir`` enables per-epoch checkpoints and resuming, as in :func:`train_generator`.
 
     The generator loss is ``weights_gen[0] * adversarial + weights_gen[1] * MSE``; the switcher
     hands training back to the generator once the critic's loss falls below ``critic_thresh``.
@@ -429,10 +462,14 @@ def train_gan(
         opt_func=partial(Adam, mom=0.0),
         metrics=[valid_psnr],
     )
-    rows: list[dict] = []
-    learn.add_cb(_epoch_logger("gan", rows))
     _quiet(learn)
-    learn.fit(int(gcfg["epochs"]), float(gcfg["lr"]))
+    fingerprint = _fingerprint(
+        "gan", cfg, seed, _file_digest(Path(generator_dir) / "generator.pth"), _file_digest(Path(critic_dir) / "critic.pth")
+    )
+    rows = _fit_resumable(
+        learn, stage="gan", epochs=int(gcfg["epochs"]), lr=float(gcfg["lr"]), one_cycle=False,
+        checkpoint_dir=checkpoint_dir, fingerprint=fingerprint,
+    )
     save_state_dict(learn.model.generator, out_dir / "generator.pth")
     save_state_dict(learn.model.critic, out_dir / "critic.pth")
     meta = _base_meta(stage="gan", dataset=dataset, config=cfg, seed=seed, device=device)

@@ -43,6 +43,7 @@ rule train_critic:
     params:
         train=config["train"],
         seed=config["seed"],
+        checkpoints="results/train/{model}/checkpoints",
     threads: 8
     resources:
         mem_mb=16000,
@@ -73,6 +74,7 @@ rule train_gan:
     params:
         train=config["train"],
         seed=config["seed"],
+        checkpoints="results/train/{model}/checkpoints",
     threads: 8
     resources:
         mem_mb=16000,

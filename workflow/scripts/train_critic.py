@@ -14,4 +14,5 @@ with rule_logging(snakemake.log[0]):
         config=snakemake.params.train,
         seed=snakemake.params.seed,
         threads=snakemake.threads,
+        checkpoint_dir=snakemake.params.checkpoints,
     )
