@@ -38,7 +38,8 @@ from skimage.restoration import denoise_nl_means
 
 from fastscan.baselines import upsample
 from fastscan.register import correct_line_phase
-from fastscan.simulate import resonant_pixel_coordinates, undistort_x
+from fastscan.register import warp_resonant as _warp_resonant
+from fastscan.simulate import undistort_x
 
 __all__ = [
     "DENOISERS",
@@ -141,13 +142,7 @@ def warp_resonant(image: np.ndarray, *, field_fraction: float) -> np.ndarray:
         raise ValueError(f"image must be (..., Y, X), got shape {image.shape}")
     if ff == 0.0:
         return image.astype(np.float32, copy=True)
-    n = image.shape[-1]
-    source = resonant_pixel_coordinates(n, field_fraction=ff)
-    # Interpolation weights along x only; every row shares them.
-    left = np.clip(np.floor(source).astype(np.int64), 0, n - 2)
-    weight = (source - left).astype(np.float32)
-    rows = image.astype(np.float32, copy=False)
-    return rows[..., left] * (1.0 - weight) + rows[..., left + 1] * weight
+    return _warp_resonant(image, field_fraction=ff).astype(np.float32, copy=False)
 
 
 # --------------------------------------------------------------------------------------------

@@ -256,6 +256,23 @@ def _nominal_columns(n: int, field_fraction: float) -> np.ndarray:
     return resonant_pixel_coordinates(n, field_fraction=field_fraction)
 
 
+def warp_resonant(image: np.ndarray, *, field_fraction: float) -> np.ndarray:
+    """Resample rows on the uniform nominal grid into resonant display columns.
+
+    Display column ``j`` shows nominal column :func:`_nominal_columns` ``[j]``, linearly
+    interpolated; every row shares the weights. Float64 input stays float64, anything else
+    becomes float32.
+    """
+    image = np.asarray(image)
+    dtype = np.float64 if image.dtype == np.float64 else np.float32
+    n = image.shape[-1]
+    source = _nominal_columns(n, field_fraction)
+    left = np.clip(np.floor(source).astype(np.int64), 0, n - 2)
+    weight = (source - left).astype(dtype)
+    rows = image.astype(dtype, copy=False)
+    return rows[..., left] * (1 - weight) + rows[..., left + 1] * weight
+
+
 def _display_columns(x: np.ndarray, n: int, field_fraction: float) -> np.ndarray:
     """Inverse of :func:`_nominal_columns`: the fractional display column of nominal column ``x``.
 
@@ -767,11 +784,7 @@ def forward_model(
     ny, nx = img.shape[0] // scale, img.shape[1] // scale
     lr = img.reshape(ny, scale, nx, scale).mean(axis=(1, 3), dtype=np.float64).astype(img.dtype)
     if field_fraction:
-        from fastscan.simulate import resonant_pixel_coordinates
-
-        xs = resonant_pixel_coordinates(nx, field_fraction=field_fraction)
-        coords = np.stack(np.meshgrid(np.arange(ny, dtype=np.float64), xs, indexing="ij"))
-        lr = ndimage.map_coordinates(lr, coords, order=1, mode="nearest").astype(lr.dtype)
+        lr = warp_resonant(lr, field_fraction=field_fraction)
     if line_phase_px:
         lr[0::2] = _shift_rows_x(lr[0::2], -0.5 * line_phase_px, method="fourier", order=3)
         lr[1::2] = _shift_rows_x(lr[1::2], 0.5 * line_phase_px, method="fourier", order=3)
