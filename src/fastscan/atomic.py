@@ -8,11 +8,19 @@ removed only after the new one is in place, so a failed rename can put it back.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
+
+logger = logging.getLogger(__name__)
+
+# A failed writer's temporary is removed again until it stays gone for this long (see _discard).
+_DISCARD_PAUSE_S = 0.05
+_DISCARD_ATTEMPTS = 20
 
 
 def remove(path: str | os.PathLike) -> None:
@@ -49,12 +57,43 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _discard(path: Path) -> None:
+    """Remove the temporary of a failed writer, waiting out writes still in flight.
+
+    zarr writes chunks concurrently from a thread pool: when one write fails (a full disk), others
+    already started still create files, which fails a tree removal (ENOTEMPTY) or re-creates a
+    folder just removed. Removal is therefore repeated until the path stays gone; what a writer
+    that never finishes leaves behind is cleared by the next :func:`clear_stale`.
+    """
+    for _ in range(_DISCARD_ATTEMPTS):
+        try:
+            remove(path)
+        except OSError:
+            pass
+        time.sleep(_DISCARD_PAUSE_S)
+        if not (path.exists() or path.is_symlink()):
+            return
+    logger.warning(
+        "could not remove the temporary %s; the next write of this output clears it", path
+    )
+
+
+def _naming(exc: OSError, final: Path) -> OSError:
+    """``exc`` with a message that says which output could not be written."""
+    if exc.errno is None:
+        return OSError(f"writing {final} failed: {exc}")
+    # Same errno, so the same subclass (FileNotFoundError, PermissionError, ...) is raised.
+    message = f"writing {final} failed: {exc.strerror}"
+    return OSError(exc.errno, message, exc.filename, None, exc.filename2)
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path to write ``final`` (a file or a directory store) into.
 
     On success the temporary replaces ``final``; on any exception it is removed and an existing
-    ``final`` is left untouched.
+    ``final`` is left untouched. An ``OSError`` (a full disk, a lost mount) is re-raised with the
+    same errno and a message naming ``final``.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -62,16 +101,21 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     tmp, old = _temp_name(final, "tmp"), _temp_name(final, "old")
     try:
         yield tmp
+    except OSError as exc:
+        _discard(tmp)
+        raise _naming(exc, final) from exc
+    except BaseException:
+        _discard(tmp)
+        raise
+    try:
         if final.exists() or final.is_symlink():
             os.replace(final, old)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if (old.exists() or old.is_symlink()) and not final.exists():
-                os.replace(old, final)
-            raise
-    finally:
-        remove(tmp)
+        os.replace(tmp, final)
+    except OSError as exc:
+        if (old.exists() or old.is_symlink()) and not final.exists():
+            os.replace(old, final)
+        _discard(tmp)
+        raise _naming(exc, final) from exc
     remove(old)
 
 

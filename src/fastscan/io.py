@@ -333,6 +333,34 @@ class _TiffStructureErrors(logging.Handler):
             )
 
 
+# tifffile series kinds of whole-slide formats: their further series are thumbnails, labels and
+# macro images of the same slide, not frames.
+_SLIDE_SERIES_KINDS = frozenset({"svs", "ndpi", "scn", "bif", "philips", "qpi"})
+
+
+def _check_one_stack(tf: Any, path: Path) -> None:
+    """Raise when the file holds frames outside its first image series.
+
+    tifffile splits pages of different sizes (or written one by one without a shared
+    description) into separate series; reading only the first would silently drop frames.
+    """
+    first = tf.series[0]
+    if first.kind in _SLIDE_SERIES_KINDS:
+        return
+    series = [first] + [s for s in tf.series[1:] if not s.keyframe.is_reduced]
+    if len(series) == 1:
+        return
+    counts: dict[tuple[int, ...], int] = {}
+    for s in series:
+        counts[tuple(s.shape)] = counts.get(tuple(s.shape), 0) + 1
+    shapes = ", ".join(f"{list(shape)} x{n}" for shape, n in counts.items())
+    raise InputError(
+        f"{path}: holds {len(series)} separate image series (shapes {shapes}); frames of "
+        "different sizes, or pages saved one by one, cannot be read as one stack. Save the "
+        "frames as one multi-page stack of equal frames, or as single-frame files read with a glob"
+    )
+
+
 def _tiff_format(tf: Any) -> str:
     if tf.is_svs:
         return "svs"
@@ -446,9 +474,12 @@ def _read_tiff(path: Path, *, channel: int) -> tuple[np.ndarray, dict[str, Any]]
     try:
         with _TiffStructureErrors() as broken, tifffile.TiffFile(path) as tf:
             if not tf.series:
-                raise InputError(f"{path}: TIFF file contains no image series")
+                raise InputError(
+                    f"{path}: TIFF file contains no image series; it may be truncated or corrupt"
+                )
             series = tf.series[0]
             broken.check(path)
+            _check_one_stack(tf, path)
             _check_tiff_complete(series, path)
             axes = str(series.axes)
             data = np.asarray(series.asarray())
@@ -945,7 +976,9 @@ def _open_tiff_slide(path: Path, *, level: int) -> tuple[Any, dict[str, Any]]:
     try:
         with _TiffStructureErrors() as broken, tifffile.TiffFile(path) as tf:
             if not tf.series:
-                raise InputError(f"{path}: TIFF file contains no image series")
+                raise InputError(
+                    f"{path}: TIFF file contains no image series; it may be truncated or corrupt"
+                )
             series = tf.series[0]
             broken.check(path)
             n_levels = len(series.levels)

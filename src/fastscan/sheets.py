@@ -6,7 +6,9 @@ This module is imported by the workflow at parse time, so it only needs pandas.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -20,20 +22,43 @@ SLIDE_OPTIONAL = ("model", "channel")
 
 #: Characters allowed in sample, session, fov and slide names: they become path components.
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+_NAME = re.compile(NAME_PATTERN)
 
 
 class SheetError(ValueError):
     """A sample or slide sheet is malformed; the message names the sheet and the row."""
 
 
+def _line_numbers(path: Path, n_rows: int) -> list[int]:
+    """Line of the file each data row comes from, so messages point where an editor does.
+
+    pandas skips comment and blank lines; when the count does not add up (a layout it reads
+    differently), the row number plus the header line is the fallback.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        lines = []
+    content = [i for i, line in enumerate(lines, start=1) if line.strip() and not line.startswith("#")]
+    if len(content) == n_rows + 1:
+        return content[1:]
+    return [i + 2 for i in range(n_rows)]
+
+
 def _read_tsv(path: str | os.PathLike, *, required: tuple, optional: tuple, dtypes: dict) -> pd.DataFrame:
+    """Read a sheet; its index is the line number of each row in the file."""
     path = Path(path)
+    if path.is_dir():
+        raise SheetError(f"sheet {path} is a directory, not a tab-separated file")
     if not path.is_file():
         raise SheetError(f"sheet {path} does not exist")
     try:
         df = pd.read_csv(path, sep="\t", dtype=str, comment="#", keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise SheetError(f"sheet {path} is not a readable tab-separated table: {exc}") from exc
+    except pd.errors.EmptyDataError:
+        raise SheetError(f"sheet {path} is empty: it needs a header line with the columns {list(required)}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+        raise SheetError(f"sheet {path} is not a readable tab-separated table: {str(exc).strip()}") from exc
+    df.index = _line_numbers(path, len(df))
     df.columns = [c.strip() for c in df.columns]
     missing = [c for c in required if c not in df.columns]
     if missing:
@@ -50,12 +75,37 @@ def _read_tsv(path: str | os.PathLike, *, required: tuple, optional: tuple, dtyp
             if value == "":
                 continue
             try:
-                kind(value)
+                number = kind(value)
             except ValueError:
                 raise SheetError(
-                    f"sheet {path}, row {i + 2}: column {col!r} must be {kind.__name__}, got {value!r}"
+                    f"sheet {path}, row {i}: column {col!r} must be {kind.__name__}, got {value!r}"
                 ) from None
+            if col == "channel" and number < 0:
+                raise SheetError(f"sheet {path}, row {i}: column 'channel' must be 0 or more, got {value!r}")
+            if kind is float and not (math.isfinite(number) and number > 0):
+                raise SheetError(f"sheet {path}, row {i}: column {col!r} must be a positive number, got {value!r}")
     return df
+
+
+def _check_names(df: pd.DataFrame, path: str | os.PathLike, columns: tuple) -> None:
+    """Names become path components and wildcards: refuse what would break either."""
+    for i, row in df.iterrows():
+        for col in columns:
+            value = row[col]
+            if value == "":
+                raise SheetError(f"sheet {path}, row {i}: column {col!r} is empty")
+            if not _NAME.fullmatch(value):
+                raise SheetError(
+                    f"sheet {path}, row {i}: column {col!r} is {value!r}; names may only hold letters, digits "
+                    "and _.- and must start with a letter or digit"
+                )
+
+
+def _duplicates(keys: pd.Series) -> str:
+    """``'key' (rows 2, 5)`` for every key that occurs more than once."""
+    dup = keys[keys.duplicated(keep=False)]
+    groups = dup.groupby(dup, sort=True)
+    return ", ".join(f"{key!r} (rows {', '.join(str(i) for i in rows.index)})" for key, rows in groups)
 
 
 def load_samples(path: str | os.PathLike) -> pd.DataFrame:
@@ -74,16 +124,16 @@ def load_samples(path: str | os.PathLike) -> pd.DataFrame:
         if col not in df.columns:
             df[col] = ""
     df["channel"] = [int(v) if v != "" else 0 for v in df["channel"]]
+    _check_names(df, path, ("sample", "session", "fov"))
     for i, row in df.iterrows():
-        for col in ("sample", "session", "fov", "lr", "hr"):
+        for col in ("lr", "hr"):
             if row[col] == "":
-                raise SheetError(f"sheet {path}, row {i + 2}: column {col!r} is empty")
+                raise SheetError(f"sheet {path}, row {i}: column {col!r} is empty")
         if row["split"] not in ("",) + SPLITS:
-            raise SheetError(f"sheet {path}, row {i + 2}: split must be one of {SPLITS} or empty, got {row['split']!r}")
+            raise SheetError(f"sheet {path}, row {i}: split must be one of {SPLITS} or empty, got {row['split']!r}")
     key = df["sample"] + "/" + df["session"] + "/" + df["fov"]
-    dup = key[key.duplicated()]
-    if len(dup):
-        raise SheetError(f"sheet {path}: duplicate (sample, session, fov) {sorted(set(dup))}")
+    if key.duplicated().any():
+        raise SheetError(f"sheet {path}: duplicate (sample, session, fov) {_duplicates(key)}")
     df.index = key
     return df
 
@@ -95,12 +145,12 @@ def load_slides(path: str | os.PathLike) -> pd.DataFrame:
         if col not in df.columns:
             df[col] = ""
     df["channel"] = [int(v) if v != "" else 0 for v in df["channel"]]
-    dup = df["slide"][df["slide"].duplicated()]
-    if len(dup):
-        raise SheetError(f"sheet {path}: duplicate slide name(s) {sorted(set(dup))}")
+    _check_names(df, path, ("slide",))
     for i, row in df.iterrows():
-        if row["slide"] == "" or row["path"] == "":
-            raise SheetError(f"sheet {path}, row {i + 2}: slide and path must not be empty")
+        if row["path"] == "":
+            raise SheetError(f"sheet {path}, row {i}: column 'path' is empty")
+    if df["slide"].duplicated().any():
+        raise SheetError(f"sheet {path}: duplicate slide name(s) {_duplicates(df['slide'])}")
     df.index = df["slide"]
     return df
 
