@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -12,15 +13,30 @@ import pytest
 import zarr
 from skimage import metrics as skm
 
-from fastscan.baselines import METHOD_COLOURS, METHOD_LABELS, METHODS, method_sort_key, upsample
+from fastscan.baselines import (
+    METHOD_COLOURS,
+    METHOD_LABELS,
+    METHODS,
+    finetune_pairs,
+    method_colour,
+    method_label,
+    method_sort_key,
+    upsample,
+)
 from fastscan.metrics import (
+    ABLATION_COLUMNS,
+    GENERALISATION_COLUMNS,
     METRIC_COLUMNS,
     SUMMARY_COLUMNS,
+    ablation_table,
     evaluate_many,
     evaluate_restored,
+    generalisation_table,
+    model_pairs,
     nrmse,
     psnr,
     read_metrics_tsv,
+    read_optional_metrics,
     ssim,
     summarise,
     write_tsv,
@@ -121,6 +137,29 @@ def test_method_vocabulary() -> None:
     ]
 
 
+def test_finetune_methods_have_labels_colours_and_order() -> None:
+    assert finetune_pairs("finetune_250") == 250
+    assert finetune_pairs("finetuned") is None and finetune_pairs("finetune_x") is None
+    assert method_label("finetune_250") == "GAN fine-tuned (250 pairs)"
+    assert method_label("finetune_1") == "GAN fine-tuned (1 pair)"
+    # Numeric, not lexical, order of the sizes, after the source GAN.
+    assert sorted(["finetune_100", "gan", "finetune_20", "bilinear"], key=method_sort_key) == [
+        "bilinear",
+        "gan",
+        "finetune_20",
+        "finetune_100",
+    ]
+    colours = [method_colour(f"finetune_{n}") for n in (10, 100, 1000, 10000)]
+    assert len(set(colours)) == 4
+    assert all(c.startswith("#") and len(c) == 7 for c in colours)
+    # A size keeps its colour wherever it appears, and none takes another method's colour.
+    assert method_colour("finetune_100") == colours[1]
+    assert not set(colours) & set(METHOD_COLOURS.values())
+    # More pairs, darker shade.
+    lum = [sum(int(c[i : i + 2], 16) for i in (1, 3, 5)) for c in colours]
+    assert lum == sorted(lum, reverse=True)
+
+
 # ----------------------------------------------------------------------------- metric definitions
 
 
@@ -137,6 +176,31 @@ def test_psnr_identical_is_infinite_without_warning(recwarn: pytest.WarningsReco
     a = np.random.default_rng(0).random((8, 8))
     assert psnr(a, a) == math.inf
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_nrmse_by_hand() -> None:
+    target = np.ones((2, 2))
+    pred = target.copy()
+    pred[0, 0] = 1.2
+    # RMSE = sqrt(0.2**2 / 4) = 0.1 and ||target|| / sqrt(4) = 1.
+    assert nrmse(pred, target) == pytest.approx(0.1)
+    assert psnr(pred, target) == pytest.approx(20.0)
+
+
+def test_ssim_by_hand_single_window() -> None:
+    # On a 7 x 7 image the 7 x 7 window fits once, centred on the middle pixel, so the mean SSIM
+    # is the SSIM formula with the statistics of the whole image (sample covariance, N - 1 = 48).
+    target = np.arange(49, dtype=np.float64).reshape(7, 7) / 48
+    pred = 0.5 * target + 0.2
+    mx, my = pred.mean(), target.mean()
+    vx, vy = pred.var(ddof=1), target.var(ddof=1)
+    cxy = ((pred - mx) * (target - my)).sum() / 48
+    c1, c2 = 0.01**2, 0.03**2
+    want = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    assert ssim(pred, target) == pytest.approx(want, rel=1e-10)
+    # Constant images: only the luminance term is left, (2 * 0.6 * 0.5 + c1) / (0.36 + 0.25 + c1).
+    flat = ssim(np.full((7, 7), 0.6), np.full((7, 7), 0.5))
+    assert flat == pytest.approx((0.6 + c1) / (0.61 + c1), rel=1e-10)
 
 
 def test_nrmse_definition() -> None:
@@ -272,6 +336,57 @@ def test_evaluate_restored_missing_array(tmp_path: Path) -> None:
         evaluate_restored(store, model="m", sample="s", session="x", fov="f")
 
 
+def _model_dir(path: Path, dataset: dict) -> Path:
+    path.mkdir(parents=True)
+    (path / "model.json").write_text(json.dumps({"format": "fastscan-model/1", "dataset": dataset}))
+    return path
+
+
+def test_model_pairs_reads_model_json(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    assert model_pairs(_model_dir(tmp_path / "a", {"tiles_train": 120, "counts": {"train": 7}})) == 120
+    assert model_pairs(_model_dir(tmp_path / "b", {"counts": {"train": 288, "val": 108}})) == 288
+    with caplog.at_level(logging.WARNING, logger="fastscan.metrics"):
+        assert model_pairs(_model_dir(tmp_path / "c", {"path": "x"})) is None
+        assert model_pairs(tmp_path / "missing") is None
+    assert "missing" in caplog.text
+
+
+def test_evaluate_restored_pairs_column(tmp_path: Path) -> None:
+    store = _write_restored(tmp_path / "fov.zarr", n=1, methods=("mse", "gan", "finetune_40"), perfect=None)
+    mse_dir = _model_dir(tmp_path / "train" / "m" / "mse", {"tiles_train": 96})
+    # Relative paths in the store resolve against the run's working directory (`root`).
+    group = zarr.open_group(str(store), mode="a")
+    attrs = dict(group.attrs["fastscan"])
+    attrs["models"] = {"mse": str(mse_dir.relative_to(tmp_path)), "gan": "models/gone"}
+    group.attrs["fastscan"] = attrs
+    df = evaluate_restored(store, model="m", sample="s", session="x", fov="f", root=tmp_path).set_index("method")
+    assert df.loc["mse", "pairs"] == 96
+    assert pd.isna(df.loc["gan", "pairs"])  # model.json not found
+    assert df.loc["finetune_40", "pairs"] == 40  # from the method's name
+    assert df.loc[["bilinear", "bicubic"], "pairs"].isna().all()
+    assert df["pairs"].dtype == "Int64"
+    override = evaluate_restored(store, model="m", sample="s", session="x", fov="f", pairs={"gan": 500}, root=tmp_path)
+    assert override.set_index("method").loc["gan", "pairs"] == 500
+    out = write_tsv(df.reset_index()[list(METRIC_COLUMNS)], tmp_path / "metrics.tsv")
+    back = read_metrics_tsv(out).set_index("method")
+    assert back.loc["mse", "pairs"] == 96 and pd.isna(back.loc["bilinear", "pairs"])
+
+
+def test_read_metrics_tsv_pairs_spellings(tmp_path: Path) -> None:
+    df = _table().drop(columns="pairs")
+    old = tmp_path / "old.tsv"
+    df.to_csv(old, sep="\t", index=False)
+    assert read_metrics_tsv(old)["pairs"].isna().all()  # tables from before the column existed
+    df["pairs"] = ["NA", "12", "", "12", "NaN", "12"]
+    other = tmp_path / "other.tsv"
+    df.to_csv(other, sep="\t", index=False)
+    assert read_metrics_tsv(other)["pairs"].tolist()[:2] == [pd.NA, 12]
+    df["pairs"] = ["12", "12", "12", "1.5", "12", "12"]
+    df.to_csv(other, sep="\t", index=False)
+    with pytest.raises(ValueError, match=r"other\.tsv: row 5: 'pairs'"):
+        read_metrics_tsv(other)
+
+
 def test_evaluate_many_concatenates(tmp_path: Path) -> None:
     a = _write_restored(tmp_path / "a.zarr", n=1)
     b = _write_restored(tmp_path / "b.zarr", n=2, methods=("mse",))
@@ -347,6 +462,78 @@ def test_write_tsv_roundtrip(tmp_path: Path) -> None:
     assert back["fov"].iloc[0] == "001"
     assert back["psnr"].iloc[0] == math.inf
     assert back["frame"].dtype == np.int64
+
+
+def _rows(key: str, name: str, method: str, pairs: int | None, psnrs: list[float], frames: list[int] | None = None):
+    frames = frames if frames is not None else list(range(len(psnrs)))
+    return [
+        {
+            key: name,
+            "model": "m",
+            "sample": "mito",
+            "session": "1",
+            "fov": "001",
+            "frame": f,
+            "method": method,
+            "psnr": p,
+            "ssim": p / 100,
+            "nrmse": 0.1,
+            "pairs": pairs,
+        }
+        for f, p in zip(frames, psnrs, strict=True)
+    ]
+
+
+def test_ablation_table() -> None:
+    rows = []
+    for n, (a, b) in {100: (20.0, 22.0), 30: (18.0, 18.0)}.items():
+        rows += _rows("ablation", "m", "gan", n, [a, b])
+        rows += _rows("ablation", "m", "mse", n, [a + 1, b + 1])
+        # The baseline is scored again with every training-set size: the same two frames.
+        rows += _rows("ablation", "m", "bilinear", None, [15.0, 17.0])
+    table = ablation_table(pd.DataFrame(rows))
+    assert list(table.columns) == list(ABLATION_COLUMNS)
+    assert list(zip(table["method"], table["pairs"].astype("float"), strict=True))[1:] == [
+        ("mse", 30.0),
+        ("mse", 100.0),
+        ("gan", 30.0),
+        ("gan", 100.0),
+    ]
+    bilinear = table.iloc[0]
+    assert bilinear["method"] == "bilinear" and pd.isna(bilinear["pairs"])
+    assert bilinear["n"] == 2  # counted once, not once per size
+    assert bilinear["psnr_mean"] == pytest.approx(16.0)
+    gan100 = table[(table["method"] == "gan") & (table["pairs"] == 100)].iloc[0]
+    assert gan100["psnr_mean"] == pytest.approx(21.0)
+    assert gan100["psnr_sd"] == pytest.approx(math.sqrt(2.0))
+    assert gan100["ssim_mean"] == pytest.approx(0.21)
+    assert ablation_table(pd.DataFrame(columns=["ablation", *METRIC_COLUMNS])).empty
+
+
+def test_generalisation_table() -> None:
+    rows = _rows("finetune", "tissue", "finetune_100", 100, [25.0, 27.0])
+    rows += _rows("finetune", "tissue", "gan", 288, [20.0, 21.0])
+    rows += _rows("finetune", "tissue", "finetune_20", 20, [23.0, 23.0])
+    rows += _rows("finetune", "tissue", "bilinear", None, [15.0, 16.0])
+    table = generalisation_table(pd.DataFrame(rows))
+    assert list(table.columns) == list(GENERALISATION_COLUMNS)
+    assert list(table["method"]) == ["bilinear", "gan", "finetune_20", "finetune_100"]
+    assert list(table["label"])[-1] == "GAN fine-tuned (100 pairs)"
+    assert table.set_index("method").loc["finetune_100", "psnr_mean"] == pytest.approx(26.0)
+    assert table.set_index("method").loc["finetune_20", "pairs"] == 20
+
+
+def test_read_optional_metrics(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    present = tmp_path / "ablation" / "mito" / "metrics.tsv"
+    present.parent.mkdir(parents=True)
+    write_tsv(_table(), present)
+    missing = tmp_path / "ablation" / "actin" / "metrics.tsv"
+    with caplog.at_level(logging.INFO, logger="fastscan.metrics"):
+        df = read_optional_metrics([present, missing], key="ablation")
+    assert set(df["ablation"]) == {"mito"} and len(df) == len(_table())
+    assert "actin" in caplog.text
+    none = read_optional_metrics([missing], key="ablation")
+    assert none.empty and "ablation" in none.columns
 
 
 def test_write_tsv_replaces_existing(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,17 @@ from fastscan.metrics import METRIC_COLUMNS, SUMMARY_COLUMNS, write_tsv
 from fastscan.report import (
     REPORT_FILES,
     _brightest_variance_region,
+    _curve_runs,
+    _lowest_level,
     _nice_bar_length,
+    plot_ablation,
     plot_example_panels,
+    plot_hallucination_panels,
     plot_metric_boxes,
+    plot_slide_thumbnails,
     plot_training_curves,
     registration_qc_table,
+    table_html,
     write_report_figures,
 )
 
@@ -31,6 +38,16 @@ def _assert_png(path: Path) -> None:
     data = path.read_bytes()
     assert data[:8] == PNG_MAGIC
     assert len(data) > 1000
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the IHDR chunk."""
+    data = path.read_bytes()
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+# A placeholder is a 6.5 x 2 inch text figure at 150 dpi.
+PLACEHOLDER_SIZE = (975, 300)
 
 
 def _metrics_table(rng: np.random.Generator) -> pd.DataFrame:
@@ -212,3 +229,245 @@ def test_write_report_figures_with_empty_inputs(tmp_path: Path) -> None:
     metrics = write_tsv(pd.DataFrame(columns=list(METRIC_COLUMNS)), tmp_path / "metrics.tsv")
     written = write_report_figures(metrics_tsv=metrics, restored=[], curves=[], qc_tsv=None, out_dir=tmp_path / "r")
     assert all(p.is_file() for p in written)
+
+
+# ----------------------------------------------------------------------------- optional tables, new figures
+
+
+def _ablation_metrics(path: Path, rng: np.random.Generator) -> Path:
+    rows = []
+    for n in (30, 100, 300):
+        for frame in range(3):
+            for method, base in (("mse", 24.0), ("gan", 23.0), ("bilinear", 20.0)):
+                rows.append(
+                    {
+                        "model": "demo",
+                        "sample": "mito",
+                        "session": "s1",
+                        "fov": "001",
+                        "frame": frame,
+                        "method": method,
+                        "psnr": base + (0 if method == "bilinear" else 2 * np.log10(n)) + rng.normal(0, 0.2),
+                        "ssim": 0.5 + (0 if method == "bilinear" else 0.05 * np.log10(n)),
+                        "nrmse": 0.2,
+                        "pairs": None if method == "bilinear" else n,
+                    }
+                )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_tsv(pd.DataFrame(rows, columns=list(METRIC_COLUMNS)), path)
+
+
+def _finetune_metrics(path: Path, rng: np.random.Generator) -> Path:
+    rows = []
+    for frame in range(3):
+        for method, pairs, p in (
+            ("bilinear", None, 20.0),
+            ("gan", 288, 21.0),
+            ("finetune_100", 100, 25.0),
+            ("finetune_20", 20, 23.0),
+        ):
+            rows.append(
+                {
+                    "model": "demo",
+                    "sample": "tissue",
+                    "session": "s1",
+                    "fov": "007",
+                    "frame": frame,
+                    "method": method,
+                    "psnr": p + rng.normal(0, 0.2),
+                    "ssim": p / 40,
+                    "nrmse": 0.2,
+                    "pairs": pairs,
+                }
+            )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_tsv(pd.DataFrame(rows, columns=list(METRIC_COLUMNS)), path)
+
+
+def _ome_zarr(path: Path, *, version: str = "0.5", shape: tuple[int, int] = (96, 160)) -> Path:
+    rng = np.random.default_rng(9)
+    group = zarr.open_group(str(path), mode="w")
+    level0 = rng.random(shape).astype(np.float32)
+    level1 = level0.reshape(shape[0] // 2, 2, shape[1] // 2, 2).mean(axis=(1, 3))
+    group.create_array("0", data=level0)
+    group.create_array("1", data=level1)
+    multiscales = [
+        {
+            "axes": [{"name": "y", "type": "space", "unit": "micrometer"}, {"name": "x", "type": "space"}],
+            "datasets": [
+                {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [0.2, 0.2]}]},
+                {"path": "1", "coordinateTransformations": [{"type": "scale", "scale": [0.4, 0.4]}]},
+            ],
+        }
+    ]
+    if version == "0.5":
+        group.attrs["ome"] = {"version": "0.5", "multiscales": multiscales}
+    else:
+        multiscales[0]["version"] = "0.4"
+        group.attrs["multiscales"] = multiscales
+    return path
+
+
+def test_report_files_match_the_rule_outputs(root: Path) -> None:
+    text = (root / "workflow" / "rules" / "report.smk").read_text()
+    rule = text[text.index("rule report:") :]
+    declared = re.findall(r'"results/report/([^"/]+)"', rule)
+    assert sorted(declared) == sorted(REPORT_FILES)
+    for caption in re.findall(r'caption="\.\./report/([^"]+)"', text):
+        assert (root / "workflow" / "report" / caption).is_file(), caption
+
+
+def test_curve_files_of_one_model_form_one_run() -> None:
+    paths = [
+        Path("results/train/mito/mse/curves.tsv"),
+        Path("results/train/mito/critic/curves.tsv"),
+        Path("results/models/mito/curves.tsv"),
+        Path("results/train/actin/mse/curves.tsv"),
+        Path("results/models/actin/curves.tsv"),
+    ]
+    runs = _curve_runs(paths)
+    assert list(runs) == ["mito", "actin"]
+    assert runs["mito"] == paths[:3]
+
+
+def test_training_stages_are_laid_end_to_end(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(5)
+    full = pd.read_csv(_curves(tmp_path / "all.tsv", rng), sep="\t")
+    files = []
+    for stage, where in (("mse", "train/m/mse"), ("critic", "train/m/critic"), ("gan", "models/m")):
+        path = tmp_path / where / "curves.tsv"
+        path.parent.mkdir(parents=True)
+        full[full["stage"] == stage].to_csv(path, sep="\t", index=False)
+        files.append(path)
+    captured = {}
+    original = plt.close
+
+    def keep(fig=None):  # the figure is closed after saving; look at it first
+        if fig is not None and not isinstance(fig, str):
+            captured["fig"] = fig
+        return original(fig)
+
+    plt.close = keep
+    try:
+        plot_training_curves(files[::-1], tmp_path / "curves.png")
+    finally:
+        plt.close = original
+    ax_loss = captured["fig"].axes[0]
+    xs = sorted({float(x) for line in ax_loss.get_lines() for x in line.get_xdata()})
+    # 6 generator epochs, then 3 critic epochs, then 5 GAN epochs on one cumulative axis.
+    assert xs == [float(x) for x in range(1, 15)]
+    assert "critic" in {t.get_text().lower() for t in ax_loss.texts}
+
+
+def test_table_html_marks_best_and_escapes() -> None:
+    from fastscan.metrics import summarise
+
+    df = _metrics_table(np.random.default_rng(6))
+    df.loc[df["sample"] == "mito", "sample"] = "<mito>"
+    page = table_html(summarise(df), title="Table II", empty_note="none")
+    assert page.count("<tr>") == 1 + 2 * 4
+    assert "&lt;mito&gt;" in page and "<mito>" not in page
+    assert page.count("±") >= 2 * 4 * 3
+    assert "Generator (MSE)" in page
+    # Per block the best PSNR, SSIM and NRMSE are bold: the GAN's PSNR/SSIM in this table.
+    assert page.count('class="num best"') == 2 * 3
+    empty = table_html(summarise(df.iloc[0:0]), title="Table II", empty_note="Nothing was restored.")
+    assert "Nothing was restored." in empty and "<table>" not in empty
+
+
+def test_plot_ablation(tmp_path: Path) -> None:
+    from fastscan.metrics import ablation_table, read_optional_metrics
+
+    metrics = _ablation_metrics(tmp_path / "ablation" / "demo" / "metrics.tsv", np.random.default_rng(7))
+    table = ablation_table(read_optional_metrics([metrics], key="ablation"))
+    out = plot_ablation(table, tmp_path / "fig6.png")
+    _assert_png(out)
+    assert _png_size(out) != PLACEHOLDER_SIZE
+    empty = plot_ablation(table.iloc[0:0], tmp_path / "none.png")
+    assert _png_size(empty) == PLACEHOLDER_SIZE
+
+
+def test_plot_hallucination_panels(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    stores = [
+        _restored_store(tmp_path / "mito" / "s1" / "001.zarr", rng),
+        _restored_store(tmp_path / "actin" / "s1" / "002.zarr", rng, methods=("mse",)),
+    ]
+    out = plot_hallucination_panels(stores, tmp_path / "h.png")
+    _assert_png(out)
+    assert _png_size(out) != PLACEHOLDER_SIZE
+    assert _png_size(plot_hallucination_panels(stores[1:], tmp_path / "none.png")) == PLACEHOLDER_SIZE
+
+
+@pytest.mark.parametrize("version", ["0.5", "0.4"])
+def test_slide_thumbnails_read_the_lowest_level(tmp_path: Path, version: str) -> None:
+    slide = _ome_zarr(tmp_path / "s.ome.zarr", version=version)
+    image, pixel, info = _lowest_level(slide)
+    assert image.shape == (48, 80)
+    assert pixel == (0.4, 0.4)
+    assert info["full_shape"] == (96, 160) and info["level"] == "1"
+    _assert_png(plot_slide_thumbnails([slide, slide], tmp_path / "slides.png"))
+    assert _png_size(plot_slide_thumbnails([], tmp_path / "none.png")) == PLACEHOLDER_SIZE
+    bad = zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
+    bad.create_array("0", data=np.zeros((4, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match="plain.zarr.*multiscales"):
+        _lowest_level(tmp_path / "plain.zarr")
+
+
+def test_write_report_figures_with_optional_tables(tmp_path: Path) -> None:
+    rng = np.random.default_rng(10)
+    metrics = write_tsv(_metrics_table(rng), tmp_path / "metrics.tsv")
+    stores = [_restored_store(tmp_path / "restore" / "demo" / "mito" / "s1" / "001.zarr", rng)]
+    out_dir = tmp_path / "report"
+    write_report_figures(
+        metrics_tsv=metrics,
+        restored=stores,
+        curves=[],
+        qc_tsv=None,
+        out_dir=out_dir,
+        ablation_metrics=[_ablation_metrics(tmp_path / "ablation" / "demo" / "metrics.tsv", rng)],
+        finetune_metrics=[
+            _finetune_metrics(tmp_path / "finetune" / "tissue" / "metrics.tsv", rng),
+            tmp_path / "finetune" / "not_run" / "metrics.tsv",
+        ],
+        slides=[_ome_zarr(tmp_path / "slide.ome.zarr")],
+        example_fovs=1,
+    )
+    ablation = pd.read_csv(out_dir / "ablation.tsv", sep="\t")
+    assert len(ablation) == 1 + 2 * 3  # bilinear once, mse and gan at three sizes
+    assert "Table III" in (out_dir / "ablation.html").read_text()
+    assert _png_size(out_dir / "ablation.png") != PLACEHOLDER_SIZE
+    generalisation = pd.read_csv(out_dir / "generalisation.tsv", sep="\t")
+    assert list(generalisation["method"]) == ["bilinear", "gan", "finetune_20", "finetune_100"]
+    assert set(generalisation["finetune"]) == {"tissue"}
+    page = (out_dir / "generalisation.html").read_text()
+    assert "GAN fine-tuned (20 pairs)" in page and "GAN fine-tuned (100 pairs)" in page
+    departures = pd.read_csv(out_dir / "hallucination.tsv", sep="\t", dtype={"fov": str})
+    assert len(departures) == 2 and set(departures["fov"]) == {"001"}
+    assert set(departures["model"]) == {"demo"}
+    assert "flagged" in (out_dir / "hallucination.html").read_text().lower()
+    assert _png_size(out_dir / "slides.png") != PLACEHOLDER_SIZE
+
+
+def test_write_report_figures_without_optional_results(tmp_path: Path) -> None:
+    rng = np.random.default_rng(11)
+    metrics = write_tsv(_metrics_table(rng), tmp_path / "metrics.tsv")
+    out_dir = tmp_path / "report"
+    write_report_figures(
+        metrics_tsv=metrics,
+        restored=[],
+        curves=[],
+        qc_tsv=None,
+        out_dir=out_dir,
+        ablation_metrics=[tmp_path / "ablation" / "demo" / "metrics.tsv"],
+    )
+    assert "No data-size ablation results" in (out_dir / "ablation.html").read_text()
+    assert "No generalisation results" in (out_dir / "generalisation.html").read_text()
+    assert _png_size(out_dir / "ablation.png") == PLACEHOLDER_SIZE
+    assert pd.read_csv(out_dir / "ablation.tsv", sep="\t").empty
+    assert pd.read_csv(out_dir / "hallucination.tsv", sep="\t").empty

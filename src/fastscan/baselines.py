@@ -10,6 +10,8 @@ shift between grids (which alone costs several dB of PSNR on sharp structures).
 from __future__ import annotations
 
 import logging
+import math
+import re
 from typing import Final
 
 import numpy as np
@@ -17,9 +19,11 @@ from scipy import ndimage
 
 __all__ = [
     "BASELINE_ORDERS",
+    "FINETUNE_PREFIX",
     "METHODS",
     "METHOD_COLOURS",
     "METHOD_LABELS",
+    "finetune_pairs",
     "method_colour",
     "method_label",
     "method_sort_key",
@@ -58,23 +62,63 @@ BASELINE_ORDERS: Final[dict[str, int]] = {"bilinear": 1, "bicubic": 3}
 
 _FALLBACK_COLOUR: Final[str] = "#000000"
 
+#: Prefix of the GAN fine-tuned on another sample with ``N`` training pairs: ``finetune_{N}``.
+FINETUNE_PREFIX: Final[str] = "finetune_"
+
+_FINETUNE_PATTERN: Final[re.Pattern[str]] = re.compile(rf"{FINETUNE_PREFIX}(\d+)")
+
+# Fine-tuned GANs share the hue of "finetuned" and darken with the number of pairs, on a log
+# scale from 10 to 100 000 pairs, so that one N keeps its colour in every figure and run.
+_FINETUNE_LIGHT: Final[tuple[int, int, int]] = (0xE8, 0xB4, 0xD4)
+_FINETUNE_DARK: Final[tuple[int, int, int]] = (0x5E, 0x12, 0x4E)
+_FINETUNE_LOG10_RANGE: Final[tuple[float, float]] = (1.0, 5.0)
+
+
+def finetune_pairs(method: str) -> int | None:
+    """Number of training pairs ``N`` of a ``finetune_{N}`` method, ``None`` for any other name."""
+    match = _FINETUNE_PATTERN.fullmatch(method)
+    return int(match.group(1)) if match else None
+
 
 def method_label(method: str) -> str:
-    """Return the human-readable label of `method` (the name itself if unknown)."""
+    """Return the human-readable label of `method` (the name itself if unknown).
+
+    ``finetune_{N}`` reads "GAN fine-tuned (N pairs)".
+    """
+    pairs = finetune_pairs(method)
+    if pairs is not None:
+        return f"{METHOD_LABELS['finetuned']} ({pairs} pair{'' if pairs == 1 else 's'})"
     return METHOD_LABELS.get(method, method)
 
 
 def method_colour(method: str) -> str:
-    """Return the fixed colour of `method` (black if unknown)."""
+    """Return the fixed colour of `method` (black if unknown).
+
+    ``finetune_{N}`` gets a shade of the "finetuned" colour that depends on ``N``
+    only (darker for more pairs), so it is the same in every figure.
+    """
+    pairs = finetune_pairs(method)
+    if pairs is not None:
+        lo, hi = _FINETUNE_LOG10_RANGE
+        t = (math.log10(max(pairs, 1)) - lo) / (hi - lo)
+        t = min(max(t, 0.0), 1.0)
+        rgb = (round(a + t * (b - a)) for a, b in zip(_FINETUNE_LIGHT, _FINETUNE_DARK, strict=True))
+        return "#" + "".join(f"{c:02X}" for c in rgb)
     return METHOD_COLOURS.get(method, _FALLBACK_COLOUR)
 
 
-def method_sort_key(method: str) -> tuple[int, str]:
-    """Sort key placing known methods in :data:`METHODS` order, unknown ones after, by name."""
+def method_sort_key(method: str) -> tuple[int, int, str]:
+    """Sort key placing known methods in :data:`METHODS` order, unknown ones after, by name.
+
+    ``finetune_{N}`` methods follow "finetuned", by increasing ``N``.
+    """
+    pairs = finetune_pairs(method)
+    if pairs is not None:
+        return (METHODS.index("finetuned"), pairs, "")
     try:
-        return (METHODS.index(method), "")
+        return (METHODS.index(method), -1, "")
     except ValueError:
-        return (len(METHODS), method)
+        return (len(METHODS), -1, method)
 
 
 def upsample(image: np.ndarray, *, scale: int = 2, order: int = 1) -> np.ndarray:

@@ -9,9 +9,11 @@ float guess of 2, for [-1, 1], shifts PSNR by 6 dB).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +21,23 @@ import numpy as np
 import pandas as pd
 from skimage import metrics as skm
 
-from fastscan.baselines import BASELINE_ORDERS, method_label, method_sort_key, upsample
+from fastscan.baselines import BASELINE_ORDERS, finetune_pairs, method_label, method_sort_key, upsample
 
 __all__ = [
+    "ABLATION_COLUMNS",
+    "GENERALISATION_COLUMNS",
     "METRIC_COLUMNS",
     "SSIM_WIN_SIZE",
     "SUMMARY_COLUMNS",
+    "ablation_table",
     "evaluate_many",
     "evaluate_restored",
+    "generalisation_table",
+    "model_pairs",
     "nrmse",
     "psnr",
     "read_metrics_tsv",
+    "read_optional_metrics",
     "ssim",
     "summarise",
     "write_tsv",
@@ -48,18 +56,14 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "psnr",
     "ssim",
     "nrmse",
+    "pairs",
 )
 
 #: Side of the square SSIM window (uniform weights), as in Wang et al. (2004)
 #: with the uniform-window implementation of scikit-image.
 SSIM_WIN_SIZE: int = 7
 
-#: Columns of the summary table (Table II), in order.
-SUMMARY_COLUMNS: tuple[str, ...] = (
-    "model",
-    "sample",
-    "method",
-    "label",
+_STAT_COLUMNS: tuple[str, ...] = (
     "n",
     "psnr_mean",
     "psnr_sd",
@@ -69,6 +73,17 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "nrmse_mean",
     "nrmse_sd",
 )
+
+#: Columns of the summary table (Table II), in order.
+SUMMARY_COLUMNS: tuple[str, ...] = ("model", "sample", "method", "label", "pairs", *_STAT_COLUMNS)
+
+#: Columns of the data-size ablation table (Table III), in order; ``ablation`` names the
+#: ``results/ablation/{ablation}/metrics.tsv`` a row comes from.
+ABLATION_COLUMNS: tuple[str, ...] = ("ablation", "sample", "method", "label", "pairs", *_STAT_COLUMNS)
+
+#: Columns of the generalisation table (Table IV), in order; ``finetune`` names the
+#: ``results/finetune/{finetune}/metrics.tsv`` a row comes from.
+GENERALISATION_COLUMNS: tuple[str, ...] = ("finetune", "sample", "method", "label", "pairs", *_STAT_COLUMNS)
 
 _ID_COLUMNS: tuple[str, ...] = ("model", "sample", "session", "fov")
 
@@ -178,6 +193,70 @@ def _fastscan_attrs(group: Any) -> dict[str, Any]:
     return dict(nested) if isinstance(nested, Mapping) else {}
 
 
+def model_pairs(model_dir: str | Path) -> int | None:
+    """Number of training tile pairs behind a trained model, from its ``model.json``.
+
+    Parameters
+    ----------
+    model_dir : str or Path
+        Model directory holding ``model.json``.
+
+    Returns
+    -------
+    int or None
+        ``dataset.tiles_train`` when present, else ``dataset.counts.train`` (the
+        training tiles the dataset store counted; each tile is one LR/HR pair);
+        ``None`` when the file or both keys are missing, with a warning, so a
+        metrics table can still be written for a model whose provenance is gone.
+    """
+    path = Path(model_dir) / "model.json"
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        logger.warning("%s not found: number of training pairs unknown", path)
+        return None
+    except (OSError, json.JSONDecodeError) as exc:
+        logger.warning("%s unreadable (%s): number of training pairs unknown", path, exc)
+        return None
+    dataset = meta.get("dataset") if isinstance(meta, Mapping) else None
+    if not isinstance(dataset, Mapping):
+        logger.warning("%s has no 'dataset' entry: number of training pairs unknown", path)
+        return None
+    value = dataset.get("tiles_train")
+    if value is None and isinstance(dataset.get("counts"), Mapping):
+        value = dataset["counts"].get("train")
+    if value is None:
+        logger.warning("%s has neither dataset.tiles_train nor dataset.counts.train", path)
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        logger.warning("%s: dataset.tiles_train %r is not an integer", path, value)
+        return None
+
+
+def _method_pairs(
+    learned: Sequence[str],
+    models: Mapping[str, Any],
+    override: Mapping[str, int | None] | None,
+    root: Path,
+) -> dict[str, int | None]:
+    out: dict[str, int | None] = {}
+    for method in learned:
+        if override is not None and method in override:
+            out[method] = None if override[method] is None else int(override[method])
+            continue
+        value: int | None = None
+        if method in models:
+            model_dir = Path(str(models[method]))
+            value = model_pairs(model_dir if model_dir.is_absolute() else root / model_dir)
+        if value is None:
+            # A fine-tuned method carries its number of pairs in its name.
+            value = finetune_pairs(method)
+        out[method] = value
+    return out
+
+
 def evaluate_restored(
     restored: str | Path,
     *,
@@ -185,6 +264,8 @@ def evaluate_restored(
     sample: str,
     session: str,
     fov: str,
+    pairs: Mapping[str, int | None] | None = None,
+    root: str | Path | None = None,
 ) -> pd.DataFrame:
     """Score every method on every restored frame of one FOV.
 
@@ -199,6 +280,13 @@ def evaluate_restored(
         shapes if absent). All intensities are on the normalised scale.
     model, sample, session, fov : str
         Identifiers copied into the table.
+    pairs : mapping, optional
+        Method -> number of training pairs, overriding what is read from the
+        models' ``model.json``.
+    root : str or Path, optional
+        Directory that relative model paths in ``fastscan.models`` are resolved
+        against (the working directory of the run that wrote the store);
+        default the current directory.
 
     Returns
     -------
@@ -207,6 +295,11 @@ def evaluate_restored(
         bilinear and bicubic baselines are computed from ``lr`` with
         :func:`fastscan.baselines.upsample`; methods appear in
         :data:`fastscan.baselines.METHODS` order, unknown names after.
+        ``pairs`` is the number of training tile pairs of the model behind a
+        learned method (:func:`model_pairs` of its directory in
+        ``fastscan.models``; for ``finetune_{N}`` without a readable
+        ``model.json``, ``N``); missing for the baselines, the classical
+        cascade and models whose ``model.json`` cannot be read.
 
     Raises
     ------
@@ -256,6 +349,9 @@ def evaluate_restored(
         raise ValueError(f"{store}: fastscan.frames lists {len(frames)} frames but 'lr' has {n_frames}")
 
     methods = sorted([*BASELINE_ORDERS, *learned], key=method_sort_key)
+    models = attrs.get("models") if isinstance(attrs.get("models"), Mapping) else {}
+    base = Path(root) if root is not None else Path(os.getcwd())
+    method_pairs = _method_pairs(learned, models, pairs, base)
     rows: list[dict[str, Any]] = []
     # One frame at a time: a full (N, Y, X) stack per method need not fit in memory.
     for i, frame in enumerate(frames):
@@ -276,6 +372,7 @@ def evaluate_restored(
                     "psnr": psnr(pred, hr),
                     "ssim": ssim(pred, hr),
                     "nrmse": nrmse(pred, hr),
+                    "pairs": method_pairs.get(method),
                 }
             )
     logger.info("%s: scored %d frames x %d methods (%s)", store, n_frames, len(methods), ", ".join(methods))
@@ -288,7 +385,8 @@ def evaluate_many(stores: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     Parameters
     ----------
     stores : iterable of mapping
-        Each with keys ``restored``, ``model``, ``sample``, ``session``, ``fov``.
+        Each with keys ``restored``, ``model``, ``sample``, ``session``, ``fov``
+        and optionally ``pairs`` (see :func:`evaluate_restored`).
 
     Returns
     -------
@@ -297,7 +395,12 @@ def evaluate_many(stores: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """
     tables = [
         evaluate_restored(
-            s["restored"], model=str(s["model"]), sample=str(s["sample"]), session=str(s["session"]), fov=str(s["fov"])
+            s["restored"],
+            model=str(s["model"]),
+            sample=str(s["sample"]),
+            session=str(s["session"]),
+            fov=str(s["fov"]),
+            pairs=s.get("pairs"),
         )
         for s in stores
     ]
@@ -312,14 +415,31 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
     df["frame"] = df["frame"].astype("int64")
     for c in ("psnr", "ssim", "nrmse"):
         df[c] = df[c].astype("float64")
+    # Nullable integers: a count stays a count, and "unknown" stays distinguishable from 0.
+    if "pairs" not in df.columns:
+        df["pairs"] = pd.NA
+    df["pairs"] = pd.to_numeric(df["pairs"], errors="coerce").astype("Int64")
     return df
+
+
+_NA_SPELLINGS: tuple[str, ...] = ("NaN", "")
+# Files written by other tools may spell a missing count as NA; identifiers keep "NA" as a name.
+_PAIRS_NA_SPELLINGS: tuple[str, ...] = ("NaN", "", "NA", "nan", "<NA>", "None")
 
 
 def read_metrics_tsv(path: str | Path) -> pd.DataFrame:
     """Read a per-image metrics table written by :func:`write_tsv`.
 
     Identifier columns are read as strings (``fov`` ``"001"`` stays ``"001"``)
-    and ``inf`` as infinity.
+    and ``inf`` as infinity. ``pairs`` may be absent (tables written before it
+    existed): it is then missing for every row.
+
+    Raises
+    ------
+    ValueError
+        If a column of :data:`METRIC_COLUMNS` other than ``pairs`` is missing,
+        or ``pairs`` holds something other than whole numbers; the message
+        names the file.
     """
     df = pd.read_csv(
         path,
@@ -327,12 +447,56 @@ def read_metrics_tsv(path: str | Path) -> pd.DataFrame:
         dtype={c: str for c in (*_ID_COLUMNS, "method")},
         # Only the spellings write_tsv uses mean missing: a sample called "NA" stays "NA".
         keep_default_na=False,
-        na_values=["NaN", ""],
+        na_values={c: list(_PAIRS_NA_SPELLINGS if c == "pairs" else _NA_SPELLINGS) for c in METRIC_COLUMNS},
     )
-    missing = [c for c in METRIC_COLUMNS if c not in df.columns]
+    missing = [c for c in METRIC_COLUMNS if c not in df.columns and c != "pairs"]
     if missing:
         raise ValueError(f"{path}: missing metrics columns {missing}")
+    if "pairs" in df.columns:
+        raw = df["pairs"]
+        numeric = pd.to_numeric(raw, errors="coerce")
+        bad = raw.notna() & ~(numeric.notna() & (numeric == numeric.round()))
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ValueError(
+                f"{path}: row {row + 2}: 'pairs' must be a whole number of training pairs or empty, got {raw.iloc[row]!r}"
+            )
     return _typed(df)
+
+
+def read_optional_metrics(paths: Sequence[str | Path], *, key: str) -> pd.DataFrame:
+    """Concatenate the per-image tables that exist among `paths`.
+
+    The ablation and fine-tuning metrics are produced only by opt-in targets,
+    so a missing file is skipped with a log message rather than an error.
+
+    Parameters
+    ----------
+    paths : sequence of str or Path
+        ``results/{ablation,finetune}/{name}/metrics.tsv``.
+    key : str
+        Name of a column added to the result holding ``{name}``, the folder
+        each table comes from.
+
+    Returns
+    -------
+    pandas.DataFrame
+        :data:`METRIC_COLUMNS` plus `key`; empty when no file exists.
+    """
+    tables = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_file():
+            logger.info("%s does not exist (its opt-in target was not run): left out", path)
+            continue
+        df = read_metrics_tsv(path)
+        df.insert(0, key, path.parent.name)
+        tables.append(df)
+    if not tables:
+        empty = _typed(pd.DataFrame(columns=list(METRIC_COLUMNS)))
+        empty.insert(0, key, pd.Series(dtype=str))
+        return empty
+    return pd.concat(tables, ignore_index=True)
 
 
 def _finite_stats(values: pd.Series) -> tuple[float, float, int]:
@@ -344,8 +508,61 @@ def _finite_stats(values: pd.Series) -> tuple[float, float, int]:
     return mean, sd, int(v.size)
 
 
+def _single_pairs(values: pd.Series, where: str) -> Any:
+    known = pd.unique(values.dropna())
+    if len(known) == 1:
+        return int(known[0])
+    if len(known) > 1:
+        logger.warning("%s: rows disagree on the number of training pairs %s; left empty", where, sorted(known))
+    return pd.NA
+
+
+def _summarise_by(df: pd.DataFrame, keys: Sequence[str], columns: Sequence[str]) -> pd.DataFrame:
+    """Mean and SD of each metric per group of `keys`, methods in display order.
+
+    ``keys`` must end with ``method`` or with ``method, pairs``; a ``pairs``
+    column of the output not in `keys` holds the single number of pairs of the
+    group (empty if unknown or not unique).
+    """
+    needed = [*keys, "psnr", "ssim", "nrmse"]
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise ValueError(f"metrics table lacks columns {missing}")
+    rows: list[dict[str, Any]] = []
+    # dropna=False keeps the baselines, whose number of pairs is missing, in the ablation table.
+    for values, group in df.groupby(list(keys), sort=False, dropna=False):
+        ident = dict(zip(keys, values, strict=True))
+        where = "/".join(str(v) for v in values)
+        n = len(group)
+        row: dict[str, Any] = {**ident, "label": method_label(str(ident["method"])), "n": n}
+        if "pairs" not in keys:
+            row["pairs"] = _single_pairs(group["pairs"], where) if "pairs" in group.columns else pd.NA
+        for metric in ("psnr", "ssim", "nrmse"):
+            mean, sd, kept = _finite_stats(group[metric])
+            if kept < n:
+                logger.warning(
+                    "%s: %d of %d %s values are not finite and are left out of the summary", where, n - kept, n, metric
+                )
+            row[f"{metric}_mean"] = mean
+            row[f"{metric}_sd"] = sd
+            if metric == "psnr":
+                row["psnr_n"] = kept
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=list(columns))
+    out["pairs"] = pd.to_numeric(out["pairs"], errors="coerce").astype("Int64")
+    if out.empty:
+        return out
+    ranked = sorted(out["method"].unique(), key=method_sort_key)
+    rank = {m: i for i, m in enumerate(ranked)}
+    order = [k for k in keys if k not in ("method", "pairs")]
+    out = out.assign(_rank=out["method"].map(rank))
+    # Baselines (no pairs) first within a method-independent block; learned methods by size.
+    out = out.sort_values([*order, "_rank", "pairs"], kind="stable", na_position="first").drop(columns="_rank")
+    return out.reset_index(drop=True)
+
+
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
-    """Table II: per (model, sample, method) mean and SD of PSNR and SSIM.
+    """Table II: per (model, sample, method) mean and SD of PSNR, SSIM and NRMSE.
 
     Parameters
     ----------
@@ -356,57 +573,86 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        Columns :data:`SUMMARY_COLUMNS` (``model, sample, method, label, n,
-        psnr_mean, psnr_sd, psnr_n, ssim_mean, ssim_sd, nrmse_mean,
-        nrmse_sd``), one row per
-        (model, sample, method) present, methods in
+        Columns :data:`SUMMARY_COLUMNS` (``model, sample, method, label,
+        pairs, n, psnr_mean, psnr_sd, psnr_n, ssim_mean, ssim_sd, nrmse_mean,
+        nrmse_sd``), one row per (model, sample, method) present, methods in
         :data:`fastscan.baselines.METHODS` order. ``n`` counts images;
         ``psnr_n`` counts the finite PSNR values the PSNR statistics use.
         SD is the sample standard deviation (``ddof=1``; NaN for one image).
+        ``pairs`` is the number of training pairs of the method's model (empty
+        for baselines, or when the rows disagree).
 
     Warns
     -----
     Logs a warning when non-finite values (PSNR of an exact reconstruction)
     are left out of the statistics.
     """
-    missing = [c for c in ("model", "sample", "method", "psnr", "ssim", "nrmse") if c not in df.columns]
-    if missing:
-        raise ValueError(f"summarise: metrics table lacks columns {missing}")
-    rows: list[dict[str, Any]] = []
-    for (model, sample, method), group in df.groupby(["model", "sample", "method"], sort=False):
-        n = len(group)
-        row: dict[str, Any] = {
-            "model": model,
-            "sample": sample,
-            "method": method,
-            "label": method_label(str(method)),
-            "n": n,
-        }
-        for metric in ("psnr", "ssim", "nrmse"):
-            mean, sd, kept = _finite_stats(group[metric])
-            if kept < n:
-                logger.warning(
-                    "%s/%s/%s: %d of %d %s values are not finite and are left out of the summary",
-                    model,
-                    sample,
-                    method,
-                    n - kept,
-                    n,
-                    metric,
-                )
-            row[f"{metric}_mean"] = mean
-            row[f"{metric}_sd"] = sd
-            if metric == "psnr":
-                row["psnr_n"] = kept
-        rows.append(row)
-    out = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
-    if out.empty:
-        return out
-    ranked = sorted(out["method"].unique(), key=method_sort_key)
-    rank = {m: i for i, m in enumerate(ranked)}
-    out = out.assign(_rank=out["method"].map(rank))
-    out = out.sort_values(["model", "sample", "_rank"], kind="stable").drop(columns="_rank")
-    return out.reset_index(drop=True)
+    return _summarise_by(df, ("model", "sample", "method"), SUMMARY_COLUMNS)
+
+
+def _dedupe_baselines(df: pd.DataFrame, key: str) -> pd.DataFrame:
+    # A baseline does not depend on the training set: evaluated once per ablation size, it
+    # would otherwise be counted once per size and inflate n.
+    ident = [key, "sample", "session", "fov", "frame", "method"]
+    no_pairs = df["pairs"].isna()
+    return pd.concat([df[~no_pairs], df[no_pairs].drop_duplicates(subset=ident)], ignore_index=True)
+
+
+def ablation_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Table III: metrics against the number of training pairs.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Per-image tables of the data-size ablation with an ``ablation`` column
+        (:func:`read_optional_metrics` with ``key="ablation"``): learned
+        methods (``mse``, ``gan``) with ``pairs`` set, baselines without.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`ABLATION_COLUMNS`, one row per (ablation, sample,
+        method, pairs); baselines appear once per (ablation, sample) with an
+        empty ``pairs``, each test frame counted once even if it was scored
+        for every training-set size.
+    """
+    if "ablation" not in df.columns:
+        raise ValueError("ablation_table: metrics table lacks the 'ablation' column")
+    if df.empty:
+        return pd.DataFrame(columns=list(ABLATION_COLUMNS))
+    learned_unknown = df[df["pairs"].isna() & ~df["method"].isin(list(BASELINE_ORDERS) + ["classical"])]
+    if len(learned_unknown):
+        logger.warning(
+            "ablation: %d rows of learned methods %s have no number of training pairs",
+            len(learned_unknown),
+            sorted(learned_unknown["method"].unique()),
+        )
+    return _summarise_by(_dedupe_baselines(df, "ablation"), ("ablation", "sample", "method", "pairs"), ABLATION_COLUMNS)
+
+
+def generalisation_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Table IV: the source model as is and fine-tuned, on another sample.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Per-image tables of the fine-tuning runs with a ``finetune`` column
+        (:func:`read_optional_metrics` with ``key="finetune"``); methods
+        ``bilinear``, ``bicubic``, ``classical``, ``gan`` (the source model
+        applied as is) and ``finetune_{N}`` (fine-tuned with ``N`` pairs of
+        the new sample).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`GENERALISATION_COLUMNS`, one row per (finetune, sample,
+        method); fine-tuned methods by increasing ``N``.
+    """
+    if "finetune" not in df.columns:
+        raise ValueError("generalisation_table: metrics table lacks the 'finetune' column")
+    if df.empty:
+        return pd.DataFrame(columns=list(GENERALISATION_COLUMNS))
+    return _summarise_by(df, ("finetune", "sample", "method"), GENERALISATION_COLUMNS)
 
 
 def write_tsv(df: pd.DataFrame, path: str | Path) -> Path:

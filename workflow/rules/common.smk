@@ -181,3 +181,13 @@ def get_restored_params(wildcards):
         {"restored": f"results/restore/fov/{m}/{s}/{se}/{f}.zarr", "model": m, "sample": s, "session": se, "fov": f}
         for m, s, se, f in test_fov_models()
     ]
+
+
+def get_ablation_metrics(wildcards):
+    """Per-image metrics of the data-size ablation (Table III), only for models listed under config ablation."""
+    return [f"results/ablation/{m}/metrics.tsv" for m in config.get("ablation", {}).get("models", [])]
+
+
+def get_finetune_metrics(wildcards):
+    """Per-image metrics of each fine-tuning run (Table IV) named under config finetune."""
+    return [f"results/finetune/{n}/metrics.tsv" for n in config.get("finetune", {})]

@@ -13,4 +13,8 @@ with rule_logging(snakemake.log[0]):
         curves=list(snakemake.input.curves),
         qc_tsv=snakemake.input.qc[0],
         out_dir=os.path.dirname(snakemake.output.summary),
+        ablation_metrics=list(snakemake.input.ablation),
+        finetune_metrics=list(snakemake.input.finetune),
+        slides=list(snakemake.input.slides),
+        example_fovs=snakemake.params.example_fovs,
     )
