@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 import zarr
 
@@ -111,3 +112,52 @@ def test_augmentation_keeps_pairs_consistent(tiny_dataset):
     lr, hr = plain[0]
     flipped = hr[0].flip(-1).reshape(32, 2, 32, 2).mean(dim=(1, 3)).numpy().ravel()
     assert np.corrcoef(flipped, lr[0].numpy().ravel())[0, 1] < 0.5
+
+
+def _three_fovs(tmp_path, **reg):
+    from conftest import write_registered
+
+    entries = []
+    for i, split in enumerate(["train", "train", "val"]):
+        p = write_registered(tmp_path / f"r{i}.zarr", seed=i)
+        g = zarr.open_group(str(p), mode="r+")
+        attrs = dict(g.attrs["fastscan"])
+        attrs["registration"] = {**attrs["registration"], **reg}
+        g.attrs["fastscan"] = attrs
+        entries.append(FovEntry(str(p), "mito", "s1", f"f{i}", split))
+    return entries
+
+
+def test_max_tiles_draws_a_fixed_subset_of_training_pairs(tmp_path):
+    entries = _three_fovs(tmp_path)
+    full = build_dataset(entries, tmp_path / "full.zarr", tile=16, stride=16)
+    a = build_dataset(entries, tmp_path / "a.zarr", tile=16, stride=16, max_tiles=10, seed=4)
+    b = build_dataset(entries, tmp_path / "b.zarr", tile=16, stride=16, max_tiles=10, seed=4)
+    assert full["counts"]["train"] > 10 and a["counts"]["train"] == 10
+    assert a["counts"]["val"] == full["counts"]["val"]  # validation is never subsampled
+    ga, ta, _ = read_dataset(tmp_path / "a.zarr")
+    gb, tb, _ = read_dataset(tmp_path / "b.zarr")
+    pd.testing.assert_frame_equal(ta, tb)
+    np.testing.assert_array_equal(ga["lr"][...], gb["lr"][...])
+    # Every kept tile is the same pixels as in the full dataset.
+    gf, tf, _ = read_dataset(tmp_path / "full.zarr")
+    key = ["fov", "frame", "y", "x"]
+    index = {tuple(r): i for i, r in enumerate(tf[key].itertuples(index=False))}
+    for i, r in enumerate(ta[key].itertuples(index=False)):
+        np.testing.assert_array_equal(ga["hr"][i], gf["hr"][index[tuple(r)]])
+        np.testing.assert_array_equal(ga["lr"][i], gf["lr"][index[tuple(r)]])
+
+
+def test_normalisation_override_and_geometry(tmp_path):
+    entries = _three_fovs(tmp_path, line_phase_px=0.8, field_fraction=0.7)
+    norm = {"lr": [10.0, 2000.0], "hr": [5.0, 3000.0]}
+    attrs = build_dataset(entries, tmp_path / "c.zarr", tile=16, stride=16, normalisation=norm)
+    assert attrs["normalisation"]["lr"] == norm["lr"] and attrs["normalisation"]["hr"] == norm["hr"]
+    assert attrs["geometry"] == {"correct": True, "field_fraction": 0.7}
+    raw = build_dataset(entries, tmp_path / "raw.zarr", tile=16, stride=16, correct_geometry=False)
+    assert raw["geometry"]["correct"] is False
+    gc, _, _ = read_dataset(tmp_path / "c.zarr")
+    gr, _, _ = read_dataset(tmp_path / "raw.zarr")
+    # Same tiles, but the corrected LR has been resampled; the HR target is untouched.
+    np.testing.assert_array_equal(gc["hr"][...], gr["hr"][...])
+    assert not np.allclose(gc["lr"][...], gr["lr"][...])

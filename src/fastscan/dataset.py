@@ -75,6 +75,10 @@ def build_dataset(
     max_frames: int | None = None,
     background: float = 0.05,
     percentiles: tuple[float, float] = (1.0, 99.8),
+    correct_geometry: bool = True,
+    normalisation: dict[str, Any] | None = None,
+    max_tiles: int | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Cut registered FOVs into LR/HR tile pairs and write one Zarr store.
 
@@ -94,6 +98,19 @@ def build_dataset(
         training range, is below this value: such tiles teach the network nothing but noise.
     percentiles : (float, float)
         Percentiles of the training intensities mapped to 0 and 1.
+    correct_geometry : bool
+        Undo each FOV's fitted line phase and resonant warp in the LR tiles
+        (:func:`fastscan.geometry.correct_frames`), so the network learns denoising and
+        super-resolution on the HR target's geometry; False keeps the raw scan geometry, the
+        paper's set-up, where the network has to learn the distortion itself.
+    normalisation : dict, optional
+        ``{"lr": [low, high], "hr": [low, high]}`` to use instead of computing percentiles, e.g. a
+        pretrained model's when fine-tuning it on a new sample.
+    max_tiles : int, optional
+        Keep at most this many training tiles (pairs), drawn at random with ``seed``; validation
+        tiles are all kept. For fine-tuning on N pairs and the data-size ablation.
+    seed : int
+        Seed of the ``max_tiles`` draw.
 
     Returns
     -------
@@ -127,16 +144,35 @@ def build_dataset(
     def frames_of(lr: zarr.Array) -> int:
         return lr.shape[0] if max_frames is None else min(lr.shape[0], max_frames)
 
+    def scan_model(attrs: dict) -> tuple[float, float]:
+        reg = attrs.get("registration", {})
+        return float(reg.get("line_phase_px", 0.0)), float(reg.get("field_fraction", 0.0))
+
+    def read_lr(lr: zarr.Array, idx, attrs: dict) -> np.ndarray:
+        sel = lr[idx] if isinstance(idx, int) else lr.get_orthogonal_selection((idx, slice(None), slice(None)))
+        frames = np.asarray(sel, dtype=np.float32)
+        if not correct_geometry:
+            return frames
+        from fastscan.geometry import correct_frames
+
+        phase, ff = scan_model(attrs)
+        return correct_frames(frames, line_phase_px=phase, field_fraction=ff)
+
     # Statistics from the training split only: validation and test must not leak into them.
     rng = np.random.default_rng(0)
     lr_samples, hr_samples = [], []
-    for _, lr, hr, _ in train:
+    for _, lr, hr, a in train:
         n = frames_of(lr)
         idx = np.unique(rng.integers(0, n, size=min(n, 8)))
-        lr_samples.append(np.asarray(lr.get_orthogonal_selection((idx, slice(None), slice(None)))).ravel()[::7])
+        lr_samples.append(read_lr(lr, idx, a).ravel()[::7])
         hr_samples.append(hr.ravel()[::7])
-    norm_lr = percentile_range(np.concatenate(lr_samples), low=percentiles[0], high=percentiles[1])
-    norm_hr = percentile_range(np.concatenate(hr_samples), low=percentiles[0], high=percentiles[1])
+    if normalisation is None:
+        norm_lr = percentile_range(np.concatenate(lr_samples), low=percentiles[0], high=percentiles[1])
+        norm_hr = percentile_range(np.concatenate(hr_samples), low=percentiles[0], high=percentiles[1])
+    else:
+        norm_lr, norm_hr = [float(v) for v in normalisation["lr"]], [float(v) for v in normalisation["hr"]]
+    fitted = [scan_model(a)[1] for _, _, _, a in train]
+    geometry = {"correct": bool(correct_geometry), "field_fraction": float(np.median(fitted))}
 
     rows = []
     dropped = 0
@@ -160,9 +196,25 @@ def build_dataset(
         plan.append((entry, lr, hr, positions))
     if not rows:
         raise DatasetError(f"every tile was below the background level {background}; lower dataset.background")
+    if max_tiles is not None:
+        train_rows = [i for i, r in enumerate(rows) if r[-1] == "train"]
+        if max_tiles < 1:
+            raise DatasetError(f"max_tiles must be at least 1, got {max_tiles}")
+        if max_tiles < len(train_rows):
+            drop = set(np.random.default_rng(seed).choice(train_rows, size=len(train_rows) - max_tiles, replace=False).tolist())
+            keep = [i for i in range(len(rows)) if i not in drop]
+        else:
+            log.warning("max_tiles %d >= the %d training tiles available: all are used", max_tiles, len(train_rows))
+            keep = list(range(len(rows)))
+    else:
+        keep = list(range(len(rows)))
     log.info("dataset: %d tiles kept, %d dropped as background, %d FOVs excluded", len(rows), dropped, len(excluded))
 
+    kept = set(keep)
+    rows = [rows[i] for i in keep]
     n = len(rows)
+    if max_tiles is not None:
+        log.info("dataset: %d training tiles kept of the draw (max_tiles=%d, seed %d)", sum(r[-1] == "train" for r in rows), max_tiles, seed)
     attrs = {
         "kind": "dataset",
         "tile": tile,
@@ -177,21 +229,30 @@ def build_dataset(
             "excluded_fovs": excluded,
         },
         "background": background,
+        "geometry": geometry,
+        "fovs": [f"{e.sample}/{e.session}/{e.fov}" for e, *_ in usable],
     }
     with atomic_path(out) as tmp:
         g = zarr.open_group(tmp, mode="w")
         lr_arr = g.create_array("lr", shape=(n, tile, tile), chunks=(1, tile, tile), dtype="float32")
         hr_arr = g.create_array("hr", shape=(n, scale * tile, scale * tile), chunks=(1, scale * tile, scale * tile), dtype="float32")
-        i = 0
-        for _, lr, hr, positions in plan:
+        i = 0  # index over all candidate rows; ``j`` over the kept ones written so far
+        j = 0
+        for entry, lr, hr, positions in plan:
             if not positions:
                 continue
             k = len(positions)
-            hr_tiles = np.stack([hr[scale * y : scale * (y + tile), scale * x : scale * (x + tile)] for y, x in positions])
+            a = next(u[3] for u in usable if u[0] is entry)
             for f in range(frames_of(lr)):
-                frame = np.asarray(lr[f], dtype=np.float32)
-                lr_arr[i : i + k] = np.stack([frame[y : y + tile, x : x + tile] for y, x in positions])
-                hr_arr[i : i + k] = hr_tiles
+                sel = [p for p in range(k) if i + p in kept]
+                if sel:
+                    frame = read_lr(lr, f, a)
+                    m = len(sel)
+                    lr_arr[j : j + m] = np.stack([frame[positions[p][0] : positions[p][0] + tile, positions[p][1] : positions[p][1] + tile] for p in sel])
+                    hr_arr[j : j + m] = np.stack(
+                        [hr[scale * positions[p][0] : scale * (positions[p][0] + tile), scale * positions[p][1] : scale * (positions[p][1] + tile)] for p in sel]
+                    )
+                    j += m
                 i += k
         g.attrs["fastscan"] = attrs
         pd.DataFrame(rows, columns=TILE_COLUMNS).to_csv(tmp / "tiles.tsv", sep="\t", index=False)

@@ -14,4 +14,5 @@ with rule_logging(snakemake.log[0]):
         max_frames=cfg["max_frames"],
         background=cfg["background"],
         percentiles=tuple(cfg["percentiles"]),
+        correct_geometry=cfg["correct_geometry"],
     )
