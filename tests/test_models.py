@@ -9,6 +9,7 @@ from fastscan.models import (
     find_pretrained_weights,
     load_generator,
     load_state_dict,
+    resolve_architecture,
     save_state_dict,
     write_model_json,
 )
@@ -47,7 +48,7 @@ def test_pretrained_from_local_file(tmp_path):
 
 def test_round_trip_through_model_dir(tmp_path, generator):
     save_state_dict(generator, tmp_path / "generator.pth")
-    write_model_json(tmp_path, {"architecture": {}, "scale": 2, "normalisation": {"lr": [0, 1], "hr": [0, 1]}})
+    write_model_json(tmp_path, {"architecture": resolve_architecture(), "scale": 2, "normalisation": {"lr": [0, 1], "hr": [0, 1]}})
     model, meta = load_generator(tmp_path)
     x = torch.rand(1, 1, 32, 32)
     with torch.inference_mode():
@@ -73,3 +74,49 @@ def test_pickle_with_code_is_refused(tmp_path):
     (tmp_path / "model.json").write_text(json.dumps({"architecture": {}}))
     with pytest.raises(ModelError, match="refused"):
         load_generator(tmp_path)
+
+
+def test_lowres_variant_upsamples_with_icnr_start():
+    model = build_generator({"variant": "lowres", "residual": False}).eval()
+    with torch.inference_mode():
+        y = model(torch.rand(2, 1, 32, 48))
+    assert y.shape == (2, 1, 64, 96)
+    # ICNR: the four sub-pixels of each LR pixel start out equal (no checkerboard).
+    torch.testing.assert_close(y[..., 0::2, 0::2], y[..., 1::2, 1::2])
+    torch.testing.assert_close(y[..., 0::2, 1::2], y[..., 1::2, 0::2])
+
+
+def test_lowres_variant_costs_a_quarter_of_the_compute():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    flops = {}
+    for variant in ("faithful", "lowres"):
+        model = build_generator({"variant": variant}).eval()
+        with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+            model(torch.rand(1, 1, 64, 64))
+        flops[variant] = fc.get_total_flops()
+    assert flops["lowres"] < 0.3 * flops["faithful"]
+
+
+def test_residual_generator_starts_near_bilinear():
+    from torch.nn import functional as F
+
+    x = torch.rand(1, 1, 32, 32)
+    up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    with torch.inference_mode():
+        res = build_generator({"residual": True}).eval()(x)
+        plain = build_generator({"residual": False}).eval()(x)
+    assert (res - up).abs().mean() < (plain - up).abs().mean()
+
+
+def test_model_json_without_residual_key_loads_the_plain_network(tmp_path):
+    # Models written before the residual option existed have no such key and no skip connection.
+    model = build_generator({"residual": False})
+    arch = {k: v for k, v in json.loads(json.dumps({"variant": "faithful"})).items()}
+    save_state_dict(model, tmp_path / "generator.pth")
+    write_model_json(tmp_path, {"architecture": arch, "scale": 2})
+    loaded, _ = load_generator(tmp_path)
+    assert loaded.residual is False
+    x = torch.rand(1, 1, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), model.eval()(x))

@@ -134,3 +134,35 @@ def test_gan_and_critic_resume_from_checkpoints(tmp_path, tiny_dataset, caplog):
     with caplog.at_level(logging.INFO, logger="fastscan.train"):
         train_gan(out_dir=tmp_path / "gan3", **{**args, "config": {**config, "gan": {"epochs": 1, "lr": 2e-4}}})
     assert "belongs to another configuration" in caplog.text and caplog.text.count("gan epoch") == 1
+
+
+def test_bf16_and_channels_last_only_on_cuda(tiny_dataset):
+    from fastai.callback.channelslast import ChannelsLast
+    from fastai.callback.fp16 import MixedPrecision
+
+    from fastscan.dataset import make_dataloaders
+    from fastscan.models import build_generator
+    from fastscan.train import _generator_learner, accelerate
+
+    def learner():
+        return _generator_learner(make_dataloaders(tiny_dataset, size=16, batch_size=2), build_generator(), lr_wd=0.0)
+
+    on_cpu = learner()
+    assert accelerate(on_cpu, device="cpu", config={"mixed_precision": True, "channels_last": True}) == []
+    assert not any(isinstance(c, (MixedPrecision, ChannelsLast)) for c in on_cpu.cbs)
+    # The switches themselves (no GPU needed to attach the callbacks).
+    gpu = learner()
+    assert accelerate(gpu, device="cuda", config={"mixed_precision": True, "channels_last": True}) == ["channels_last", "bf16"]
+    mp = [c for c in gpu.cbs if isinstance(c, MixedPrecision)]
+    assert len(mp) == 1 and any(isinstance(c, ChannelsLast) for c in gpu.cbs)
+    assert mp[0].amp_mode.name == "BF16"
+    off = learner()
+    assert accelerate(off, device="cuda", config={"mixed_precision": False, "channels_last": False}) == []
+
+
+def test_model_json_records_geometry_and_pairs(tmp_path, tiny_dataset):
+    meta = train_generator(dataset=tiny_dataset, out_dir=tmp_path / "mse", config={**TINY, "generator": {"sizes": [16], "epochs": [1]}}, seed=1, threads=2)
+    attrs = read_dataset(tiny_dataset)[2]
+    assert meta["geometry"] == attrs["geometry"]
+    assert meta["dataset"]["tiles_train"] == attrs["counts"]["train"]
+    assert meta["accelerations"] == []

@@ -39,7 +39,13 @@ DEFAULT_ARCHITECTURE: dict[str, Any] = {
     "norm_type": "Weight",
     "y_range": [-0.5, 2.0],
     "img_size": [128, 128],
+    "residual": True,
 }
+
+#: Generator variants: ``faithful`` is the paper's network (the U-Net runs on the LR tile resized
+#: to the HR grid); ``lowres`` runs the same U-Net on the LR tile itself and ends in a learned
+#: pixel-shuffle upsampler, so it spends about a quarter of the compute at scale 2.
+VARIANTS: tuple[str, ...] = ("faithful", "lowres")
 
 
 class ModelError(ValueError):
@@ -49,6 +55,13 @@ class ModelError(ValueError):
 class UpsampledUnet(nn.Module):
     """Resize the LR input to the HR grid, then run the U-Net (the paper's generator).
 
+    With ``residual`` (the default architecture) the U-Net's output is added to the resized
+    input: the network learns a correction of the bilinear upsampling. Without it, a U-Net with a
+    sigmoid output range trained on mostly dark tiles can settle on the lower end of the range
+    everywhere, where the sigmoid's gradient vanishes (seen on the simulated mitochondria: the
+    validation PSNR stayed at 4.5 dB for three epochs, against 23.5 dB after one epoch with the
+    residual connection, same data and schedule).
+
     Parameters
     ----------
     unet : nn.Module
@@ -57,16 +70,84 @@ class UpsampledUnet(nn.Module):
         HR pixels per LR pixel.
     """
 
-    def __init__(self, unet: nn.Module, *, scale: int) -> None:
+    def __init__(self, unet: nn.Module, *, scale: int, residual: bool = False) -> None:
         super().__init__()
         self.scale = int(scale)
         self.unet = unet
+        self.residual = bool(residual)
+        if self.residual:
+            _shrink_last_conv(unet)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # align_corners=False keeps pixel areas aligned: LR pixel i covers HR pixels
         # scale*i .. scale*i+scale-1, which is how the registered HR target is defined.
         up = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
-        return self.unet(up)
+        return up + self.unet(up) if self.residual else self.unet(up)
+
+
+class LowResUnet(nn.Module):
+    """Run the U-Net at LR resolution and upsample with a learned pixel shuffle (the fast variant).
+
+    The U-Net predicts ``scale**2`` sub-pixel channels per LR pixel, which ``PixelShuffle``
+    rearranges onto the HR grid. The last convolution is ICNR-initialised (Aitken et al., 2017),
+    so every sub-pixel starts equal: the untrained network upsamples like nearest neighbour
+    instead of with a checkerboard.
+
+    Parameters
+    ----------
+    unet : nn.Module
+        The fastai ``DynamicUnet`` with ``scale**2`` output channels.
+    scale : int
+        HR pixels per LR pixel.
+    """
+
+    def __init__(self, unet: nn.Module, *, scale: int, residual: bool = False) -> None:
+        super().__init__()
+        self.scale = int(scale)
+        self.unet = unet
+        self.residual = bool(residual)
+        self.shuffle = nn.PixelShuffle(self.scale)
+        _icnr_last_conv(unet, n_out=self.scale**2, scale=self.scale)
+        if self.residual:
+            _shrink_last_conv(unet, n_out=self.scale**2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.shuffle(self.unet(x))
+        if self.residual:
+            out = out + F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        return out
+
+
+def _last_conv(unet: nn.Module, n_out: int | None = None) -> nn.Conv2d:
+    """The U-Net's output convolution (the last one, with ``n_out`` channels when given)."""
+    convs = [m for m in unet.modules() if isinstance(m, nn.Conv2d) and (n_out is None or m.out_channels == n_out)]
+    if not convs:
+        raise ModelError(f"no output convolution with {n_out} channels in the U-Net")
+    return convs[-1]
+
+
+def _shrink_last_conv(unet: nn.Module, *, n_out: int | None = None, factor: float = 0.01) -> None:
+    """Start a residual generator close to its bilinear upsampling: a small output correction."""
+    conv = _last_conv(unet, n_out)
+    with torch.no_grad():
+        (conv.weight_g if hasattr(conv, "weight_g") else conv.weight).mul_(factor)
+        if conv.bias is not None:
+            conv.bias.zero_()
+
+
+def _icnr_last_conv(unet: nn.Module, *, n_out: int, scale: int) -> None:
+    from fastai.layers import icnr_init
+
+    conv = _last_conv(unet, n_out)
+    with torch.no_grad():
+        if hasattr(conv, "weight_v"):  # weight norm: weight = g * v / |v|, per output channel
+            v = icnr_init(torch.empty_like(conv.weight_v), scale=scale)
+            conv.weight_v.copy_(v)
+            conv.weight_g.copy_(v.flatten(1).norm(dim=1).view_as(conv.weight_g))
+        else:
+            conv.weight.copy_(icnr_init(torch.empty_like(conv.weight), scale=scale))
+        if conv.bias is not None:
+            conv.bias.zero_()
 
 
 def find_pretrained_weights(weights: str | os.PathLike | None) -> Path | None:
@@ -125,8 +206,8 @@ def resolve_architecture(overrides: dict[str, Any] | None = None) -> dict[str, A
         if key not in arch:
             raise ModelError(f"unknown architecture key {key!r}; known: {sorted(arch)}")
         arch[key] = value
-    if arch["variant"] != "faithful":
-        raise ModelError(f"unknown generator variant {arch['variant']!r}; known: ['faithful']")
+    if arch["variant"] not in VARIANTS:
+        raise ModelError(f"unknown generator variant {arch['variant']!r}; known: {list(VARIANTS)}")
     return arch
 
 
@@ -135,7 +216,7 @@ def build_generator(
     *,
     pretrained: bool = False,
     weights: str | None = None,
-) -> UpsampledUnet:
+) -> UpsampledUnet | LowResUnet:
     """Build the generator described by ``architecture``.
 
     Parameters
@@ -153,20 +234,28 @@ def build_generator(
 
     arch = resolve_architecture(architecture)
     body = _resnet_body(arch=arch["arch"], n_in=arch["n_in"], pretrained=pretrained, weights=weights)
-    y_range = tuple(arch["y_range"]) if arch["y_range"] is not None else None
+    # A residual generator predicts a correction to the bilinear upsampling, which can be of
+    # either sign and is not bounded like an intensity: no sigmoid range.
+    y_range = tuple(arch["y_range"]) if arch["y_range"] is not None and not arch["residual"] else None
+    scale = int(arch["scale"])
+    lowres = arch["variant"] == "lowres"
+    # img_size only sets the size of the dummy pass that sizes the layers; the network is fully
+    # convolutional. For the low-resolution variant it is the LR tile.
+    img_size = tuple(arch["img_size"]) if not lowres else tuple(max(32, s // scale) for s in arch["img_size"])
     unet = DynamicUnet(
         body,
-        arch["n_out"],
-        tuple(arch["img_size"]),
+        arch["n_out"] * scale**2 if lowres else arch["n_out"],
+        img_size,
         blur=arch["blur"],
         self_attention=arch["self_attention"],
         norm_type=getattr(NormType, arch["norm_type"]) if arch["norm_type"] else None,
         y_range=y_range,
     )
-    return UpsampledUnet(unet, scale=arch["scale"])
+    cls = LowResUnet if lowres else UpsampledUnet
+    return cls(unet, scale=scale, residual=bool(arch["residual"]))
 
 
-def generator_splitter(model: UpsampledUnet) -> list:
+def generator_splitter(model: UpsampledUnet | LowResUnet) -> list:
     """Parameter groups for discriminative learning rates: encoder, then the rest."""
     encoder = model.unet[0]
     enc_ids = {id(p) for p in encoder.parameters()}
@@ -218,18 +307,21 @@ def read_model_json(model_dir: str | os.PathLike) -> dict[str, Any]:
         raise ModelError(f"{path} is not valid JSON: {exc}") from exc
 
 
-def load_generator(model_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[UpsampledUnet, dict]:
+def load_generator(model_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild a trained generator from ``model.json`` and ``generator.pth``.
 
     Returns
     -------
-    model : UpsampledUnet
+    model : UpsampledUnet or LowResUnet
         In eval mode on ``device``.
     meta : dict
         The content of ``model.json``.
     """
     meta = read_model_json(model_dir)
-    model = build_generator(meta.get("architecture"), pretrained=False)
+    arch = dict(meta.get("architecture") or {})
+    # Models written before the residual connection existed were trained without it.
+    arch.setdefault("residual", False)
+    model = build_generator(arch, pretrained=False)
     state = load_state_dict(Path(model_dir) / "generator.pth")
     try:
         model.load_state_dict(state)
