@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         df["variant"] = variant
         results.append(df)
         timer.step(f"{variant}: restore + metrics", t)
-    main_budget = time.perf_counter() - timer.t0
+        if variant == args.variants[0]:
+            main_budget = time.perf_counter() - timer.t0  # the budgeted target: one variant
 
     metrics = pd.concat(results, ignore_index=True)
     metrics.to_csv(out / "metrics.tsv", sep="\t", index=False)
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     d_ssim = by.loc["gan", "ssim_mean"] - by.loc["bilinear", "ssim_mean"]
     print(f"\nGAN - bilinear: PSNR {d_psnr:+.2f} dB (target >= +5, paper +7.1), SSIM {d_ssim:+.3f} (target >= +0.25, paper +0.35)")
     print(f"PSNR target {'met' if d_psnr >= 5 else 'NOT met'}; SSIM target {'met' if d_ssim >= 0.25 else 'NOT met'}")
-    print(f"time to here (simulate, register, train {first}{' and others' if len(args.variants) > 1 else ''}, evaluate): {main_budget / 60:.1f} min (budget 60 min for one variant)")
+    print(f"time for the target (simulate, register, train and evaluate {first}): {main_budget / 60:.1f} min (budget 60 min on 2 CPU cores)")
 
     if len(args.variants) == 2:
         tabs = table(metrics[metrics["method"].isin(["mse", "gan"])], by=["variant", "method"])
