@@ -4,7 +4,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fastscan.infer import blend_window, predict_image, tile_starts
+from fastscan.infer import (
+    TileEngine,
+    blend_window,
+    fit_tile,
+    fuse_for_inference,
+    predict_image,
+    receptive_radius,
+    resolve_precision,
+    tile_starts,
+)
 
 
 class Bilinear(nn.Module):
@@ -56,3 +65,196 @@ def test_identity_copy_through_tiles():
     image = np.arange(50 * 70, dtype=np.float32).reshape(50, 70)
     out = predict_image(Nearest(), image, scale=2, tile=24, overlap=6)
     np.testing.assert_allclose(out[::2, ::2], image, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# engine: automatic tiling, tiled == whole, seams, batching and precision switches
+
+
+class ConvStack(nn.Module):
+    """Bilinear 2x upsampling, then zero-padded 3x3 convolutions with batch norm: a bounded receptive
+    field, and the same zero padding at every tile border that makes the U-Net's tile edges wrong."""
+
+    def __init__(self, depth=5, width=8, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        layers, c = [], 1
+        for i in range(depth):
+            out = 1 if i == depth - 1 else width
+            conv = nn.Conv2d(c, out, 3, padding=1)
+            with torch.no_grad():
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * (0.6 / (3 * c**0.5)))
+                conv.bias.copy_(torch.randn(out, generator=g) * 0.05)
+            layers.append(conv)
+            if i < depth - 1:
+                bn = nn.BatchNorm2d(out)
+                with torch.no_grad():
+                    bn.running_mean.copy_(torch.randn(out, generator=g) * 0.1)
+                    bn.running_var.copy_(torch.rand(out, generator=g) + 0.5)
+                    bn.weight.copy_(torch.rand(out, generator=g) + 0.5)
+                layers += [bn, nn.ReLU()]
+            c = out
+        self.body = nn.Sequential(*layers)
+        self.eval()
+
+    def forward(self, x):
+        up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        return self.body(up) + up
+
+
+def texture(shape, seed=0):
+    """A smooth random texture in [0, 1] (normalised units)."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    img = ndi.gaussian_filter(rng.random(shape), 2.0)
+    return ((img - img.min()) / (img.max() - img.min())).astype(np.float32)
+
+
+def whole_image(model, image, pad):
+    """The model applied to the whole image at once (reflection padded like the engine)."""
+    with torch.inference_mode():
+        out = model(torch.from_numpy(np.pad(image, pad, mode="reflect"))[None, None])[0, 0].numpy()
+    return out[2 * pad : -2 * pad, 2 * pad : -2 * pad]
+
+
+@pytest.mark.parametrize("length,tile,overlap", [(100, 64, 16), (512, 256, 32), (37, 256, 8), (1000, 128, 32), (224, 256, 32)])
+def test_fit_tile_uses_the_fewest_tiles_and_covers_the_axis(length, tile, overlap):
+    t = fit_tile(length, tile, overlap)
+    assert t % 8 == 0 and t - overlap > 0
+    starts = tile_starts(length + 2 * overlap, t, overlap)
+    assert starts[-1] + t >= length + 2 * overlap  # the halo on both sides is covered
+    fewest = tile_starts(length + 2 * overlap, tile, overlap)
+    assert len(starts) == len(fewest)  # no more tiles than the largest tile would need
+    assert t <= tile + 8  # and never more than the alignment above the largest tile
+
+
+def test_receptive_radius_finds_a_bounded_field():
+    class Local(nn.Module):
+        def __init__(self, k):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 2 * k + 1, padding=k, bias=False)
+            nn.init.constant_(self.conv.weight, 1.0)
+
+        def forward(self, x):
+            return F.interpolate(self.conv(x), scale_factor=2, mode="nearest")
+
+    assert receptive_radius(Local(3), size=48) == 3
+    assert receptive_radius(Local(9), size=48) == 9
+
+
+def test_tiled_matches_whole_with_automatic_overlap():
+    """Tiles restore like the whole image within 1e-3 away from the border, with the overlap the
+    engine measured from the receptive field; without overlap the same tiles are far off."""
+    model = ConvStack()
+    image = texture((150, 170))
+    whole = whole_image(model, image, 16)
+    engine = TileEngine(model, scale=2, tile=48, overlap=None, batch_size=5)
+    assert 8 <= engine.overlap <= 16
+    tiled = engine.predict(image)
+    assert engine.tiles_run > 9  # several tiles per axis, so tile borders lie inside the image
+    b = 2 * engine.overlap
+    np.testing.assert_allclose(tiled[b:-b, b:-b], whole[b:-b, b:-b], atol=1e-3)
+    no_overlap = TileEngine(model, scale=2, tile=48, overlap=0, batch_size=5).predict(image)
+    assert np.abs(no_overlap - whole)[b:-b, b:-b].max() > 1e-2
+
+
+def gradient_profile(img):
+    """Mean gradient magnitude of every HR column (x) of the image."""
+    gy, gx = np.gradient(img.astype(np.float64))
+    return np.hypot(gy, gx).mean(axis=0)
+
+
+def test_no_seam_across_tile_boundaries():
+    model = ConvStack()
+    image = texture((96, 200), seed=1)
+    whole = whole_image(model, image, 16)
+    engine = TileEngine(model, scale=2, tile=64, overlap=16, batch_size=4)
+    tiled = engine.predict(image)
+    # Tile borders of the engine (HR columns), where a seam would show up.
+    step = fit_tile(200, 64, 16) - 16
+    borders = [2 * (x - 16) for x in tile_starts(200 + 32, fit_tile(200, 64, 16), 16)[1:]]
+    assert borders and all(0 < x < tiled.shape[1] for x in borders)
+    diff = np.abs(gradient_profile(tiled) - gradient_profile(whole))[8:-8]
+    assert diff.max() < 1e-3, f"gradient profile deviates by {diff.max():.2e} near HR columns {borders} (step {step})"
+    # Abutting tiles without overlap do leave a seam the profile picks up.
+    seam = np.abs(gradient_profile(TileEngine(model, scale=2, tile=64, overlap=0).predict(image)) - gradient_profile(whole))[8:-8]
+    assert seam.max() > 10 * max(diff.max(), 1e-5)
+
+
+def test_batch_size_and_memory_format_do_not_change_the_result():
+    model = ConvStack()
+    image = texture((90, 120), seed=2)
+    ref = TileEngine(model, scale=2, tile=48, overlap=16, batch_size=1).predict(image)
+    for bs in (3, 7, 64):
+        np.testing.assert_allclose(TileEngine(model, scale=2, tile=48, overlap=16, batch_size=bs).predict(image), ref, atol=1e-6)
+    cl = TileEngine(model, scale=2, tile=48, overlap=16, batch_size=4, channels_last=True).predict(image)
+    np.testing.assert_allclose(cl, ref, atol=1e-5)
+    # The CUDA path's prefetch thread, run on the CPU.
+    pre = TileEngine(model, scale=2, tile=48, overlap=16, batch_size=2, prefetch=True)
+    np.testing.assert_allclose(pre.predict(image), ref, atol=1e-6)
+    assert pre.tiles_run > 2 * pre.batch_size  # several batches went through the thread
+
+
+def test_reduced_precision_runs_through_autocast_on_cpu():
+    """The CUDA path's bf16 autocast, exercised on the CPU: close to fp32 but not identical."""
+    model = ConvStack()
+    image = texture((64, 80), seed=3)
+    fp32 = TileEngine(model, scale=2, tile=48, overlap=16, precision="float32").predict(image)
+    auto = TileEngine(model, scale=2, tile=48, overlap=16, precision="auto").predict(image)
+    bf16 = TileEngine(model, scale=2, tile=48, overlap=16, precision="bfloat16").predict(image)
+    np.testing.assert_array_equal(auto, fp32)  # auto is fp32 on the CPU
+    assert bf16.dtype == np.float32
+    err = np.abs(bf16 - fp32).max()
+    assert 0 < err < 5e-2
+    assert resolve_precision("auto", "cpu") == torch.float32
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("half", "cpu")
+
+
+def test_predict_stack_batches_frames_like_single_images():
+    model = ConvStack()
+    frames = np.stack([texture((40, 52), seed=s) for s in range(3)])
+    engine = TileEngine(model, scale=2, tile=32, overlap=8, batch_size=6)
+    stack = engine.predict_stack(frames)
+    assert stack.shape == (3, 80, 104)
+    for f, out in zip(frames, stack):
+        np.testing.assert_allclose(out, predict_image(model, f, scale=2, tile=32, overlap=8, batch_size=2), atol=1e-6)
+
+
+def test_fuse_for_inference_keeps_the_generator_output():
+    from fastscan.models import build_generator
+
+    torch.manual_seed(0)
+    model = build_generator({"img_size": [64, 64]}).eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics, as after training
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    x = torch.rand(2, 1, 32, 32)
+    with torch.inference_mode():
+        ref = model(x)
+        fused = fuse_for_inference(model)
+        out = fused(x)
+    assert not any(hasattr(m, "weight_g") for m in fused.modules())
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert n_bn < 10  # the encoder's 36 batch norms are folded into their convolutions
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_receptive_field_is_measured_once_per_model(monkeypatch):
+    import fastscan.infer as infer
+
+    calls = []
+    real = infer.receptive_radius
+    monkeypatch.setattr(infer, "receptive_radius", lambda model, **kw: calls.append(1) or real(model, **kw))
+    model = ConvStack()
+    image = texture((40, 40))
+    for _ in range(3):  # frame after frame, as restore_fov does
+        predict_image(model, image, scale=2, tile=None, overlap=None)
+    assert len(calls) == 1
+    with torch.no_grad():
+        model.body[0].weight.mul_(2.0)  # new weights: measured again
+    predict_image(model, image, scale=2, tile=None, overlap=None)
+    assert len(calls) == 2

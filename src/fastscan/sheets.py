@@ -16,7 +16,7 @@ import pandas as pd
 SPLITS = ("train", "val", "test")
 
 SAMPLE_COLUMNS = ("sample", "session", "fov", "lr", "hr")
-SAMPLE_OPTIONAL = ("split", "channel", "lr_pixel_size_um", "hr_pixel_size_um")
+SAMPLE_OPTIONAL = ("split", "channel", "lr_pixel_size_um", "hr_pixel_size_um", "restore")
 SLIDE_COLUMNS = ("slide", "path")
 SLIDE_OPTIONAL = ("model", "channel")
 
@@ -112,7 +112,8 @@ def load_samples(path: str | os.PathLike) -> pd.DataFrame:
     """Read ``samples.tsv``: one row per field of view.
 
     Returns a table with the optional columns filled (``split`` empty means "assign", ``channel``
-    defaults to 0) and the index ``sample/session/fov``.
+    defaults to 0) and the index ``sample/session/fov``. A row with an empty ``hr`` (a new session
+    without target) or ``restore`` set to ``yes`` is a series to restore.
     """
     df = _read_tsv(
         path,
@@ -126,9 +127,12 @@ def load_samples(path: str | os.PathLike) -> pd.DataFrame:
     df["channel"] = [int(v) if v != "" else 0 for v in df["channel"]]
     _check_names(df, path, ("sample", "session", "fov"))
     for i, row in df.iterrows():
-        for col in ("lr", "hr"):
-            if row[col] == "":
-                raise SheetError(f"sheet {path}, row {i}: column {col!r} is empty")
+        if row["lr"] == "":
+            raise SheetError(f"sheet {path}, row {i}: column 'lr' is empty")
+        if row["hr"] == "" and row["split"] != "":
+            raise SheetError(f"sheet {path}, row {i}: split is {row['split']!r} but the row has no HR target (empty hr: restored only)")
+        if row["restore"] not in ("", "yes", "no"):
+            raise SheetError(f"sheet {path}, row {i}: restore must be yes, no or empty, got {row['restore']!r}")
         if row["split"] not in ("",) + SPLITS:
             raise SheetError(f"sheet {path}, row {i}: split must be one of {SPLITS} or empty, got {row['split']!r}")
     key = df["sample"] + "/" + df["session"] + "/" + df["fov"]
@@ -140,11 +144,17 @@ def load_samples(path: str | os.PathLike) -> pd.DataFrame:
 
 def load_slides(path: str | os.PathLike) -> pd.DataFrame:
     """Read ``slides.tsv``: one row per whole slide to restore (an empty sheet is allowed)."""
-    df = _read_tsv(path, required=SLIDE_COLUMNS, optional=SLIDE_OPTIONAL, dtypes={"channel": int})
+    df = _read_tsv(path, required=SLIDE_COLUMNS, optional=SLIDE_OPTIONAL, dtypes={})
     for col in SLIDE_OPTIONAL:
         if col not in df.columns:
             df[col] = ""
-    df["channel"] = [int(v) if v != "" else 0 for v in df["channel"]]
+    channels = []
+    for i, value in df["channel"].items():
+        # An index, a comma-separated list of indices, or "all" (each restored as its own plane).
+        if not re.fullmatch(r"|all|[0-9]+(,[0-9]+)*", value):
+            raise SheetError(f"sheet {path}, row {i}: column 'channel' must be an index, a list like 0,2 or all, got {value!r}")
+        channels.append(int(value) if value.isdigit() else (value or 0))
+    df["channel"] = pd.Series(channels, index=df.index, dtype=object)
     _check_names(df, path, ("slide",))
     for i, row in df.iterrows():
         if row["path"] == "":

@@ -1,0 +1,27 @@
+"""Restore the video-rate series of one FOV (a new session without HR target) into OME-Zarr (t, y, x)."""
+
+import os
+
+from fastscan.logs import rule_logging
+
+with rule_logging(snakemake.log[0]):
+    from fastscan.infer import restore_series
+    from fastscan.train import resolve_device
+
+    cfg = snakemake.params.restore
+    series = snakemake.params.series
+    restore_series(
+        series["lr"],
+        snakemake.output[0],
+        model_dir=os.path.dirname(snakemake.input.weights),
+        channel=series["channel"],
+        pixel_size_um=series["lr_pixel_size_um"],
+        tile=cfg["tile"],
+        overlap=cfg["overlap"],
+        batch_size=cfg["batch_size"],
+        frames_per_chunk=cfg["frames_per_chunk"],
+        pyramid_levels=cfg["pyramid_levels"],
+        device=resolve_device(cfg["device"]),
+        precision=cfg["precision"],
+        threads=snakemake.threads,
+    )
