@@ -16,6 +16,7 @@ include: "workflow/rules/dataset.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/restore.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/finetune.smk"
 
 
 rule all:
@@ -24,6 +25,7 @@ rule all:
         "results/report/metrics.tsv",
         "results/report/summary.tsv",
         get_all_slides,
+        get_all_series,
     default_target: True
 
 
@@ -35,3 +37,9 @@ rule train_all:
 rule restore_all:
     input:
         get_all_slides,
+        get_all_series,
+
+
+rule restore_sessions:
+    input:
+        get_all_series,

@@ -16,6 +16,10 @@ validate(config, schema="../schemas/config.schema.yaml")
 
 SAMPLES = load_samples(config["samples"])
 validate(SAMPLES, schema="../schemas/samples.schema.yaml")
+# Series to restore: rows without HR target (new sessions) and rows marked restore=yes. Only rows
+# with a target take part in registration, training and the metrics.
+SERIES = SAMPLES[(SAMPLES["hr"] == "") | (SAMPLES["restore"] == "yes")].copy()
+SAMPLES = SAMPLES[SAMPLES["hr"] != ""].copy()
 SAMPLES["split"] = assign_splits(
     SAMPLES,
     seed=config["seed"],
@@ -32,6 +36,19 @@ for _model, _spec in config["models"].items():
         raise SheetError(
             f"config models.{_model}.samples names {_unknown}, which {config['samples']} does not have"
         )
+for _name, _spec in config.get("finetune", {}).items():
+    if _spec["model"] not in config["models"]:
+        raise SheetError(f"config finetune.{_name}.model is {_spec['model']!r}, not one of config models {sorted(config['models'])}")
+    _rows = SAMPLES[SAMPLES["sample"] == _spec["sample"]]
+    for _split in ("train", "val", "test"):
+        if not (_rows["split"] == _split).any():
+            raise SheetError(
+                f"config finetune.{_name}: sample {_spec['sample']!r} has no {_split} FOV in {config['samples']} "
+                "(fine-tuning needs train and val FOVs of the new sample, and test FOVs to evaluate on)"
+            )
+for _model in config.get("ablation", {}).get("models", []):
+    if _model not in config["models"]:
+        raise SheetError(f"config ablation.models names {_model!r}, not one of config models {sorted(config['models'])}")
 for _slide, _row in SLIDES.iterrows():
     _model = _row["model"] or config["restore"].get("model", "")
     if _model not in config["models"]:
@@ -47,6 +64,8 @@ wildcard_constraints:
     fov=NAME_PATTERN,
     model=NAME_PATTERN,
     slide=NAME_PATTERN,
+    name=NAME_PATTERN,
+    pairs=r"\d+",
 
 
 GLOB_CHARS = set("*?[")
@@ -173,7 +192,59 @@ def get_all_models(wildcards):
 
 
 def get_slide_channel(wildcards):
-    return int(SLIDES.loc[wildcards.slide, "channel"])
+    """A channel index, or a list / ``all`` (as written in the sheet) for several planes."""
+    return SLIDES.loc[wildcards.slide, "channel"]
+
+
+def get_slide_parts(wildcards):
+    """Part results gathered by restore_slide; none when the slide is restored in one job."""
+    n = int(config["restore"]["parts"])
+    return [f"results/restore/slides/{wildcards.slide}.parts/{i}.json" for i in range(n)] if n > 1 else []
+
+
+def get_restore_slide_gpu(wildcards):
+    """The single-job restore needs the GPU; the gather step after scattered parts does not."""
+    return 0 if int(config["restore"]["parts"]) > 1 else 1
+
+
+def series_models(row):
+    """Models that restore a series: those trained on its sample, else restore.model."""
+    models = [m for m, spec in config["models"].items() if row["sample"] in spec["samples"]]
+    if not models and config["restore"].get("model") not in config["models"]:
+        raise SheetError(
+            f"{config['samples']}: series {row['sample']}/{row['session']}/{row['fov']} has no model: no config models "
+            "entry lists its sample and restore.model is not set to one of config models"
+        )
+    return models or [config["restore"]["model"]]
+
+
+def get_all_series(wildcards):
+    return [
+        f"results/restore/series/{m}/{r['sample']}/{r['session']}/{r['fov']}.ome.zarr"
+        for _, r in SERIES.iterrows()
+        for m in series_models(r)
+    ]
+
+
+def get_series_input(wildcards):
+    """The raw LR series (a file, or the files of a glob) and the model of one restored series."""
+    row = SERIES.loc[fov_key(wildcards)]
+    lr = row["lr"]
+    if GLOB_CHARS & set(lr):
+        lr = sorted(glob.glob(lr))
+        if not lr:
+            raise SheetError(f"{config['samples']}: FOV {fov_key(wildcards)}: no file matches {row['lr']!r}")
+    model = wildcards.model
+    return {"lr": lr, "weights": f"results/models/{model}/generator.pth", "meta": f"results/models/{model}/model.json"}
+
+
+def get_series_params(wildcards):
+    row = SERIES.loc[fov_key(wildcards)]
+    return {
+        "lr": row["lr"],
+        "channel": int(row["channel"]),
+        "lr_pixel_size_um": float(row["lr_pixel_size_um"]) if row["lr_pixel_size_um"] else None,
+    }
 
 
 def get_restored_params(wildcards):
@@ -191,3 +262,80 @@ def get_ablation_metrics(wildcards):
 def get_finetune_metrics(wildcards):
     """Per-image metrics of each fine-tuning run (Table IV) named under config finetune."""
     return [f"results/finetune/{n}/metrics.tsv" for n in config.get("finetune", {})]
+
+
+# Optional experiments: fine-tuning on a new sample (Table IV) and the data-size ablation (Table III).
+
+
+def finetune_spec(wildcards):
+    return config["finetune"][wildcards.name]
+
+
+def get_finetune_fovs(wildcards):
+    spec = finetune_spec(wildcards)
+    rows = SAMPLES[(SAMPLES["sample"] == spec["sample"]) & SAMPLES["split"].isin(["train", "val"])]
+    return fov_paths(rows, "results/register/{sample}/{session}/{fov}.zarr")
+
+
+def get_finetune_fov_params(wildcards):
+    spec = finetune_spec(wildcards)
+    rows = SAMPLES[(SAMPLES["sample"] == spec["sample"]) & SAMPLES["split"].isin(["train", "val"])]
+    return [
+        {"path": p, "sample": r["sample"], "session": r["session"], "fov": r["fov"], "split": r["split"]}
+        for p, (_, r) in zip(fov_paths(rows, "results/register/{sample}/{session}/{fov}.zarr"), rows.iterrows())
+    ]
+
+
+def get_finetune_source_meta(wildcards):
+    return f"results/models/{finetune_spec(wildcards)['model']}/model.json"
+
+
+def get_finetune_source(wildcards):
+    model = finetune_spec(wildcards)["model"]
+    return {
+        "generator": f"results/models/{model}/generator.pth",
+        "critic": f"results/models/{model}/critic.pth",
+        "meta": f"results/models/{model}/model.json",
+    }
+
+
+def get_finetune_train_config(wildcards):
+    spec = finetune_spec(wildcards)
+    return {**config["train"], "gan": {**config["train"]["gan"], "epochs": spec.get("epochs", 2), "lr": spec.get("lr", 1e-4)}}
+
+
+def get_finetune_restore_models(wildcards):
+    spec = finetune_spec(wildcards)
+    models = {"gan": f"results/models/{spec['model']}/generator.pth"}
+    for n in spec["pairs"]:
+        models[f"finetune_{n}"] = f"results/finetune/{wildcards.name}/n{n}/generator.pth"
+    return models
+
+
+def finetune_test_rows(name):
+    return SAMPLES[(SAMPLES["sample"] == config["finetune"][name]["sample"]) & (SAMPLES["split"] == "test")]
+
+
+def get_finetune_restored(wildcards):
+    return fov_paths(finetune_test_rows(wildcards.name), f"results/finetune/{wildcards.name}/restore/{{sample}}/{{session}}/{{fov}}.zarr")
+
+
+def get_finetune_restored_params(wildcards):
+    rows = finetune_test_rows(wildcards.name)
+    return [
+        {"restored": p, "model": wildcards.name, "sample": r["sample"], "session": r["session"], "fov": r["fov"]}
+        for p, (_, r) in zip(get_finetune_restored(wildcards), rows.iterrows())
+    ]
+
+
+def get_ablation_restored_params(wildcards):
+    out = []
+    for n in config["ablation"]["pairs"]:
+        for _, r in model_rows(wildcards.model, ["test"]).iterrows():
+            path = f"results/ablation/{wildcards.model}/n{n}/restore/{r['sample']}/{r['session']}/{r['fov']}.zarr"
+            out.append({"restored": path, "model": wildcards.model, "sample": r["sample"], "session": r["session"], "fov": r["fov"]})
+    return out
+
+
+def get_ablation_restored(wildcards):
+    return [s["restored"] for s in get_ablation_restored_params(wildcards)]
