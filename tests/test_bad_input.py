@@ -179,7 +179,7 @@ def test_slide_sheet_columns(tmp_path: Path, text: str, needle: str) -> None:
         ("sample", "mi/to", "row 3: column 'sample' is 'mi/to'; names may only hold letters"),
         ("fov", ".hidden", "row 3: column 'fov' is '.hidden'; names may only hold letters"),
         ("session", "", "row 3: column 'session' is empty"),
-        ("hr", "", "row 3: column 'hr' is empty"),
+        ("lr", "", "row 3: column 'lr' is empty"),  # an empty hr is a session to restore, not an error
     ],
 )
 def test_sample_sheet_wrong_values_name_row_and_column(tmp_path: Path, column: str, value: str, needle: str) -> None:
@@ -198,7 +198,7 @@ def test_sample_sheet_wrong_values_name_row_and_column(tmp_path: Path, column: s
     ("row", "needle"),
     [
         ("my slide\tx.svs\t0", "row 2: column 'slide' is 'my slide'"),
-        ("w\tx.svs\tred", "row 2: column 'channel' must be int, got 'red'"),
+        ("w\tx.svs\tred", "row 2: column 'channel' must be an index, a list like 0,2 or all, got 'red'"),
         ("w\t\t0", "row 2: column 'path' is empty"),
     ],
 )
