@@ -1159,6 +1159,17 @@ def _restore_slide_units(
     return {"units": len(units), "computed": len(todo), "skipped": len(units) - len(todo)}
 
 
+def slide_options(restore: Mapping[str, Any], *, batch: bool = True) -> dict[str, Any]:
+    """Keyword arguments of :func:`restore_slide` / :func:`prepare_slide` from the config's
+    ``restore`` section, so the single-job, plan and part jobs of a slide read it one way.
+
+    ``batch=False`` leaves out ``batch_size`` (:func:`prepare_slide` has none). The device is not
+    included: the plan job measures the tiling on the CPU, the others resolve ``restore.device``.
+    """
+    keys = ("level", "tile", "overlap", "region", "pyramid_levels", "precision") + (("batch_size",) if batch else ())
+    return {k: restore[k] for k in keys}
+
+
 def prepare_slide(
     path: str | os.PathLike,
     out: str | os.PathLike,

@@ -6,7 +6,7 @@ import os
 from fastscan.logs import rule_logging
 
 with rule_logging(snakemake.log[0]):
-    from fastscan.infer import finalize_slide, restore_slide
+    from fastscan.infer import finalize_slide, restore_slide, slide_options
     from fastscan.train import resolve_device
 
     cfg = snakemake.params.restore
@@ -18,13 +18,7 @@ with rule_logging(snakemake.log[0]):
             snakemake.output[0],
             model_dir=os.path.dirname(snakemake.input.weights),
             channel=snakemake.params.channel,
-            level=cfg["level"],
-            tile=cfg["tile"],
-            overlap=cfg["overlap"],
-            batch_size=cfg["batch_size"],
-            region=cfg["region"],
-            pyramid_levels=cfg["pyramid_levels"],
             device=resolve_device(cfg["device"]),
-            precision=cfg["precision"],
             threads=snakemake.threads,
+            **slide_options(cfg),
         )
