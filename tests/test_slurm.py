@@ -1,4 +1,5 @@
-"""The workflow submitted to a real single-node SLURM through profiles/slurm.
+"""The workflow submitted to a real single-node SLURM through profiles/slurm: the registration of
+two FOVs and the scatter/gather restoration of a slide, in one run.
 
 The fixture installs and starts SLURM with tests/slurm/setup_slurm.sh (root and apt-get needed; an
 already running SLURM is reused) and skips, with the reason, only when this machine cannot host it.
@@ -9,17 +10,37 @@ import re
 import subprocess
 import sys
 import time
+from datetime import datetime
 
+import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 import yaml
+import zarr
+from test_restore_workflow import SVS, place_model
 from test_workflow import TINY_CONFIG, make_workdir, snakemake
 
 # Two FOVs: the jobs of each stage run side by side on the node, and the QC gathers more than one.
-ROWS = [("fov01", "train"), ("fov04", "test")]
-TARGET = "results/qc/registration.tsv"
-TARGET_RULES = ("simulate_fov", "ingest_fov", "register_fov", "registration_qc")
-JOB_MEM_MB = 1000
+# Both held out: registering a training FOV in the same run would rebuild the dataset behind the
+# model placed for the slide, and Snakemake would (rightly) train it again.
+ROWS = [("fov01", "test"), ("fov04", "test")]
+QC = "results/qc/registration.tsv"
+SLIDE = "results/restore/slides/crop.ome.zarr"
+# A 160 x 136 px crop in regions of 48 px: 4 x 3 regions, 6 for each of the two part jobs.
+RESTORE = {"tile": 64, "overlap": 8, "region": 48, "pyramid_levels": 2}
+PARTS = 2
+# Memory asked for each rule's jobs (set-resources), checked against what SLURM granted.
+JOB_MEM_MB = {
+    "simulate_fov": 1000,
+    "ingest_fov": 1000,
+    "register_fov": 1000,
+    "registration_qc": 1000,
+    "restore_slide_plan": 2000,
+    "restore_slide_part": 2000,
+    "restore_slide": 2000,
+}
+RESTORE_RULES = ("restore_slide_plan", "restore_slide_part", "restore_slide")
 SETUP_CANNOT = 77
 
 
@@ -43,13 +64,18 @@ def cluster_profile(work, partition):
     """profiles/slurm as shipped, with this cluster's partition and no account.
 
     squeue answers the status queries because this cluster has no accounting; the short first
-    status check and the small memory requests keep the run quick on a small node.
+    status check and the small memory requests keep the run quick on a small node. The node has
+    no GPU: the slide's rules are overridden as on any CPU-only cluster (gpu 0, the restoration
+    runs on the CPU), with one thread each so that the test stays light on a small machine.
     """
     shipped = yaml.safe_load((work / "profiles" / "slurm" / "config.yaml").read_text())
     assert shipped["executor"] == "slurm"
     # Placeholders, not some site's values: the user fills them in.
     defaults = shipped["default-resources"]
     assert defaults["slurm_partition"].startswith("<") and defaults["slurm_account"].startswith("<")
+    resources = {rule: {"mem_mb": mem} for rule, mem in JOB_MEM_MB.items()}
+    for rule in RESTORE_RULES:
+        resources[rule]["gpu"] = 0
     profile = {
         **shipped,
         "default-resources": {"slurm_partition": partition},
@@ -58,7 +84,8 @@ def cluster_profile(work, partition):
         "slurm-init-seconds-before-status-checks": 5,
         "slurm-keep-successful-logs": True,
         "latency-wait": 10,
-        "set-resources": {rule: {"mem_mb": JOB_MEM_MB} for rule in TARGET_RULES},
+        "set-resources": resources,
+        "set-threads": {rule: 1 for rule in RESTORE_RULES},
     }
     folder = work / "profiles" / "slurm-test"
     folder.mkdir()
@@ -73,26 +100,41 @@ def slurm_job(jobid):
     return dict(re.findall(r"(\w[\w/:]*)=(\S*)", proc.stdout))
 
 
+def run_interval(job):
+    """When SLURM started and ended a finished job (whole seconds)."""
+    return datetime.fromisoformat(job["StartTime"]), datetime.fromisoformat(job["EndTime"])
+
+
 @pytest.mark.slow
-def test_registration_qc_runs_as_slurm_jobs(root, bin_dir, tmp_path, slurm_partition):
-    work = make_workdir(root, tmp_path, config=TINY_CONFIG, rows=ROWS)
+def test_registration_and_scattered_slide_run_as_slurm_jobs(root, bin_dir, tmp_path, slurm_partition):
+    from fastscan.infer import restore_slide
+
+    config = {**TINY_CONFIG, "restore": {**TINY_CONFIG["restore"], **RESTORE, "parts": PARTS}}
+    work = make_workdir(root, tmp_path, config=config, rows=ROWS)
     profile = cluster_profile(work, slurm_partition)
+    place_model(work)
+    crop = tifffile.imread(SVS)[:160, :136, 1]
+    tifffile.imwrite(work / "crop.tif", crop, tile=(64, 64))
+    (work / "config/tiny/slides.tsv").write_text("slide\tpath\tmodel\tchannel\ncrop\tcrop.tif\tmito\t0\n")
 
     start = time.monotonic()
+    # One run for both targets: the slide's jobs run while the FOVs are registered.
     # --workflow-profile none: profiles/default holds local-only settings (one GPU at a time).
     proc = snakemake(
         bin_dir,
         work,
-        TARGET,
         "--profile",
         str(profile.relative_to(work)),
         "--workflow-profile",
         "none",
         "--configfile",
         "config/tiny/config.yaml",
+        "--",
+        QC,
+        SLIDE,
         timeout=900,
     )
-    print(f"SLURM run of {TARGET}: {time.monotonic() - start:.0f} s", file=sys.stderr)
+    print(f"SLURM run of {QC} and {SLIDE}: {time.monotonic() - start:.0f} s", file=sys.stderr)
     out = proc.stdout + proc.stderr
 
     jobids = set(re.findall(r"has been submitted with SLURM jobid (\d+)", out))
@@ -101,18 +143,48 @@ def test_registration_qc_runs_as_slurm_jobs(root, bin_dir, tmp_path, slurm_parti
         job = slurm_job(jobid)
         assert job["JobState"] == "COMPLETED", (jobid, job)
         assert job["Partition"] == slurm_partition and job["WorkDir"] == str(work), (jobid, job)
-        assert job["MinMemoryNode"] == f"{JOB_MEM_MB}M", (jobid, job)
         rule = re.match(r"rule_(\w+?)(_wildcards_|$)", job["Comment"]).group(1)
-        per_rule[rule] = per_rule.get(rule, 0) + 1
+        per_rule.setdefault(rule, []).append(job)
+        # What the rule asked for, with the profile's overrides, is what SLURM granted. (A job asking
+        # for a GPU is refused at submission on this node, which has none.)
+        assert job["MinMemoryNode"] == f"{JOB_MEM_MB[rule]}M" and job["NumCPUs"] == "1", (jobid, job)
         # The plugin's log of the job, named by its SLURM job id.
         assert job["StdOut"].startswith(str(work / ".snakemake" / "slurm_logs" / f"rule_{rule}" / ""))
         assert job["StdOut"].endswith(f"/{jobid}.log") and os.path.getsize(job["StdOut"]) > 0
-    expected = {"simulate_fov": len(ROWS), "ingest_fov": len(ROWS), "register_fov": len(ROWS), "registration_qc": 1}
-    assert per_rule == expected, out[-6000:]
+    expected = {
+        "simulate_fov": len(ROWS),
+        "ingest_fov": len(ROWS),
+        "register_fov": len(ROWS),
+        "registration_qc": 1,
+        "restore_slide_plan": 1,
+        "restore_slide_part": PARTS,
+        "restore_slide": 1,
+    }
+    assert {rule: len(jobs) for rule, jobs in per_rule.items()} == expected, out[-6000:]
 
-    qc = pd.read_csv(work / TARGET, sep="\t", dtype={"fov": str})
+    # The part jobs ran side by side: the later one started before the earlier one ended. The node
+    # has room for both beside a stage's two FOV jobs (setup_slurm.sh), so they start when Snakemake
+    # submits them; SLURM records whole seconds, and a part job takes several (Snakemake and torch
+    # start-up). Parts that SLURM could only run one after the other fail here.
+    intervals = sorted(run_interval(job) for job in per_rule["restore_slide_part"])
+    print("part jobs ran " + ", ".join(f"{a:%H:%M:%S}-{b:%H:%M:%S}" for a, b in intervals), file=sys.stderr)
+    latest_start = max(started for started, _ in intervals)
+    earliest_end = min(ended for _, ended in intervals)
+    assert latest_start < earliest_end, f"the part jobs did not run at the same time: {intervals}"
+
+    qc = pd.read_csv(work / QC, sep="\t", dtype={"fov": str})
     assert sorted(qc["fov"]) == sorted(fov for fov, _ in ROWS)
     assert qc["passed"].astype(str).str.lower().eq("true").all(), qc
+
+    # The gathered store equals the slide restored in one job, in this process.
+    assert not (work / f"{SLIDE}.partial").exists()
+    assert not any((work / "results/restore/slides/crop.parts").glob("*.json"))  # temp() plan and parts
+    assert all((work / f"logs/restore/slides/crop.part{i}.log").is_file() for i in range(PARTS))
+    reference = tmp_path / "single.ome.zarr"
+    restore_slide(work / "crop.tif", reference, model_dir=work / "results/models/mito", channel=0, **RESTORE)
+    for level in map(str, range(RESTORE["pyramid_levels"])):
+        gathered = zarr.open_array(work / SLIDE / level, mode="r")[:]
+        np.testing.assert_array_equal(gathered, zarr.open_array(reference / level, mode="r")[:])
 
 
 class FakeResources(dict):

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # A single-node SLURM (munge, slurmctld, slurmd) on this machine, for tests/test_slurm.py.
 #
-# Idempotent: when SLURM already answers with an idle node, nothing is changed. Otherwise the
-# Debian packages are installed (apt-get), a munge key and /etc/slurm/slurm.conf are written (an
-# existing slurm.conf not written by this script is never replaced) and the daemons are started.
+# Idempotent: when SLURM already answers with an idle node, nothing is changed (unless it runs with
+# a slurm.conf written by an older version of this script: then the daemons are restarted with the
+# current one). Otherwise the Debian packages are installed (apt-get), a munge key and
+# /etc/slurm/slurm.conf are written (an existing slurm.conf not written by this script is never
+# replaced) and the daemons are started.
 # State, spool, pid and log files live under $FASTSCAN_SLURM_STATE (default /var/tmp/fastscan-slurm).
 #
 # Exit status: 0 ready (the last line of stdout is the default partition), 77 this machine cannot
@@ -36,10 +38,66 @@ node_ready() {
     sinfo -h -N -r -o '%T' 2>/dev/null | grep -Eq '^(idle|mixed|allocated|completing)$'
 }
 
+# The configuration this script runs SLURM with. The node offers at least 4 CPUs even on a
+# smaller machine: the test runs up to 4 one-CPU jobs at once (a stage's two FOV jobs beside a
+# slide's two part jobs), so that whether jobs can run side by side depends on the workflow and
+# the plugin, not on the size of the test machine. Memory (90 % of the machine's) is not inflated.
+write_conf() {
+    local cpus mem_mb
+    cpus=$(nproc)
+    [ "$cpus" -ge 4 ] || cpus=4
+    mem_mb=$(awk '/^MemTotal:/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
+    cat >"$1" <<EOF
+$MARKER
+ClusterName=fastscan
+SlurmctldHost=$NODE(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+MpiDefault=none
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+# Finished jobs stay visible to squeue/scontrol for an hour: there is no accounting (sacct).
+MinJobAge=3600
+ReturnToService=2
+# Trust the node line below rather than the detected sockets/cores layout.
+SlurmdParameters=config_overrides
+StateSaveLocation=$STATE/ctld
+SlurmdSpoolDir=$STATE/spool
+SlurmctldPidFile=$STATE/slurmctld.pid
+SlurmdPidFile=$STATE/slurmd.pid
+SlurmctldLogFile=$STATE/slurmctld.log
+SlurmdLogFile=$STATE/slurmd.log
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
+PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
+EOF
+}
+new_conf=$(mktemp)
+trap 'rm -f "$new_conf"' EXIT
+write_conf "$new_conf"
+
 if command -v sinfo >/dev/null && scontrol ping 2>/dev/null | grep -q 'is UP' && node_ready; then
-    log "SLURM is already up, reusing it"
-    default_partition
-    exit 0
+    if [ -e "$CONF" ] && grep -qF "$MARKER" "$CONF" && ! cmp -s "$new_conf" "$CONF"; then
+        # Node definitions are read at start: stop both daemons, they are started again below.
+        log "SLURM runs with an older slurm.conf of this script, restarting it with the current one"
+        scontrol shutdown >/dev/null 2>&1 || true
+        for _ in $(seq 30); do
+            if ! scontrol ping 2>/dev/null | grep -q 'is UP' \
+                && ! { [ -s "$STATE/slurmd.pid" ] && kill -0 "$(cat "$STATE/slurmd.pid")" 2>/dev/null; }; then
+                break
+            fi
+            sleep 1
+        done
+    else
+        log "SLURM is already up, reusing it"
+        default_partition
+        exit 0
+    fi
 fi
 
 [ "$(id -u)" -eq 0 ] || cannot "not running as root (uid $(id -u))"
@@ -71,44 +129,11 @@ if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
 fi
 
 mkdir -p "$STATE/ctld" "$STATE/spool" /etc/slurm
-cpus=$(nproc)
-mem_mb=$(awk '/^MemTotal:/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
-new_conf=$(mktemp)
-cat >"$new_conf" <<EOF
-$MARKER
-ClusterName=fastscan
-SlurmctldHost=$NODE(127.0.0.1)
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-MpiDefault=none
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-# Finished jobs stay visible to squeue/scontrol for an hour: there is no accounting (sacct).
-MinJobAge=3600
-ReturnToService=2
-# Trust the node line below rather than the detected sockets/cores layout.
-SlurmdParameters=config_overrides
-StateSaveLocation=$STATE/ctld
-SlurmdSpoolDir=$STATE/spool
-SlurmctldPidFile=$STATE/slurmctld.pid
-SlurmdPidFile=$STATE/slurmd.pid
-SlurmctldLogFile=$STATE/slurmctld.log
-SlurmdLogFile=$STATE/slurmd.log
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
-PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
-EOF
 if ! cmp -s "$new_conf" "$CONF"; then
     install -m 644 "$new_conf" "$CONF"
     # Daemons started with an older version of this file must re-read it.
     scontrol reconfigure >/dev/null 2>&1 || true
 fi
-rm -f "$new_conf"
 
 if ! scontrol ping 2>/dev/null | grep -q 'is UP'; then
     log "starting slurmctld"
