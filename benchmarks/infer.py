@@ -6,12 +6,17 @@ or an untrained generator of the default architecture):
 * ``naive fastai``: what the paper's code does, a fastai ``Learner.predict`` per tile, batch 1,
   fp32, tiles abutting without overlap or blending (seams included);
 * ``naive loop``: the same without fastai, a plain model call per tile under ``torch.no_grad``;
-* ``engine``: ``fastscan.infer.TileEngine`` in memory (folded norms, batched, overlapping tiles
-  blended with a raised-cosine window, tiling from the receptive field);
+* ``engine``: ``fastscan.infer.TileEngine`` in memory as users get it (folded norms, batched,
+  overlapping tiles blended with a raised-cosine window, tiling from the receptive field,
+  ``precision="auto"``: bf16 weights where the processor has bf16 matrix units, AMX or
+  AVX512-BF16, float32 elsewhere);
+* ``engine fp32``: the same engine with ``precision="float32"``;
 * ``restore_slide``: the engine end to end, TIFF in, OME-Zarr pyramid out (reading, writing,
-  resumability markers and the pyramid included);
-* ``engine bf16``: the engine with ``precision="bfloat16"`` (opt-in on the CPU: fast where the
-  processor has bf16 matrix units, AMX or AVX512-BF16, slow elsewhere; not bit-faithful).
+  resumability markers and the pyramid included), default precision.
+
+With ``--fov`` (a registered FOV store of the model's sample, e.g. the demo's
+``results/register/mito/demo/fov04.zarr``) the held-out frames are also restored in float32 and
+in the automatic precision and scored against the HR target, to show what the precision costs.
 
 Every variant runs ``--repeats`` times, interleaved, and the fastest run counts, so a noisy
 machine biases all of them alike. Throughput is output megapixels per second. The engine also
@@ -89,12 +94,17 @@ def naive_fastai(learn, image: np.ndarray, *, tile: int, scale: int) -> np.ndarr
     return out
 
 
-def seam_ratio(img: np.ndarray, borders: list[int]) -> float:
-    """Mean |d/dx| on the HR columns where naive tiles meet, over its mean elsewhere (1 = no seam)."""
-    gx = np.abs(np.diff(img.astype(np.float64), axis=1)).mean(axis=0)
-    at = np.array([b - 1 for b in borders if 0 < b < img.shape[1]])
-    rest = np.setdiff1d(np.arange(gx.size), at)
-    return float(gx[at].mean() / gx[rest].mean()) if at.size else float("nan")
+def seam_contrast(img: np.ndarray, reference: np.ndarray, columns: list[int]) -> float:
+    """Mean |d/dx| of ``img`` on the HR ``columns`` over that of ``reference`` on the same columns.
+
+    ``reference`` restores the same image with tiles that meet elsewhere, so the image's own
+    edges cancel out: 1 means no seam at ``columns``.
+    """
+    at = np.array([c - 1 for c in columns if 0 < c < img.shape[1]])
+    if not at.size:
+        return float("nan")
+    grad = lambda a: np.abs(np.diff(a.astype(np.float64), axis=1)).mean(axis=0)[at].mean()  # noqa: E731
+    return float(grad(img) / grad(reference))
 
 
 CHILD = """
@@ -135,11 +145,30 @@ def rss_children(args, crop: np.ndarray, tile: int, overlap: int, workdir: Path)
     return rows
 
 
+def precision_quality(args, workdir: Path) -> None:
+    """PSNR/SSIM against the HR target of a registered FOV, restored in float32 and in ``auto``."""
+    from fastscan.infer import resolve_precision, restore_fov
+    from fastscan.metrics import evaluate_restored
+
+    auto = str(resolve_precision("auto", "cpu")).removeprefix("torch.")
+    scores = {}
+    for precision in ("float32", "auto"):
+        out = workdir / f"fov_{precision}.zarr"
+        restore_fov(args.fov, out, models={"model": args.model}, frames=args.fov_frames, tile=None, overlap=None,
+                    batch_size=None, classical=False, precision=precision)
+        df = evaluate_restored(out, model="model", sample="", session="", fov=Path(args.fov).name)
+        scores[precision] = df[df["method"] == "model"][["psnr", "ssim"]].to_numpy()
+    f, a = scores["float32"], scores["auto"]
+    print(f"held-out frames of {args.fov} ({len(f)}), against the HR target: float32 PSNR {f[:, 0].mean():.3f} dB, "
+          f"SSIM {f[:, 1].mean():.4f}; auto ({auto}) PSNR {a[:, 0].mean():.3f} dB, SSIM {a[:, 1].mean():.4f}; "
+          f"difference per frame: PSNR {np.abs(a[:, 0] - f[:, 0]).max():.4f} dB, SSIM {np.abs(a[:, 1] - f[:, 1]).max():.5f} at most")
+
+
 def main() -> None:
     import tifffile
 
     from fastscan.dataset import normalise
-    from fastscan.infer import TileEngine, prepare_generator, restore_slide
+    from fastscan.infer import TileEngine, prepare_generator, restore_slide, tile_starts
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model directory (default: an untrained generator)")
@@ -152,7 +181,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--rss-base", type=int, default=256, help="LR size of the 1x slide of the memory test (0: skip)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--fov", default=None, help="registered FOV store: score float32 vs auto precision against its HR")
+    ap.add_argument("--fov-frames", type=int, default=3)
     args = ap.parse_args()
+    if args.fov and not args.model:
+        ap.error("--fov needs --model (the model of the FOV's sample)")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -163,7 +196,7 @@ def main() -> None:
     crop = tifffile.imread(SVS)[: args.size, : args.size, 1]
     image = normalise(crop, *meta["normalisation"]["lr"])
     engine = TileEngine(fast, scale=scale, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size)
-    engine_bf16 = TileEngine(fast, scale=scale, tile=engine.tile, overlap=engine.overlap, batch_size=args.batch_size, precision="bfloat16")
+    engine_fp32 = TileEngine(fast, scale=scale, tile=engine.tile, overlap=engine.overlap, batch_size=args.batch_size, precision="float32")
     learn = fastai_learner(model, image[: args.naive_tile, : args.naive_tile])
     out_mpx = (scale * args.size) ** 2 / 1e6
 
@@ -180,12 +213,12 @@ def main() -> None:
             "naive fastai": lambda: naive_fastai(learn, image, tile=args.naive_tile, scale=scale),
             "naive loop": lambda: naive_loop(model, image, tile=args.naive_tile, scale=scale),
             "engine": lambda: engine.predict(image),
+            "engine fp32": lambda: engine_fp32.predict(image),
             "restore_slide": end_to_end,
-            "engine bf16": lambda: engine_bf16.predict(image),
         }
         naive_loop(model, image[: args.naive_tile, : args.naive_tile], tile=args.naive_tile, scale=scale)  # warm-up
         engine.predict(image[:64, :64])
-        engine_bf16.predict(image[:64, :64])
+        engine_fp32.predict(image[:64, :64])
         times: dict[str, list[float]] = {k: [] for k in runs}
         outputs = {}
         for _ in range(args.repeats):
@@ -205,12 +238,20 @@ def main() -> None:
             print(f"{name:14s} {best[name]:8.2f} {out_mpx / best[name]:10.3f} {best['naive fastai'] / best[name]:9.2f}x "
                   f"{best['naive loop'] / best[name]:7.2f}x")
         borders = [scale * x for x in range(args.naive_tile, args.size, args.naive_tile)]
-        print(f"seams (|d/dx| at naive tile borders / elsewhere, 1 = none): naive {seam_ratio(outputs['naive loop'], borders):.2f}, "
-              f"engine {seam_ratio(outputs['engine'], borders):.2f}")
+        # The engine's blend zones, centred half an overlap before each tile start past the halo.
+        o = engine.overlap
+        starts = tile_starts(args.size + 2 * o, engine.tile_shape((args.size, args.size))[1], o)
+        blends = [scale * (x - o // 2) for x in starts[1:]]
+        other = TileEngine(fast, scale=scale, tile=engine.tile // 2 + 8, overlap=o, batch_size=args.batch_size).predict(image)
+        print(f"seams (|d/dx| where tiles meet / same columns of a restoration tiled elsewhere, 1 = none): "
+              f"naive {seam_contrast(outputs['naive loop'], outputs['engine'], borders):.2f} at its tile borders, "
+              f"engine {seam_contrast(outputs['engine'], other, blends):.2f} at its blend zones")
         diff = np.abs(outputs["naive loop"] - outputs["engine"])
         print(f"naive vs engine: max |diff| {diff.max():.3f}, mean {diff.mean():.4f} (normalised units)")
-        diff = np.abs(outputs["engine bf16"] - outputs["engine"])
-        print(f"engine bf16 vs fp32: max |diff| {diff.max():.4f}, mean {diff.mean():.5f}")
+        diff = np.abs(outputs["engine"] - outputs["engine fp32"])
+        print(f"engine {str(engine.dtype).removeprefix('torch.')} vs fp32: max |diff| {diff.max():.4f}, mean {diff.mean():.5f}")
+        if args.fov:
+            precision_quality(args, tmp)
 
         if args.rss_base:
             rows = rss_children(args, crop, engine.tile, engine.overlap, tmp)

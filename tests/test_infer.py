@@ -149,13 +149,13 @@ def test_tiled_matches_whole_with_automatic_overlap():
     model = ConvStack()
     image = texture((150, 170))
     whole = whole_image(model, image, 16)
-    engine = TileEngine(model, scale=2, tile=48, overlap=None, batch_size=5)
+    engine = TileEngine(model, scale=2, tile=48, overlap=None, batch_size=5, precision="float32")
     assert 8 <= engine.overlap <= 16
     tiled = engine.predict(image)
     assert engine.tiles_run > 9  # several tiles per axis, so tile borders lie inside the image
     b = 2 * engine.overlap
     np.testing.assert_allclose(tiled[b:-b, b:-b], whole[b:-b, b:-b], atol=1e-3)
-    no_overlap = TileEngine(model, scale=2, tile=48, overlap=0, batch_size=5).predict(image)
+    no_overlap = TileEngine(model, scale=2, tile=48, overlap=0, batch_size=5, precision="float32").predict(image)
     assert np.abs(no_overlap - whole)[b:-b, b:-b].max() > 1e-2
 
 
@@ -169,7 +169,7 @@ def test_no_seam_across_tile_boundaries():
     model = ConvStack()
     image = texture((96, 200), seed=1)
     whole = whole_image(model, image, 16)
-    engine = TileEngine(model, scale=2, tile=64, overlap=16, batch_size=4)
+    engine = TileEngine(model, scale=2, tile=64, overlap=16, batch_size=4, precision="float32")
     tiled = engine.predict(image)
     # Tile borders of the engine (HR columns), where a seam would show up.
     step = fit_tile(200, 64, 16) - 16
@@ -178,44 +178,84 @@ def test_no_seam_across_tile_boundaries():
     diff = np.abs(gradient_profile(tiled) - gradient_profile(whole))[8:-8]
     assert diff.max() < 1e-3, f"gradient profile deviates by {diff.max():.2e} near HR columns {borders} (step {step})"
     # Abutting tiles without overlap do leave a seam the profile picks up.
-    seam = np.abs(gradient_profile(TileEngine(model, scale=2, tile=64, overlap=0).predict(image)) - gradient_profile(whole))[8:-8]
+    seam = np.abs(gradient_profile(TileEngine(model, scale=2, tile=64, overlap=0, precision="float32").predict(image)) - gradient_profile(whole))[8:-8]
     assert seam.max() > 10 * max(diff.max(), 1e-5)
 
 
 def test_batch_size_and_memory_format_do_not_change_the_result():
     model = ConvStack()
     image = texture((90, 120), seed=2)
-    ref = TileEngine(model, scale=2, tile=48, overlap=16, batch_size=1).predict(image)
+    ref = TileEngine(model, scale=2, tile=48, overlap=16, batch_size=1, precision="float32").predict(image)
     for bs in (3, 7, 64):
-        np.testing.assert_allclose(TileEngine(model, scale=2, tile=48, overlap=16, batch_size=bs).predict(image), ref, atol=1e-6)
-    cl = TileEngine(model, scale=2, tile=48, overlap=16, batch_size=4, channels_last=True).predict(image)
+        np.testing.assert_allclose(TileEngine(model, scale=2, tile=48, overlap=16, batch_size=bs, precision="float32").predict(image), ref, atol=1e-6)
+    cl = TileEngine(model, scale=2, tile=48, overlap=16, batch_size=4, channels_last=True, precision="float32").predict(image)
     np.testing.assert_allclose(cl, ref, atol=1e-5)
     # The CUDA path's prefetch thread, run on the CPU.
-    pre = TileEngine(model, scale=2, tile=48, overlap=16, batch_size=2, prefetch=True)
+    pre = TileEngine(model, scale=2, tile=48, overlap=16, batch_size=2, prefetch=True, precision="float32")
     np.testing.assert_allclose(pre.predict(image), ref, atol=1e-6)
     assert pre.tiles_run > 2 * pre.batch_size  # several batches went through the thread
 
 
-def test_reduced_precision_runs_through_autocast_on_cpu():
-    """The CUDA path's bf16 autocast, exercised on the CPU: close to fp32 but not identical."""
+def test_reduced_precision_on_cpu_runs_bf16_weights_and_leaves_the_model_alone():
+    """bf16 on the CPU: bf16 copies of the weights, close to fp32 but not identical."""
     model = ConvStack()
     image = texture((64, 80), seed=3)
     fp32 = TileEngine(model, scale=2, tile=48, overlap=16, precision="float32").predict(image)
-    auto = TileEngine(model, scale=2, tile=48, overlap=16, precision="auto").predict(image)
-    bf16 = TileEngine(model, scale=2, tile=48, overlap=16, precision="bfloat16").predict(image)
-    np.testing.assert_array_equal(auto, fp32)  # auto is fp32 on the CPU
+    engine = TileEngine(model, scale=2, tile=48, overlap=16, precision="bfloat16")
+    bf16 = engine.predict(image)
     assert bf16.dtype == np.float32
     err = np.abs(bf16 - fp32).max()
     assert 0 < err < 5e-2
+    # The weights the engine ran are bf16; the model's own stay float32 for other users.
+    assert all(v.dtype == torch.bfloat16 for k, v in engine._lowp_state.items() if k.endswith("weight"))
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    np.testing.assert_array_equal(TileEngine(model, scale=2, tile=48, overlap=16, precision="float32").predict(image), fp32)
+    # float16 goes through autocast, the path CUDA takes.
+    fp16 = TileEngine(model, scale=2, tile=48, overlap=16, precision="float16")
+    assert fp16._lowp_state is None and fp16._autocast
+    assert 0 < np.abs(fp16.predict(image) - fp32).max() < 5e-2
+
+
+def test_auto_precision_is_bf16_only_where_the_processor_has_bf16_units(monkeypatch):
+    import fastscan.infer as infer
+
+    monkeypatch.setattr(infer, "native_bf16_cpu", lambda: True)
+    assert resolve_precision("auto", "cpu") == torch.bfloat16
+    monkeypatch.setattr(infer, "native_bf16_cpu", lambda: False)
     assert resolve_precision("auto", "cpu") == torch.float32
+    model = ConvStack()
+    image = texture((40, 40))
+    auto = TileEngine(model, scale=2, tile=32, overlap=8, precision="auto").predict(image)
+    np.testing.assert_array_equal(auto, TileEngine(model, scale=2, tile=32, overlap=8, precision="float32").predict(image))
+    assert resolve_precision("float32", "cpu") == torch.float32
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("half", "cpu")
+
+
+def test_generator_keeps_float32_input_and_residual_under_a_bf16_unet():
+    """The bilinear base and the residual sum stay float32; only the U-Net's correction is bf16."""
+    from fastscan.infer import prepare_generator
+    from fastscan.models import build_generator
+
+    torch.manual_seed(0)
+    for variant in ("faithful", "lowres"):
+        model = prepare_generator(build_generator({"variant": variant, "img_size": [64, 64]}))
+        image = texture((48, 48), seed=1)
+        fp32 = TileEngine(model, scale=2, tile=48, overlap=8, precision="float32").predict(image)
+        engine = TileEngine(model, scale=2, tile=48, overlap=8, precision="bfloat16")
+        assert not engine._cast_input  # the generator casts for its U-Net itself
+        bf16 = engine.predict(image)
+        assert 0 < np.abs(bf16 - fp32).max() < 5e-3, variant
+        # A sum computed in bf16 would leave only bf16 values (steps of 2e-3 near 0.5); here the
+        # float32 base shows through almost everywhere.
+        representable = torch.from_numpy(bf16).to(torch.bfloat16).float().numpy() == bf16
+        assert representable.mean() < 0.1, variant
 
 
 def test_predict_stack_batches_frames_like_single_images():
     model = ConvStack()
     frames = np.stack([texture((40, 52), seed=s) for s in range(3)])
-    engine = TileEngine(model, scale=2, tile=32, overlap=8, batch_size=6)
+    engine = TileEngine(model, scale=2, tile=32, overlap=8, batch_size=6, precision="float32")
     stack = engine.predict_stack(frames)
     assert stack.shape == (3, 80, 104)
     for f, out in zip(frames, stack):

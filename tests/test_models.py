@@ -77,7 +77,7 @@ def test_pickle_with_code_is_refused(tmp_path):
 
 
 def test_lowres_variant_upsamples_with_icnr_start():
-    model = build_generator({"variant": "lowres", "residual": False}).eval()
+    model = build_generator({"variant": "lowres", "residual": False, "hr_head": 0}).eval()
     with torch.inference_mode():
         y = model(torch.rand(2, 1, 32, 48))
     assert y.shape == (2, 1, 64, 96)
@@ -96,6 +96,39 @@ def test_lowres_variant_costs_a_quarter_of_the_compute():
             model(torch.rand(1, 1, 64, 64))
         flops[variant] = fc.get_total_flops()
     assert flops["lowres"] < 0.3 * flops["faithful"]
+
+
+def test_lowres_variant_has_an_hr_head_by_default_and_starts_near_bilinear():
+    from torch.nn import functional as F
+
+    from fastscan.models import LOWRES_HR_HEAD, ModelError, resolve_architecture
+
+    assert resolve_architecture({"variant": "lowres"})["hr_head"] == LOWRES_HR_HEAD
+    assert resolve_architecture({})["hr_head"] == 0
+    with pytest.raises(ModelError, match="applies to the lowres variant only"):
+        resolve_architecture({"hr_head": 8})
+    torch.manual_seed(0)
+    model = build_generator({"variant": "lowres"}).eval()
+    assert model.head is not None and model.head[0].in_channels == LOWRES_HR_HEAD + 1
+    x = torch.rand(2, 1, 32, 48)
+    with torch.inference_mode():
+        y = model(x)
+    assert y.shape == (2, 1, 64, 96)
+    up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    # The head's last convolution starts small: the untrained generator is close to bilinear.
+    assert (y - up).abs().max() < 0.05
+    # The U-Net feeds the head 16 feature maps per HR pixel, ICNR-initialised.
+    feats = model.shuffle(model.unet(x))
+    assert feats.shape == (2, LOWRES_HR_HEAD, 64, 96)
+    torch.testing.assert_close(feats[..., 0::2, 0::2], feats[..., 1::2, 1::2])
+
+
+def test_model_json_of_a_lowres_model_without_hr_head_key_loads_it_without_head(tmp_path):
+    model = build_generator({"variant": "lowres", "hr_head": 0})
+    save_state_dict(model, tmp_path / "generator.pth")
+    write_model_json(tmp_path, {"architecture": {"variant": "lowres", "residual": True}, "scale": 2})
+    loaded, _ = load_generator(tmp_path)
+    assert loaded.head is None
 
 
 def test_residual_generator_starts_near_bilinear():

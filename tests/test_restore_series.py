@@ -28,7 +28,7 @@ def test_series_keeps_the_time_axis_and_each_frame_is_restored(tmp_path):
     lr = tmp_path / "lr.ome.tif"
     series = write_series(lr)
     out = tmp_path / "s.ome.zarr"
-    prov = restore_series(lr, out, generator=(ConvStack(), META), tile=32, overlap=8, frames_per_chunk=2, pyramid_levels=2)
+    prov = restore_series(lr, out, generator=(ConvStack(), META), tile=32, overlap=8, frames_per_chunk=2, pyramid_levels=2, precision="float32")
     node = read_ngff(out)
     assert [d.shape for d in node.data] == [(5, 80, 104), (5, 40, 52)]
     assert [a["name"] for a in node.metadata["axes"]] == ["t", "y", "x"]
@@ -53,7 +53,7 @@ def test_geometry_is_applied_to_raw_frames_before_normalisation(tmp_path, monkey
     monkeypatch.setattr(fastscan.geometry, "prepare_frames", prepare_frames)
     meta = {**META, "geometry": {"correct": True, "field_fraction": 0.8}}
     out = tmp_path / "g.ome.zarr"
-    restore_series(lr, out, generator=(ConvStack(), meta), tile=32, overlap=8, pyramid_levels=1)
+    restore_series(lr, out, generator=(ConvStack(), meta), tile=32, overlap=8, pyramid_levels=1, precision="float32")
     assert seen["max"] == series.max() > 100  # raw counts, not normalised values
     assert seen["meta"]["geometry"]["field_fraction"] == 0.8
     frame = (series[1].astype(np.float32) + 500 - 100) / 1000
@@ -66,10 +66,10 @@ def test_resonant_geometry_changes_the_input_and_none_leaves_it(tmp_path):
     outs = {}
     for name, geometry in (("none", {"correct": False}), ("resonant", {"correct": True, "field_fraction": 0.8})):
         outs[name] = tmp_path / f"{name}.ome.zarr"
-        prov = restore_series(lr, outs[name], generator=(ConvStack(), {**META, "geometry": geometry}), tile=32, overlap=8, pyramid_levels=1)
+        prov = restore_series(lr, outs[name], generator=(ConvStack(), {**META, "geometry": geometry}), tile=32, overlap=8, pyramid_levels=1, precision="float32")
         assert (prov["geometry"] is None) == (name == "none")
     plain = tmp_path / "plain.ome.zarr"
-    restore_series(lr, plain, generator=(ConvStack(), META), tile=32, overlap=8, pyramid_levels=1)
+    restore_series(lr, plain, generator=(ConvStack(), META), tile=32, overlap=8, pyramid_levels=1, precision="float32")
     none, resonant = (zarr.open_array(outs[k] / "0", mode="r")[:] for k in ("none", "resonant"))
     np.testing.assert_array_equal(none, zarr.open_array(plain / "0", mode="r")[:])
     assert np.abs(resonant - none).max() > 1e-2

@@ -56,7 +56,7 @@ def test_real_svs_restores_into_ome_zarr(tmp_path):
     """The whole SVS of tests/data, read lazily, restored into a pyramid the ome-zarr reader reads."""
     out = tmp_path / "svs.ome.zarr"
     # A light stand-in: the slide has 26 million output pixels.
-    prov = restore_slide(SVS, out, generator=standin(depth=2, width=4), channel=1, tile=128, overlap=16, region=256, pyramid_levels=3)
+    prov = restore_slide(SVS, out, generator=standin(depth=2, width=4), channel=1, tile=128, overlap=16, region=256, pyramid_levels=3, precision="float32")
     node = read_ngff(out)
     assert [d.shape for d in node.data] == [(5934, 4440), (2967, 2220), (1483, 1110)]
     scales = [t[0]["scale"] for t in node.metadata["coordinateTransformations"]]
@@ -81,7 +81,7 @@ def test_regions_match_restoring_the_image_whole(tmp_path):
     slide = tmp_path / "crop.tif"
     data = svs_crop(slide)
     out = tmp_path / "crop.ome.zarr"
-    restore_slide(slide, out, generator=standin(), tile=64, overlap=16, region=48, pyramid_levels=2)
+    restore_slide(slide, out, generator=standin(), tile=64, overlap=16, region=48, pyramid_levels=2, precision="float32")
     got = np.asarray(read_ngff(out).data[0])
     whole = predict_image(ConvStack(), data.astype(np.float32) / 255, scale=2, tile=64, overlap=16)
     np.testing.assert_allclose(got, whole, atol=1e-4)  # region borders blend like tile borders
