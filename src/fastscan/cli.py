@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--region", type=int, default=512, help="LR region processed at once; bounds memory (default 512)")
     r.add_argument("--frames-per-chunk", type=int, default=8, help="series frames restored and written together (default 8)")
     r.add_argument("--pyramid-levels", type=int, default=3, help="resolution levels of the output (default 3)")
-    r.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="auto: bf16 on CUDA, fp32 on the CPU")
+    r.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="auto: bf16 on CUDA and on CPUs with bf16 units (AMX, AVX512-BF16), else float32")
     r.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     r.add_argument("--threads", type=int, default=None, help="CPU threads of torch")
     return p
