@@ -168,7 +168,7 @@ def main() -> None:
     import tifffile
 
     from fastscan.dataset import normalise
-    from fastscan.infer import TileEngine, prepare_generator, restore_slide, tile_starts
+    from fastscan.infer import TileEngine, prepare_generator, restore_slide, tile_starts, training_context
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model directory (default: an untrained generator)")
@@ -195,7 +195,7 @@ def main() -> None:
     scale = int(meta["scale"])
     crop = tifffile.imread(SVS)[: args.size, : args.size, 1]
     image = normalise(crop, *meta["normalisation"]["lr"])
-    engine = TileEngine(fast, scale=scale, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size)
+    engine = TileEngine(fast, scale=scale, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, context=training_context(meta))
     engine_fp32 = TileEngine(fast, scale=scale, tile=engine.tile, overlap=engine.overlap, batch_size=args.batch_size, precision="float32")
     learn = fastai_learner(model, image[: args.naive_tile, : args.naive_tile])
     out_mpx = (scale * args.size) ** 2 / 1e6
@@ -242,7 +242,7 @@ def main() -> None:
         o = engine.overlap
         starts = tile_starts(args.size + 2 * o, engine.tile_shape((args.size, args.size))[1], o)
         blends = [scale * (x - o // 2) for x in starts[1:]]
-        other = TileEngine(fast, scale=scale, tile=engine.tile // 2 + 8, overlap=o, batch_size=args.batch_size).predict(image)
+        other = TileEngine(fast, scale=scale, tile=engine.tile // 2 + 8 + o, overlap=o, batch_size=args.batch_size).predict(image)
         print(f"seams (|d/dx| where tiles meet / same columns of a restoration tiled elsewhere, 1 = none): "
               f"naive {seam_contrast(outputs['naive loop'], outputs['engine'], borders):.2f} at its tile borders, "
               f"engine {seam_contrast(outputs['engine'], other, blends):.2f} at its blend zones")

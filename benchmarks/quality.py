@@ -33,6 +33,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -129,7 +130,11 @@ def evaluate(models: dict[str, Path], fovs: list[dict], out: Path, *, model: str
         if f["split"] != "test":
             continue
         restored = out / f"{f['sample']}_{f['fov']}.zarr"
-        restore_fov(f["path"], restored, models={k: str(v) for k, v in models.items()}, frames=frames, tile=128, overlap=32, batch_size=4, threads=2, classical=classical)
+        # Tiling from each model's receptive field, as the workflow's restore.tile/overlap: null.
+        restore_fov(
+            f["path"], restored, models={k: str(v) for k, v in models.items()}, frames=frames,
+            tile=None, overlap=None, batch_size=None, threads=2, classical=classical,
+        )
         stores.append({"restored": str(restored), "model": model, "sample": f["sample"], "session": f["session"], "fov": f["fov"]})
     return evaluate_many(stores)
 
@@ -158,25 +163,34 @@ def show(df: pd.DataFrame, title: str) -> None:
         )
 
 
-def inference_speed(model_dirs: dict[str, Path], *, size: int = 256, repeats: int = 3) -> dict[str, float]:
-    """Seconds per 256x256 LR frame for each generator, measured alternately in one process."""
+def inference_speed(model_dirs: dict[str, Path], *, size: int = 256, repeats: int = 3) -> dict[str, dict[str, Any]]:
+    """Seconds per 256x256 LR frame for each generator, measured alternately in one process.
+
+    Each generator is restored as users get it: tiling from its receptive field and the
+    automatic precision (:func:`fastscan.infer.resolve_precision`).
+    """
     import torch
 
-    from fastscan.infer import predict_image
+    from fastscan.infer import TileEngine, prepare_generator, training_context
     from fastscan.models import load_generator
 
     torch.set_num_threads(2)
     frame = np.random.default_rng(0).random((size, size), dtype=np.float32)
-    models = {k: load_generator(v)[0] for k, v in model_dirs.items()}
-    times: dict[str, list[float]] = {k: [] for k in models}
-    for k, m in models.items():  # warm-up
-        predict_image(m, frame, scale=2, tile=128, overlap=32, batch_size=4)
+    loaded = {k: load_generator(v) for k, v in model_dirs.items()}
+    engines = {k: TileEngine(prepare_generator(m), scale=2, context=training_context(meta)) for k, (m, meta) in loaded.items()}
+    times: dict[str, list[float]] = {k: [] for k in engines}
+    for e in engines.values():  # warm-up
+        e.predict(frame)
     for _ in range(repeats):
-        for k, m in models.items():
+        for k, e in engines.items():
             t = time.perf_counter()
-            predict_image(m, frame, scale=2, tile=128, overlap=32, batch_size=4)
+            e.predict(frame)
             times[k].append(time.perf_counter() - t)
-    return {k: float(np.median(v)) for k, v in times.items()}
+    return {
+        k: {"s": float(np.median(v)), "tile": engines[k].tile_shape((size, size)), "overlap": engines[k].overlap,
+            "precision": str(engines[k].dtype).removeprefix("torch.")}
+        for k, v in times.items()
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         tabs = table(metrics[metrics["method"].isin(["mse", "gan"])], by=["variant", "method"])
         show(tabs, "Generator variants, same data and schedule")
         speed = inference_speed({v: dirs[v]["gan"] for v in args.variants})
-        f, l_ = speed["faithful"], speed["lowres"]
+        for v, sp in speed.items():
+            print(f"  {v}: tiles {sp['tile']} LR px, overlap {sp['overlap']} LR px, precision {sp['precision']}")
+        f, l_ = speed["faithful"]["s"], speed["lowres"]["s"]
         p = tabs.set_index(["variant", "method"])["psnr_mean"]
         print(
             f"inference, 256x256 LR frame on {torch.get_num_threads()} threads: faithful {f:.3f} s, lowres {l_:.3f} s, "

@@ -283,6 +283,31 @@ def test_fuse_for_inference_keeps_the_generator_output():
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
 
 
+class GlobalMix(ConvStack):
+    """ConvStack plus a term every output pixel shares, as self-attention gives: a global field."""
+
+    def forward(self, x):
+        return super().forward(x) + 0.2 * x.mean(dim=(-2, -1), keepdim=True)
+
+
+def test_attention_generators_tile_by_their_training_crops_local_ones_by_receptive_field():
+    from fastscan.infer import RADIUS_PROBE, auto_tiling, receptive_radius, training_context
+
+    assert receptive_radius(GlobalMix(), size=RADIUS_PROBE) >= 0.9 * (RADIUS_PROBE // 2)
+    assert training_context({"dataset": {"tile": 64}}) == 64 and training_context({}) is None
+    # Global field and known training crops: twice the crop, a quarter of it as overlap.
+    assert auto_tiling(GlobalMix(), context=64) == (128, 16)
+    assert auto_tiling(GlobalMix(), context=64, tile=200) == (200, 16)
+    engine = TileEngine(GlobalMix(), scale=2, context=40, precision="float32")
+    assert (engine.tile, engine.overlap) == (80, 10)
+    # Without the crop size: the receptive-field rule, its overlap at the cap.
+    assert auto_tiling(GlobalMix()) == (256, 32)
+    assert auto_tiling(GlobalMix(), input_scale=1) == (512, 64)
+    # A local field is measured, whatever the training crops.
+    local = auto_tiling(ConvStack(), context=64)
+    assert local == auto_tiling(ConvStack()) and 8 <= local[1] <= 16 and local[0] == 256
+
+
 def test_receptive_field_is_measured_once_per_model(monkeypatch):
     import fastscan.infer as infer
 
