@@ -182,6 +182,14 @@ def test_no_seam_across_tile_boundaries():
     assert seam.max() > 10 * max(diff.max(), 1e-5)
 
 
+def test_cpu_batch_holds_a_fixed_number_of_unet_input_pixels():
+    from fastscan.infer import CPU_BATCH_PIXELS, default_batch_size
+
+    assert default_batch_size("cpu", (64, 64), 2) == CPU_BATCH_PIXELS // (128 * 128) == 16
+    assert default_batch_size("cpu", (64, 64), 2, input_scale=1) == 64  # lowres: its U-Net runs on the LR tile
+    assert default_batch_size("cpu", (256, 256), 2) == 1 and default_batch_size("cpu", (16, 16), 2, input_scale=1) == 64
+
+
 def test_batch_size_and_memory_format_do_not_change_the_result():
     model = ConvStack()
     image = texture((90, 120), seed=2)
@@ -295,11 +303,16 @@ def test_attention_generators_tile_by_their_training_crops_local_ones_by_recepti
 
     assert receptive_radius(GlobalMix(), size=RADIUS_PROBE) >= 0.9 * (RADIUS_PROBE // 2)
     assert training_context({"dataset": {"tile": 64}}) == 64 and training_context({}) is None
-    # Global field and known training crops: twice the crop, a quarter of it as overlap.
-    assert auto_tiling(GlobalMix(), context=64) == (128, 16)
+    # A stage-1 generator last trained on smaller crops than the dataset's: those.
+    mse = {"stage": "mse", "dataset": {"tile": 64}, "config": {"generator": {"sizes": [16, 32]}}}
+    assert training_context(mse) == 32
+    assert training_context({**mse, "stage": "gan"}) == 64  # the GAN stage trains on whole tiles
+    assert training_context({**mse, "config": {"generator": {"sizes": [32, None]}}}) == 64
+    # Global field and known training crops: tiles of the crop, a quarter of it as overlap.
+    assert auto_tiling(GlobalMix(), context=64) == (64, 16)
     assert auto_tiling(GlobalMix(), context=64, tile=200) == (200, 16)
-    engine = TileEngine(GlobalMix(), scale=2, context=40, precision="float32")
-    assert (engine.tile, engine.overlap) == (80, 10)
+    engine = TileEngine(GlobalMix(), scale=2, context=48, precision="float32")
+    assert (engine.tile, engine.overlap) == (48, 12)
     # Without the crop size: the receptive-field rule, its overlap at the cap.
     assert auto_tiling(GlobalMix()) == (256, 32)
     assert auto_tiling(GlobalMix(), input_scale=1) == (512, 64)

@@ -166,3 +166,14 @@ def test_model_json_records_geometry_and_pairs(tmp_path, tiny_dataset):
     assert meta["geometry"] == attrs["geometry"]
     assert meta["dataset"]["tiles_train"] == attrs["counts"]["train"]
     assert meta["accelerations"] == []
+
+
+def test_lowres_generator_trains_and_warns_about_small_crops(tmp_path, tiny_dataset, caplog):
+    config = {**TINY, "architecture": {"variant": "lowres"}, "generator": {"sizes": [32], "epochs": [1]}}
+    with caplog.at_level("WARNING", logger="fastscan.train"):
+        meta = train_generator(dataset=tiny_dataset, out_dir=tmp_path / "mse", config=config, seed=1, threads=2)
+    assert meta["architecture"]["variant"] == "lowres" and meta["architecture"]["hr_head"] == 16
+    assert any("lowres U-Net runs on the LR crop itself" in r.getMessage() for r in caplog.records)
+    model, _ = load_generator(tmp_path / "mse", device="cpu")
+    with torch.no_grad():
+        assert model(torch.rand(1, 1, 32, 32)).shape == (1, 1, 64, 64)

@@ -66,12 +66,14 @@ AUTO_OVERLAP = (16, 64)
 RECEPTIVE_FRACTION = 0.99
 #: LR size of the probe image :func:`auto_tiling` measures the receptive field on.
 RADIUS_PROBE = 128
-#: Automatic tiles of a generator with self-attention, in multiples of its training crops. On the
-#: benchmark's GANs (trained on 64-px LR crops, 8 held-out frames), tiles of 128 px with 16 px of
-#: overlap gave SSIM 0.817 against 0.808 for 176-px tiles with 32 px and 0.801 for 384 px with
-#: 64 px (faithful; lowres: 0.672 at 128/16, 0.665 at 256/32, 0.641 at 384/64), PSNR within
-#: 0.003 dB (0.06 dB lowres), at about the same cost.
-AUTO_CONTEXT_TILES = 2
+#: Automatic tiles of a generator with self-attention, in multiples of its training crops. Its
+#: attention averages over every position of the tile, so tiles larger than the crops it was
+#: trained on take it away from what it learnt. On the quality benchmark's 8 held-out frames
+#: (models trained on 64-px LR crops) tiles of the crop size with a quarter of it as overlap were
+#: never worse and sometimes far better than twice the crop (128 px, overlap 16): faithful GAN
+#: 25.50 dB / SSIM 0.825 against 0.817; a lowres generator trained 12 epochs 25.31 dB / 0.738
+#: against 24.00 dB / 0.272 (on one frame restored whole: 20.25 dB / 0.069).
+AUTO_CONTEXT_TILES = 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,9 +322,18 @@ def _torch_device(device: str | torch.device) -> torch.device:
 
 
 def training_context(meta: Mapping[str, Any]) -> int | None:
-    """LR size of the crops a generator was trained on, from its ``model.json`` (None if absent)."""
+    """LR size of the crops a generator was last trained on, from its ``model.json``.
+
+    The dataset's tile, or, for a stage-1 (MSE) generator whose last progressive-resizing phase
+    used smaller crops, that size; None if unknown.
+    """
     tile = (meta.get("dataset") or {}).get("tile")
-    return int(tile) if tile else None
+    if not tile:
+        return None
+    sizes = ((meta.get("config") or {}).get("generator") or {}).get("sizes") or []
+    if meta.get("stage") == "mse" and sizes and sizes[-1]:
+        return min(int(tile), int(sizes[-1]))
+    return int(tile)
 
 
 def _measured_radius(model: torch.nn.Module, device: str | torch.device) -> int:
@@ -355,9 +366,9 @@ def auto_tiling(
 
     With self-attention every output pixel depends on the whole tile, and no overlap makes
     tiles restore like the whole image. Such a generator, when the LR ``context`` it was trained
-    on is known (``model.json``'s dataset tile), restores in tiles of twice that context with a
-    quarter of it as overlap: larger tiles take the attention further from what it was trained
-    on (see :data:`AUTO_CONTEXT_TILES`). The radius is measured once per model (until its weights
+    on is known (:func:`training_context`), restores in tiles of that context with a quarter of it
+    as overlap: larger tiles take the attention away from what it was trained on (see
+    :data:`AUTO_CONTEXT_TILES`). The radius is measured once per model (until its weights
     change), so restoring frame after frame measures once.
     """
     if tile is not None and overlap is not None:
@@ -379,18 +390,27 @@ def auto_tiling(
     return int(tile), int(overlap)
 
 
-def default_batch_size(device: str | torch.device, tile_shape: tuple[int, int], scale: int) -> int:
-    """Tiles per forward pass: a few on the CPU, as many as about half the free memory on CUDA.
+#: U-Net input pixels per forward pass on the CPU (four 256-px inputs). A fixed pixel budget keeps
+#: memory flat while small tiles are batched enough to amortise the per-call cost of the deep
+#: layers: on 2 cores a lowres GAN with 64-px LR tiles restored a 256-px frame in 0.76 s at batch 4,
+#: 0.58 s at 16 and 0.54 s at 36, while the faithful generator (128-px inputs) took 1.73 s at
+#: batch 4 and 1.74 s at 16.
+CPU_BATCH_PIXELS = 4 * 256 * 256
 
-    On the CPU batching barely changes the throughput but multiplies memory; on a GPU large
-    batches keep it busy. The GPU estimate assumes about 3 kB of activations per HR pixel (the
-    ResNet34 U-Net under bf16).
+
+def default_batch_size(device: str | torch.device, tile_shape: tuple[int, int], scale: int, *, input_scale: int | None = None) -> int:
+    """Tiles per forward pass: a fixed pixel budget on the CPU, about half the free memory on CUDA.
+
+    On the CPU the batch holds :data:`CPU_BATCH_PIXELS` pixels of the U-Net's input (``input_scale``
+    per LR pixel, ``scale`` if None), at most 64 tiles. The GPU estimate assumes about 3 kB of
+    activations per HR pixel (the ResNet34 U-Net under bf16).
     """
     import torch
 
     dev = torch.device(device)
     if dev.type != "cuda":
-        return 4
+        k = int(scale if input_scale is None else input_scale)
+        return int(max(1, min(64, CPU_BATCH_PIXELS // (k * k * tile_shape[0] * tile_shape[1]))))
     free, _ = torch.cuda.mem_get_info(dev)
     per_tile = 3e3 * scale**2 * tile_shape[0] * tile_shape[1]
     return int(max(1, min(64, 0.5 * free // per_tile)))
@@ -468,6 +488,7 @@ class TileEngine:
         self.prefetch = self.device.type == "cuda" if prefetch is None else bool(prefetch)
         # A generator that runs its U-Net on the LR grid affords tiles ``scale`` times larger.
         input_scale = int(getattr(model, "input_scale", self.scale))
+        self.input_scale = input_scale
         self.tile, self.overlap = auto_tiling(
             model, tile=tile, overlap=overlap, device=self.device, input_scale=input_scale, context=context
         )
@@ -553,7 +574,7 @@ class TileEngine:
         if tile_shape is None:
             tile_shape = self.tile_shape((max(b.shape[0] for b in blocks) - 2 * o, max(b.shape[1] for b in blocks) - 2 * o))
         ty, tx = tile_shape
-        bs = self.batch_size or default_batch_size(self.device, tile_shape, s)
+        bs = self.batch_size or default_batch_size(self.device, tile_shape, s, input_scale=self.input_scale)
         padded, grids, accs = [], [], []
         for b in blocks:
             if b.shape[0] <= 2 * o or b.shape[1] <= 2 * o:
