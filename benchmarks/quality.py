@@ -134,7 +134,7 @@ def evaluate(models: dict[str, Path], fovs: list[dict], out: Path, *, model: str
         if f["split"] != "test":
             continue
         restored = out / f"{f['sample']}_{f['fov']}.zarr"
-        # Tiling from each model's receptive field, as the workflow's restore.tile/overlap: null.
+        # Automatic tiling (training crops or receptive field), as the workflow's restore.tile/overlap: null.
         restore_fov(
             f["path"], restored, models={k: str(v) for k, v in models.items()}, frames=frames,
             tile=None, overlap=None, batch_size=None, threads=2, classical=classical,
@@ -170,8 +170,8 @@ def show(df: pd.DataFrame, title: str) -> None:
 def inference_speed(model_dirs: dict[str, Path], *, size: int = 256, repeats: int = 3) -> dict[str, dict[str, Any]]:
     """Seconds per 256x256 LR frame for each generator, measured alternately in one process.
 
-    Each generator is restored as users get it: tiling from its receptive field and the
-    automatic precision (:func:`fastscan.infer.resolve_precision`).
+    Each generator is restored as users get it: automatic tiling (its training crops with
+    self-attention, else its receptive field), batch size and precision (:func:`fastscan.infer.resolve_precision`).
     """
     import torch
 

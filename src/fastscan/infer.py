@@ -462,6 +462,8 @@ class TileEngine:
     ----------
     tiles_run : int
         Tiles computed so far (for tests and benchmarks).
+    input_scale : int
+        The U-Net's input pixels per LR pixel (the model's ``input_scale``, else ``scale``).
     """
 
     def __init__(
@@ -487,10 +489,9 @@ class TileEngine:
         self.channels_last = _is_channels_last(model) if channels_last is None else bool(channels_last)
         self.prefetch = self.device.type == "cuda" if prefetch is None else bool(prefetch)
         # A generator that runs its U-Net on the LR grid affords tiles ``scale`` times larger.
-        input_scale = int(getattr(model, "input_scale", self.scale))
-        self.input_scale = input_scale
+        self.input_scale = int(getattr(model, "input_scale", self.scale))
         self.tile, self.overlap = auto_tiling(
-            model, tile=tile, overlap=overlap, device=self.device, input_scale=input_scale, context=context
+            model, tile=tile, overlap=overlap, device=self.device, input_scale=self.input_scale, context=context
         )
         if self.overlap < 0 or self.tile - self.overlap <= 0:
             raise ValueError(f"overlap {self.overlap} must be at least 0 and smaller than the tile size {self.tile}")
@@ -708,8 +709,8 @@ def restore_fov(
     models : dict
         Method name (``mse``, ``gan``) -> model directory. All must share one normalisation.
     tile, overlap, batch_size : int or None
-        Tiling of :func:`predict_image`; None chooses from each model's receptive field and the
-        device.
+        Tiling of :class:`TileEngine`; None chooses from each model (its training crops or
+        receptive field) and the device.
     classical : bool
         Also store the classical cascade (:func:`fastscan.classical.restore_classical`) with the
         line phase and field fraction registration fitted for this FOV, as method ``classical``.
@@ -776,15 +777,12 @@ def restore_fov(
         for name, (model, _) in loaded.items():
             t0 = time.time()
             inputs = corrected if geometries[name] else lr
-            pred = np.stack(
-                [
-                    predict_image(
-                        model, f, scale=scale, tile=tile, overlap=overlap, batch_size=batch_size, device=device,
-                        precision=precision, context=training_context(loaded[name][1]),
-                    )
-                    for f in inputs
-                ]
+            # One engine for all frames: tiling, buffers (and any low-precision weights) once.
+            engine = TileEngine(
+                model.eval(), scale=scale, tile=tile, overlap=overlap, batch_size=batch_size, device=device,
+                precision=precision, channels_last=False, context=training_context(loaded[name][1]),
             )
+            pred = np.stack([engine.predict(f) for f in inputs])
             og.create_array(name, data=pred, chunks=(1,) + pred.shape[1:])
             log.info("restored %d frame(s) of %s with %s in %.1f s", n, registered, name, time.time() - t0)
         og.attrs["fastscan"] = meta
