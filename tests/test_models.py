@@ -153,3 +153,29 @@ def test_model_json_without_residual_key_loads_the_plain_network(tmp_path):
     x = torch.rand(1, 1, 32, 32)
     with torch.inference_mode():
         torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+@pytest.mark.parametrize("variant", ["faithful", "lowres"])
+def test_channels_last_generator_keeps_its_last_block_channels_last(variant):
+    """The U-Net's last cross connection concatenates its one-channel input with NHWC features;
+    with default strides the result was NCHW, which the last residual block converted back."""
+    from fastai.layers import ResBlock
+
+    from fastscan.infer import prepare_generator
+
+    def built():
+        torch.manual_seed(0)
+        return build_generator({"variant": variant, "img_size": [64, 64]})
+
+    ref = prepare_generator(built(), channels_last=False)
+    model = prepare_generator(built())
+    last = [m for m in model.unet.modules() if isinstance(m, ResBlock)][-1]
+    seen = []
+    last.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].is_contiguous(memory_format=torch.channels_last)))
+    x = torch.rand(2, 1, 32, 40)
+    with torch.inference_mode():
+        y = model(x)
+        expected = ref(x)
+    assert seen == [True]
+    torch.testing.assert_close(y, expected, atol=1e-4, rtol=1e-4)
+    assert y.is_contiguous()  # the NCHW base of the residual sum decides the output layout
