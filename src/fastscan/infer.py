@@ -66,13 +66,16 @@ AUTO_OVERLAP = (16, 64)
 RECEPTIVE_FRACTION = 0.99
 #: LR size of the probe image :func:`auto_tiling` measures the receptive field on.
 RADIUS_PROBE = 128
-#: Automatic tiles of a generator with self-attention, in multiples of its training crops. Its
-#: attention averages over every position of the tile, so tiles larger than the crops it was
-#: trained on take it away from what it learnt. On the quality benchmark's 8 held-out frames
-#: (models trained on 64-px LR crops) tiles of the crop size with a quarter of it as overlap were
-#: never worse and sometimes far better than twice the crop (128 px, overlap 16): faithful GAN
-#: 25.50 dB / SSIM 0.825 against 0.817; a lowres generator trained 12 epochs 25.31 dB / 0.738
-#: against 24.00 dB / 0.272 (on one frame restored whole: 20.25 dB / 0.069).
+#: Automatic tiles of a generator whose receptive field spans the probe, in multiples of its
+#: training crops. Self-attention averages over every position of the tile; and a U-Net whose
+#: deepest features were only 2-4 px on its training crops learnt them from the zero padding at the
+#: crop's border. Either way, tiles larger than the crops it was trained on take it away from what
+#: it learnt. On the quality benchmark's 8 held-out frames (models trained on 64-px LR crops) tiles
+#: of the crop size with a quarter of it as overlap were never worse and sometimes far better than
+#: twice the crop (128 px, overlap 16): faithful GAN 25.50 dB / SSIM 0.825 against 0.817; a lowres
+#: generator trained 12 epochs 25.31 dB / 0.738 against 24.00 dB / 0.272 (on one frame restored
+#: whole: 20.25 dB / 0.069); the same lowres GAN without self-attention 25.28 dB / 0.761 against
+#: 24.84 dB / 0.444 at twice the crop (overlap 32) and 21.09 dB / 0.052 restored whole.
 AUTO_CONTEXT_TILES = 1
 
 
@@ -364,11 +367,11 @@ def auto_tiling(
     larger: tiles then restore like the whole image. Both bounds are in pixels of the U-Net's
     input, ``input_scale`` per LR pixel (the result is in LR px).
 
-    With self-attention every output pixel depends on the whole tile, and no overlap makes
-    tiles restore like the whole image. Such a generator, when the LR ``context`` it was trained
-    on is known (:func:`training_context`), restores in tiles of that context with a quarter of it
-    as overlap: larger tiles take the attention away from what it was trained on (see
-    :data:`AUTO_CONTEXT_TILES`). The radius is measured once per model (until its weights
+    With self-attention (or a receptive field as deep as the lowres variant's on the LR grid)
+    every output pixel depends on the whole tile, and no overlap makes tiles restore like the
+    whole image. Such a generator, when the LR ``context`` it was trained on is known
+    (:func:`training_context`), restores in tiles of that context with a quarter of it as overlap:
+    larger tiles take it away from what it was trained on (see :data:`AUTO_CONTEXT_TILES`). The radius is measured once per model (until its weights
     change), so restoring frame after frame measures once.
     """
     if tile is not None and overlap is not None:
@@ -380,7 +383,7 @@ def auto_tiling(
     if attention and context:
         overlap = max(8, int(context) // 4) if overlap is None else overlap
         tile = max(AUTO_CONTEXT_TILES * int(context), 4 * overlap) if tile is None else tile
-        log.info("receptive field spans the whole tile (self-attention): tiles of %d px, overlap %d px, from the %d-px training crops", tile, overlap, context)
+        log.info("receptive field spans the whole tile (self-attention or a deep field): tiles of %d px, overlap %d px, from the %d-px training crops", tile, overlap, context)
         return int(tile), int(overlap)
     if overlap is None:
         overlap = int(min(hi, max(lo, 8 * math.ceil(radius / 8))))
