@@ -170,8 +170,8 @@ def show(df: pd.DataFrame, title: str) -> None:
 def inference_speed(model_dirs: dict[str, Path], *, size: int = 256, rounds: int = 9) -> dict[str, dict[str, Any]]:
     """Seconds per ``size``-px LR frame for each generator, measured alternately in one process.
 
-    Each generator is restored as users get it: automatic tiling (its training crops with
-    self-attention, else its receptive field), batch size and precision (:func:`fastscan.infer.resolve_precision`).
+    Each generator is restored as users get it: automatic tiling (its training crops when its
+    receptive field spans the tile, else that field), batch size and precision (:func:`fastscan.infer.resolve_precision`).
     The generators take turns within each of ``rounds`` rounds after two warm-up rounds; the speed
     of a shared, noisy machine drifts by up to twice between seconds, so the speed-up is the median
     of the per-round ratios to the first generator (neighbouring measurements), not a ratio of

@@ -371,8 +371,9 @@ def auto_tiling(
     every output pixel depends on the whole tile, and no overlap makes tiles restore like the
     whole image. Such a generator, when the LR ``context`` it was trained on is known
     (:func:`training_context`), restores in tiles of that context with a quarter of it as overlap:
-    larger tiles take it away from what it was trained on (see :data:`AUTO_CONTEXT_TILES`). The radius is measured once per model (until its weights
-    change), so restoring frame after frame measures once.
+    larger tiles take it away from what it was trained on (see :data:`AUTO_CONTEXT_TILES`). The
+    radius is measured once per model (until its weights change), so restoring frame after frame
+    measures once.
     """
     if tile is not None and overlap is not None:
         return int(tile), int(overlap)
