@@ -420,16 +420,6 @@ def default_batch_size(device: str | torch.device, tile_shape: tuple[int, int], 
     return int(max(1, min(64, 0.5 * free // per_tile)))
 
 
-def _is_channels_last(model: torch.nn.Module) -> bool:
-    """Whether the model's convolution weights are stored NHWC (one with several input channels decides)."""
-    import torch
-
-    for p in model.parameters():
-        if p.ndim == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1:
-            return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
-    return False
-
-
 # --------------------------------------------------------------------------------------------
 # the engine
 
@@ -486,11 +476,13 @@ class TileEngine:
     ) -> None:
         import torch
 
+        from fastscan.models import is_channels_last
+
         self.model = model
         self.scale = int(scale)
         self.device = torch.device(device)
         self.dtype = resolve_precision(precision, self.device)
-        self.channels_last = _is_channels_last(model) if channels_last is None else bool(channels_last)
+        self.channels_last = is_channels_last(model) if channels_last is None else bool(channels_last)
         self.prefetch = self.device.type == "cuda" if prefetch is None else bool(prefetch)
         # A generator that runs its U-Net on the LR grid affords tiles ``scale`` times larger.
         self.input_scale = int(getattr(model, "input_scale", self.scale))

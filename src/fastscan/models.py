@@ -180,12 +180,18 @@ def _unet_input(unet: nn.Module, x: torch.Tensor) -> torch.Tensor:
     CPU time).
     """
     x = x.to(_unet_dtype(unet, x)).contiguous()
-    if x.ndim == 4 and x.shape[1] == 1:
-        w = next((p for p in unet.parameters() if p.ndim == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1), None)
-        if w is not None and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous():
-            n, _, h, wd = x.shape
-            x = x.as_strided(x.shape, (h * wd, 1, wd, 1))
+    if x.ndim == 4 and x.shape[1] == 1 and is_channels_last(unet):
+        h, w = x.shape[-2:]
+        x = x.as_strided(x.shape, (h * w, 1, w, 1))
     return x
+
+
+def is_channels_last(model: nn.Module) -> bool:
+    """Whether the model's convolution weights are stored NHWC (one with several input channels decides)."""
+    for p in model.parameters():
+        if p.ndim == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1:
+            return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+    return False
 
 
 def _last_conv(unet: nn.Module, n_out: int | None = None) -> nn.Conv2d:
