@@ -13,6 +13,8 @@ import pytest
 import zarr
 from test_restore_slide import META, standin, svs_crop
 
+from conftest import assert_same_restoration
+
 from fastscan.infer import restore_slide
 
 TESTS = Path(__file__).resolve().parent
@@ -91,7 +93,8 @@ def test_sigkill_then_rerun_continues_and_equals_an_uninterrupted_run(tmp_path):
         got, want = zarr.open_array(out / level, mode="r"), zarr.open_array(ref / level, mode="r")
         chunks = list(every_chunk(got))
         assert all(np.isfinite(ch).all() for ch in chunks)  # NaN would mark a chunk never written
-        np.testing.assert_array_equal(got[:], want[:])
+        # The killed child wrote some regions with its own thread count: see assert_same_restoration.
+        assert_same_restoration(got[:], want[:])
 
 
 def test_background_reads_and_writes_give_the_same_store(tmp_path, monkeypatch):

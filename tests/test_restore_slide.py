@@ -168,8 +168,12 @@ def test_changed_settings_start_afresh_and_progress_is_logged(tmp_path, caplog):
 def test_output_that_is_the_input_is_refused(tmp_path):
     slide = tmp_path / "crop.ome.zarr"
     zarr.create_array(slide, data=np.zeros((40, 40), np.uint8), chunks=(20, 20))
-    with pytest.raises(RestoreError, match="is the input slide itself"):
+    with pytest.raises(RestoreError, match="the output is the input .*crop.ome.zarr; writing it would destroy the input"):
         restore_slide(slide, slide, generator=standin(), tile=32, overlap=8, region=32)
+    inner = slide / "restored.ome.zarr"
+    with pytest.raises(RestoreError, match="the output lies inside the input"):
+        restore_slide(slide, inner, generator=standin(), tile=32, overlap=8, region=32)
+    assert not inner.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["crop.ome.zarr"]
 
 
 def test_progress_bar_on_a_terminal(tmp_path, capsys):
@@ -206,3 +210,36 @@ def test_pyramid_level_of_the_input(tmp_path):
     node = read_ngff(out)
     assert node.data[0].shape == (128, 160) and prov["level"] == 1
     assert node.metadata["coordinateTransformations"][0][0]["scale"] == pytest.approx([0.5, 0.5])  # 1.0 µm halved
+
+
+def test_the_time_left_is_estimated_after_the_first_region(monkeypatch, caplog):
+    """The estimate is the first unit's time times the units left; beyond a day it is a warning.
+
+    A fake clock makes the test independent of this machine's speed.
+    """
+    import logging
+
+    from fastscan import infer
+
+    now = [1000.0]
+    monkeypatch.setattr(infer.time, "monotonic", lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="fastscan.infer"):
+        bar = infer._Progress(100, desc="restoring small.tif", enabled=False)
+        now[0] += 30.0
+        bar.update()
+        now[0] += 30.0
+        bar.update()  # only the first unit gives the estimate
+    estimates = [r for r in caplog.records if "will take about" in r.getMessage()]
+    assert len(estimates) == 1
+    assert estimates[0].levelno == logging.INFO
+    assert "the first 1 unit(s) took 30 s; the remaining 99 will take about 50 min" in estimates[0].getMessage()
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="fastscan.infer"):
+        bar = infer._Progress(40_000, initial=10_000, desc="restoring huge.svs", enabled=False)
+        now[0] += 12.0
+        bar.update()
+    (warning,) = [r for r in caplog.records if "will take about" in r.getMessage()]
+    assert warning.levelno == logging.WARNING
+    assert "the remaining 29999 will take about 4.2 days" in warning.getMessage()
+    assert "more than a day: consider a GPU" in warning.getMessage()

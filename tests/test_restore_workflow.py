@@ -7,7 +7,7 @@ import yaml
 import zarr
 from test_workflow import make_workdir, planned_jobs, snakemake
 
-from conftest import DATA
+from conftest import DATA, assert_same_restoration
 
 SVS = DATA / "cmu1_small_region_he.svs"
 
@@ -81,7 +81,8 @@ def test_scattered_slide_equals_single_job_and_a_session_series_restores(root, b
     reference = tmp_path / "single.ome.zarr"
     restore_slide(work / "crop.tif", reference, model_dir=work / "results/models/mito", **common)
     for level in ("0", "1"):
-        np.testing.assert_array_equal(zarr.open_array(work / target / level, mode="r")[:], zarr.open_array(reference / level, mode="r")[:])
+        # Snakemake's jobs ran with other thread counts than this process: see assert_same_restoration.
+        assert_same_restoration(zarr.open_array(work / target / level, mode="r")[:], zarr.open_array(reference / level, mode="r")[:])
 
     series = zarr.open_group(work / "results/restore/series/mito/mito/new/fov01.ome.zarr", mode="r")
     assert series["0"].shape == (3, 96, 80)

@@ -12,7 +12,6 @@ import sys
 import time
 from datetime import datetime
 
-import numpy as np
 import pandas as pd
 import pytest
 import tifffile
@@ -20,6 +19,8 @@ import yaml
 import zarr
 from test_restore_workflow import SVS, place_model
 from test_workflow import TINY_CONFIG, make_workdir, snakemake
+
+from conftest import assert_same_restoration
 
 # Two FOVs: the jobs of each stage run side by side on the node, and the QC gathers more than one.
 # Both held out: registering a training FOV in the same run would rebuild the dataset behind the
@@ -176,7 +177,8 @@ def test_registration_and_scattered_slide_run_as_slurm_jobs(root, bin_dir, tmp_p
     assert sorted(qc["fov"]) == sorted(fov for fov, _ in ROWS)
     assert qc["passed"].astype(str).str.lower().eq("true").all(), qc
 
-    # The gathered store equals the slide restored in one job, in this process.
+    # The gathered store equals the slide restored in one job, in this process (up to the
+    # rounding of other thread counts: see assert_same_restoration).
     assert not (work / f"{SLIDE}.partial").exists()
     assert not any((work / "results/restore/slides/crop.parts").glob("*.json"))  # temp() plan and parts
     assert all((work / f"logs/restore/slides/crop.part{i}.log").is_file() for i in range(PARTS))
@@ -184,7 +186,7 @@ def test_registration_and_scattered_slide_run_as_slurm_jobs(root, bin_dir, tmp_p
     restore_slide(work / "crop.tif", reference, model_dir=work / "results/models/mito", channel=0, **RESTORE)
     for level in map(str, range(RESTORE["pyramid_levels"])):
         gathered = zarr.open_array(work / SLIDE / level, mode="r")[:]
-        np.testing.assert_array_equal(gathered, zarr.open_array(reference / level, mode="r")[:])
+        assert_same_restoration(gathered, zarr.open_array(reference / level, mode="r")[:])
 
 
 class FakeResources(dict):

@@ -1,13 +1,21 @@
-"""Atomic writes: a killed job never leaves an output that looks finished.
+"""Atomic, safe writes: a killed job never leaves an output that looks finished, and no write
+ever removes something fastscan did not make.
 
 Every output is written under a temporary sibling name (same filesystem, so the final rename is
 atomic) and renamed into place only when complete. An existing output is moved aside first and
 removed only after the new one is in place, so a failed rename can put it back.
+
+What may be replaced: a regular file by a file (the tables and weights fastscan writes), and a
+directory only when it is empty or a Zarr store that fastscan wrote (its root ``zarr.json``
+carries a ``fastscan`` attribute) holding nothing but Zarr nodes. Anything else at the output
+path (a user's folder, a store of another program, a file where a store goes) is refused with an
+:class:`OutputError` before the writer starts, and checked again just before the rename.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -21,6 +29,118 @@ logger = logging.getLogger(__name__)
 # A failed writer's temporary is removed again until it stays gone for this long (see _discard).
 _DISCARD_PAUSE_S = 0.05
 _DISCARD_ATTEMPTS = 20
+
+
+class OutputError(ValueError):
+    """An output path holds something that fastscan must not replace."""
+
+
+# Files an operating system's file browser drops into any folder it shows: not the user's data.
+_OS_LITTER = {".DS_Store", "Thumbs.db", "desktop.ini"}
+# Bookkeeping folders of a resumable restoration (fastscan.infer) inside its store.
+_OWN_FOLDERS = {".progress"}
+
+
+def store_attributes(path: str | os.PathLike) -> dict | None:
+    """The ``fastscan`` attribute of the Zarr v3 group at ``path``, or None when it has none.
+
+    Read from ``zarr.json`` directly: a store of another program, a broken store or a plain
+    folder all give None, never an exception.
+    """
+    try:
+        node = json.loads((Path(path) / "zarr.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    attrs = node.get("attributes") if isinstance(node, dict) else None
+    own = attrs.get("fastscan") if isinstance(attrs, dict) else None
+    return own if isinstance(own, dict) else None
+
+
+def foreign_entries(store: str | os.PathLike, *, limit: int = 5) -> list[Path]:
+    """Up to ``limit`` paths inside the Zarr store ``store`` that are not part of the store.
+
+    A group may hold ``zarr.json``, child nodes (folders with their own ``zarr.json``) and
+    fastscan's bookkeeping folders; an array holds ``zarr.json`` and its chunk tree ``c/``.
+    Chunk trees are not walked: they are named by Zarr, and a slide can have millions of chunks.
+    """
+    found: list[Path] = []
+
+    def walk(node: Path) -> None:
+        try:
+            meta = json.loads((node / "zarr.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            found.append(node)
+            return
+        is_array = isinstance(meta, dict) and meta.get("node_type") == "array"
+        for entry in sorted(node.iterdir()):
+            if len(found) >= limit:
+                return
+            name = entry.name
+            if name == "zarr.json" or name in _OS_LITTER or name.startswith("._"):
+                continue
+            if is_array:
+                if not (name == "c" and entry.is_dir() and not entry.is_symlink()):
+                    found.append(entry)
+            elif entry.is_dir() and not entry.is_symlink():
+                if name in _OWN_FOLDERS and node == root:
+                    continue
+                walk(entry)
+            else:
+                found.append(entry)
+
+    root = Path(store)
+    walk(root)
+    return found[:limit]
+
+
+def replaceable(final: str | os.PathLike) -> str | None:
+    """Why ``final`` must not be replaced by a new output, or None when it may be.
+
+    Nothing there, an empty folder, a regular file (replaced only by a file: see
+    :func:`atomic_path`) and a clean fastscan store may be replaced.
+    """
+    final = Path(final)
+    if final.is_symlink():
+        return "it is a symbolic link"
+    if not final.exists():
+        return None
+    if not final.is_dir():
+        return None if final.is_file() else "it is not a regular file or folder"
+    entries = [e for e in final.iterdir() if e.name not in _OS_LITTER]
+    if not entries:
+        return None
+    if store_attributes(final) is None:
+        shown = ", ".join(e.name for e in sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
+        return f"it is a folder that fastscan did not write (it holds {shown})"
+    foreign = foreign_entries(final)
+    if foreign:
+        shown = ", ".join(str(p.relative_to(final)) for p in foreign)
+        return f"it is a fastscan store that also holds other files ({shown})"
+    return None
+
+
+def check_replaceable(final: str | os.PathLike, *, store: bool | None = None) -> None:
+    """Raise :class:`OutputError` unless writing ``final`` can only replace fastscan's own output.
+
+    Parameters
+    ----------
+    final : path-like
+    store : bool, optional
+        True when a directory store will be written, False for a file; a regular file is never
+        replaced by a store, nor a store by a file. None skips that check.
+    """
+    final = Path(final)
+    why = replaceable(final)
+    if why is None and store is not None and final.exists():
+        if store and final.is_file():
+            why = "it is a file, and a store (a folder) would replace it"
+        elif not store and final.is_dir() and any(final.iterdir()):
+            why = "it is a folder, and a file would replace it"
+    if why is not None:
+        raise OutputError(
+            f"{final}: refusing to replace it: {why}. fastscan replaces only outputs it wrote "
+            "itself; choose another output path, or move it away yourself"
+        )
 
 
 def remove(path: str | os.PathLike) -> None:
@@ -93,9 +213,12 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
 
     On success the temporary replaces ``final``; on any exception it is removed and an existing
     ``final`` is left untouched. An ``OSError`` (a full disk, a lost mount) is re-raised with the
-    same errno and a message naming ``final``.
+    same errno and a message naming ``final``. Something at ``final`` that fastscan did not
+    write (:func:`replaceable`) raises :class:`OutputError` before anything is written, and
+    again at the rename if it appeared meanwhile.
     """
     final = Path(final)
+    check_replaceable(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     clear_stale(final)
     tmp, old = _temp_name(final, "tmp"), _temp_name(final, "old")
@@ -105,6 +228,11 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         _discard(tmp)
         raise _naming(exc, final) from exc
     except BaseException:
+        _discard(tmp)
+        raise
+    try:
+        check_replaceable(final, store=tmp.is_dir())
+    except OutputError:
         _discard(tmp)
         raise
     try:

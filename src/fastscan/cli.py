@@ -24,7 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("input", help="TIFF/OME-TIFF/SVS/OIB/OIF or Zarr/OME-Zarr image (with --series: a series or a glob of frames)")
     r.add_argument("--model", required=True, help="model directory (generator.pth + model.json)")
-    r.add_argument("--out", required=True, help="output .ome.zarr path")
+    r.add_argument("--out", required=True, help="output .ome.zarr path (never an existing folder or file that fastscan did not write)")
+    r.add_argument("--overwrite", action="store_true", help="replace a fastscan store of another restoration at --out (a re-run of the same restoration replaces its own output without it)")
+    r.add_argument("--wait", action="store_true", help="if another restoration is writing --out, wait for it to finish instead of failing")
     r.add_argument("--series", action="store_true", help="the input is a video-rate (T, Y, X) series; the output keeps T")
     r.add_argument("--channel", default="0", help="channel index, a list such as 0,2, or 'all' (slides; default 0)")
     r.add_argument("--level", type=int, default=0, help="pyramid level of the input slide (default 0)")
@@ -46,8 +48,10 @@ def main(argv: list[str] | None = None) -> int:
 
     console_logging()
     if args.command == "restore":
+        from fastscan.atomic import OutputError
         from fastscan.infer import RestoreError, parse_channels, restore_series, restore_slide
         from fastscan.io import InputError
+        from fastscan.lock import LockedError
         from fastscan.models import ModelError
         from fastscan.train import resolve_device
 
@@ -59,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             pyramid_levels=args.pyramid_levels,
             precision=args.precision,
             threads=args.threads,
+            overwrite=args.overwrite,
+            wait=args.wait,
         )
         try:
             device = resolve_device(args.device)
@@ -69,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 restore_series(args.input, args.out, channel=channel, frames_per_chunk=args.frames_per_chunk, device=device, **common)
             else:
                 restore_slide(args.input, args.out, channel=channel, level=args.level, region=args.region, device=device, **common)
-        except (InputError, ModelError, RestoreError, ValueError, RuntimeError) as exc:
+        except (InputError, ModelError, RestoreError, OutputError, LockedError, ValueError, RuntimeError) as exc:
             log.error("%s", exc)
             return 2
         log.info("wrote %s", args.out)

@@ -38,6 +38,7 @@ import numpy as np
 import zarr
 
 from fastscan.atomic import atomic_path
+from fastscan.lock import output_lock
 
 if TYPE_CHECKING:
     import torch
@@ -871,6 +872,59 @@ def _progress_dir(partial: Path) -> Path:
     return partial / ".progress"
 
 
+def check_restore_output(
+    out: str | os.PathLike, *, kind: str, inputs: Sequence[str | os.PathLike], overwrite: bool = False
+) -> None:
+    """Refuse, before any work, an output path that a restoration must not write.
+
+    ``out`` (and ``OUT.partial``) must not equal, contain or lie inside an input: replacing it
+    would delete the input. Something already at ``out`` is replaced only when it is a clean
+    fastscan store (:func:`fastscan.atomic.replaceable`) and either records the same output
+    (same ``kind`` of restoration of the same input: a re-run) or ``overwrite`` is set. A user's
+    folder or file is never replaced, ``overwrite`` or not.
+
+    Parameters
+    ----------
+    out : path-like
+    kind : str
+        ``fastscan.kind`` of the store about to be written (``restored_slide``, ``restored_series``).
+    inputs : sequence of path-like
+        The files and folders read (the image or the frames of a glob, the model directory).
+    overwrite : bool
+        Replace a fastscan store of another restoration.
+    """
+    from fastscan.atomic import OutputError, check_replaceable, store_attributes
+
+    out = Path(out)
+    mine = [out.resolve(), _partial(out).resolve()]
+    for source in inputs:
+        src = Path(source).resolve()
+        for target in mine:
+            if target == src or target in src.parents or src in target.parents:
+                how = "is" if target == src else ("contains" if target in src.parents else "lies inside")
+                raise RestoreError(
+                    f"{out}: the output {how} the input {source}; writing it would destroy the input. "
+                    "Choose an output path outside the inputs"
+                )
+    check_replaceable(out, store=True)
+    partial = _partial(out)
+    if partial.exists() and _read_plan(partial) is None and store_attributes(partial) is None and any(partial.iterdir()):
+        raise OutputError(
+            f"{partial}: refusing to use it: it is not a partial restoration of fastscan's. "
+            "Choose another output path, or move it away yourself"
+        )
+    attrs = store_attributes(out) if out.is_dir() else None
+    if attrs is None or overwrite:
+        return
+    same_input = bool(inputs) and Path(str(attrs.get("input", ""))).resolve() == Path(inputs[0]).resolve()
+    if attrs.get("kind") != kind or not same_input:
+        raise OutputError(
+            f"{out}: already holds another fastscan output ({attrs.get('kind')} of {attrs.get('input')}). "
+            "Pass --overwrite (overwrite=True) to replace it, or choose another output path"
+        )
+    log.info("%s: replacing the earlier %s of %s when this one is complete", out, kind, inputs[0])
+
+
 def _marker(partial: Path, key: Sequence[int]) -> Path:
     # One directory level per key component keeps every directory small, however large the slide.
     return _progress_dir(partial).joinpath("done", *(str(k) for k in key))
@@ -941,9 +995,30 @@ def _open_partial(out: str | os.PathLike, plan: dict[str, Any], create: Callable
     return partial, False
 
 
+# A restoration estimated to take longer than this is announced with a warning, so that a user
+# who started a whole slide on the wrong device (or level) learns it after one region, not in a week.
+LONG_RESTORATION_S = 24 * 3600.0
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` as a person reads it: 45 s, 12 min, 3.5 h, 9.2 days."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
 class _Progress:
     """A tqdm bar on an interactive terminal; otherwise a log line every ``every_s`` seconds and at
-    every tenth of the work, so a job's log shows where it is."""
+    every tenth of the work, so a job's log shows where it is.
+
+    After the first unit computed in this run, the time for the rest is estimated from it and
+    logged (with a warning beyond :data:`LONG_RESTORATION_S`). The first unit also pays for
+    warm-up, so the estimate errs on the long side.
+    """
 
     def __init__(self, total: int, *, desc: str, initial: int = 0, enabled: bool | None = None, every_s: float = 60.0) -> None:
         self.total, self.done, self.desc, self.every_s = total, initial, desc, every_s
@@ -958,6 +1033,8 @@ class _Progress:
 
     def update(self, n: int = 1) -> None:
         before, self.done = self.done, self.done + n
+        if before == self.start and self.done < self.total:
+            self._estimate(time.monotonic() - self.t0)
         if self.bar is not None:
             self.bar.update(n)
             return
@@ -968,6 +1045,20 @@ class _Progress:
             rate = (self.done - self.start) / max(now - self.t0, 1e-9)
             eta = (self.total - self.done) / rate if rate > 0 else float("nan")
             log.info("%s: %d/%d done (%.1f%%, %.2f/s, about %.0f s left)", self.desc, self.done, self.total, 100 * self.done / max(self.total, 1), rate, eta)
+
+    def _estimate(self, elapsed: float) -> None:
+        first = self.done - self.start
+        left = elapsed / first * (self.total - self.done)
+        finish = time.strftime("%Y-%m-%d %H:%M", time.localtime(time.time() + left))
+        message = "%s: the first %d unit(s) took %s; the remaining %d will take about %s (until about %s)"
+        args = (self.desc, first, _duration(elapsed), self.total - self.done, _duration(left), finish)
+        if left > LONG_RESTORATION_S:
+            log.warning(
+                message + ". That is more than a day: consider a GPU (--device cuda), a coarser input level "
+                "(--level), or scattering the regions over cluster jobs (restore.parts)", *args
+            )
+        else:
+            log.info(message, *args)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -1134,6 +1225,14 @@ def _open_planes(path: str | os.PathLike, channels: int | list[int] | str, level
     return planes, chans, smeta
 
 
+def _inputs(path: str | os.PathLike, model_dir: str | os.PathLike | None) -> list[str | os.PathLike]:
+    """What a restoration reads: the image (or each frame of a glob) and the model directory."""
+    from fastscan.io import _glob_files, _is_glob
+
+    images = _glob_files(str(path)) if _is_glob(path) else []
+    return [path, *images, *([model_dir] if model_dir is not None else [])]
+
+
 def _slide_units(plan: Mapping[str, Any]) -> list[tuple[int, int, int]]:
     ny, nx = plan["lr_shape"]
     r = plan["region"]
@@ -1210,8 +1309,6 @@ def _setup_slide(
 
     if threads:
         torch.set_num_threads(int(threads))
-    if Path(path).resolve() in (Path(out).resolve(), _partial(out).resolve()):
-        raise RestoreError(f"{out}: the output is the input slide itself; choose another output path")
     channels = parse_channels(channel)
     planes, chans, smeta = _open_planes(path, channels, level)
     model, meta, desc = _load_model(model_dir, generator, device=device)
@@ -1275,6 +1372,10 @@ def _restore_slide_units(
         sl = (slice(s * iy * r, s * min(ny, (iy + 1) * r)), slice(s * ix * r, s * min(nx, (ix + 1) * r)))
         level0[((c,) + sl) if stacked else sl] = hr
 
+    log.info(
+        "%s: %d region(s) of %d LR px (%d already done), tiles %s with %d px overlap, batch %s, on %s in %s",
+        path, len(units), r, len(units) - len(todo), tile_shape, plan["overlap"], engine.batch_size or "auto", engine.device, plan["precision"],
+    )
     bar = _Progress(len(units), desc=f"restoring {Path(path).name}", initial=len(units) - len(todo), enabled=progress)
     t0 = time.monotonic()
     try:
@@ -1320,6 +1421,8 @@ def prepare_slide(
     device: str = "cpu",
     precision: str = "auto",
     threads: int | None = None,
+    overwrite: bool = False,
+    wait: bool = False,
 ) -> dict[str, Any]:
     """Set up (or keep, when resuming) ``OUT.partial`` for a scattered restoration.
 
@@ -1333,10 +1436,12 @@ def prepare_slide(
         The plan (also stored as ``OUT.partial/.progress/plan.json``) plus ``regions`` (the number
         of work units) and ``resumed``.
     """
-    plan, *_, partial, resumed = _setup_slide(
-        path, out, model_dir=model_dir, generator=generator, channel=channel, level=level, tile=tile, overlap=overlap,
-        batch_size=1, region=region, pyramid_levels=pyramid_levels, device=device, precision=precision, threads=threads, part=None,
-    )
+    check_restore_output(out, kind="restored_slide", inputs=_inputs(path, model_dir), overwrite=overwrite)
+    with output_lock(out, wait=wait, what="restore_slide plan"):
+        plan, *_, partial, resumed = _setup_slide(
+            path, out, model_dir=model_dir, generator=generator, channel=channel, level=level, tile=tile, overlap=overlap,
+            batch_size=1, region=region, pyramid_levels=pyramid_levels, device=device, precision=precision, threads=threads, part=None,
+        )
     n = len(_slide_units(plan))
     log.info("%s: %s %s, %d region(s) of %d px, tiles %s with %d px overlap", path, "resuming" if resumed else "set up", partial, n, plan["region"], plan["tile_shape"], plan["overlap"])
     return {**plan, "regions": n, "resumed": resumed}
@@ -1360,6 +1465,8 @@ def restore_slide(
     threads: int | None = None,
     part: tuple[int, int] | None = None,
     progress: bool | None = None,
+    overwrite: bool = False,
+    wait: bool = False,
 ) -> dict[str, Any]:
     """Restore a whole slide region by region into an OME-Zarr multiscale image.
 
@@ -1398,6 +1505,12 @@ def restore_slide(
         by :func:`prepare_slide`, and stop; :func:`finalize_slide` completes it.
     progress : bool, optional
         Progress bar (default: when stderr is a terminal; otherwise periodic log lines).
+    overwrite : bool
+        Replace a fastscan store of another restoration at ``out`` (never anything else: see
+        :func:`check_restore_output`).
+    wait : bool
+        Wait for another restoration of the same ``out`` to finish instead of failing at once
+        (:func:`fastscan.lock.output_lock`; part jobs share the lock with each other).
 
     Returns
     -------
@@ -1405,19 +1518,22 @@ def restore_slide(
         Provenance written to the ``fastscan`` attribute (without ``part``) or, with ``part``,
         the counts of regions: ``units``, ``computed``, ``skipped``.
     """
-    plan, engine, planes, meta, partial, _ = _setup_slide(
-        path, out, model_dir=model_dir, generator=generator, channel=channel, level=level, tile=tile, overlap=overlap,
-        batch_size=batch_size, region=region, pyramid_levels=pyramid_levels, device=device, precision=precision, threads=threads,
-        part=part,
-    )
-    units = _part_units(_slide_units(plan), part)
-    stats = _restore_slide_units(plan, engine, planes, meta, partial, units, path=path, progress=progress)
-    if part is not None:
-        return {**stats, "part": list(part)}
-    return finalize_slide(out, stats=stats)
+    check_restore_output(out, kind="restored_slide", inputs=_inputs(path, model_dir), overwrite=overwrite)
+    what = f"restore_slide part {part[0]} of {part[1]}" if part is not None else "restore_slide"
+    with output_lock(out, shared=part is not None, wait=wait, what=what):
+        plan, engine, planes, meta, partial, _ = _setup_slide(
+            path, out, model_dir=model_dir, generator=generator, channel=channel, level=level, tile=tile, overlap=overlap,
+            batch_size=batch_size, region=region, pyramid_levels=pyramid_levels, device=device, precision=precision, threads=threads,
+            part=part,
+        )
+        units = _part_units(_slide_units(plan), part)
+        stats = _restore_slide_units(plan, engine, planes, meta, partial, units, path=path, progress=progress)
+        if part is not None:
+            return {**stats, "part": list(part)}
+        return _finalize_slide(out, stats=stats)
 
 
-def finalize_slide(out: str | os.PathLike, *, stats: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def finalize_slide(out: str | os.PathLike, *, stats: Mapping[str, Any] | None = None, wait: bool = False) -> dict[str, Any]:
     """The gather step: check every region is written, build the pyramid, rename into place.
 
     Parameters
@@ -1426,12 +1542,19 @@ def finalize_slide(out: str | os.PathLike, *, stats: Mapping[str, Any] | None = 
         The final ``.ome.zarr``; ``OUT.partial`` must hold a restoration whose regions are all done.
     stats : dict, optional
         Counts to record in the provenance.
+    wait : bool
+        Wait for part jobs still holding the lock of ``out`` instead of failing at once.
 
     Returns
     -------
     dict
         The provenance written to the ``fastscan`` attribute.
     """
+    with output_lock(out, wait=wait, what="restore_slide gather"):
+        return _finalize_slide(out, stats=stats)
+
+
+def _finalize_slide(out: str | os.PathLike, *, stats: Mapping[str, Any] | None = None) -> dict[str, Any]:
     partial = _partial(out)
     plan = _read_plan(partial)
     if plan is None:
@@ -1494,6 +1617,8 @@ def restore_series(
     threads: int | None = None,
     pixel_size_um: float | None = None,
     progress: bool | None = None,
+    overwrite: bool = False,
+    wait: bool = False,
 ) -> dict[str, Any]:
     """Restore a video-rate series frame batch by frame batch into an OME-Zarr ``(t, y, x)`` image.
 
@@ -1522,12 +1647,27 @@ def restore_series(
         Resolution levels over y and x (t is never downsampled).
     pixel_size_um : float, optional
         LR pixel size when the file records none.
+    overwrite, wait : bool
+        As in :func:`restore_slide`.
 
     Returns
     -------
     dict
         Provenance written to the ``fastscan`` attribute.
     """
+    check_restore_output(out, kind="restored_series", inputs=_inputs(lr, model_dir), overwrite=overwrite)
+    with output_lock(out, wait=wait, what="restore_series"):
+        return _restore_series(
+            lr, out, model_dir=model_dir, generator=generator, channel=channel, max_frames=max_frames, tile=tile,
+            overlap=overlap, batch_size=batch_size, frames_per_chunk=frames_per_chunk, pyramid_levels=pyramid_levels,
+            device=device, precision=precision, threads=threads, pixel_size_um=pixel_size_um, progress=progress,
+        )
+
+
+def _restore_series(
+    lr, out, *, model_dir, generator, channel, max_frames, tile, overlap, batch_size, frames_per_chunk, pyramid_levels, device,
+    precision, threads, pixel_size_um, progress
+) -> dict[str, Any]:
     import torch
 
     from fastscan.dataset import normalise
@@ -1597,6 +1737,10 @@ def restore_series(
     def write(key: tuple[int], hr: np.ndarray) -> None:
         level0[key[0] * fpc : key[0] * fpc + hr.shape[0]] = hr
 
+    log.info(
+        "%s: %d frame(s) in %d batch(es) of %d (%d already done), tiles %s with %d px overlap, on %s in %s",
+        lr, n_t, len(units), fpc, len(units) - len(todo), tile_shape, o, engine.device, precision,
+    )
     bar = _Progress(len(units), desc=f"restoring {Path(str(lr)).name}", initial=len(units) - len(todo), enabled=progress)
     t0 = time.monotonic()
     try:

@@ -19,6 +19,9 @@ with rule_logging(snakemake.log[0]):
         device=resolve_device(cfg["device"]),
         threads=snakemake.threads,
         part=(int(snakemake.wildcards.part), int(cfg["parts"])),
+        # The store is the gather job's output, which Snakemake owns: an earlier restoration of
+        # another input there is replaced (never a folder fastscan did not write).
+        overwrite=True,
         **slide_options(cfg),
     )
     write_text(snakemake.output[0], json.dumps(stats, indent=1))

@@ -18,5 +18,8 @@ with rule_logging(snakemake.log[0]):
         device="cpu",
         threads=snakemake.threads,
         **slide_options(snakemake.params.restore, batch=False),
+        # The store is the gather job's output, which Snakemake owns: an earlier restoration of
+        # another input there is replaced (never a folder fastscan did not write).
+        overwrite=True,
     )
     write_text(snakemake.output[0], json.dumps(plan, indent=1))
