@@ -138,3 +138,13 @@ def test_a_restoration_of_a_busy_output_fails_at_once(tmp_path, model_dir, caplo
         proc.wait(timeout=60)
     assert main(["restore", str(slide), "--model", str(model_dir), "--out", str(out), "--wait", *_FAST]) == 0
     assert _entries(tmp_path) == ["r.ome.zarr", "release", "slide.tif"]
+
+
+def test_a_partial_path_holding_other_files_is_refused(tmp_path, model_dir, caplog):
+    slide = _slide(tmp_path / "slide.tif")
+    partial = tmp_path / "r.ome.zarr.partial"
+    partial.mkdir()
+    (partial / "notes.txt").write_text("mine")
+    assert main(["restore", str(slide), "--model", str(model_dir), "--out", str(tmp_path / "r.ome.zarr"), *_FAST]) == 2
+    assert f"{partial}: refusing to use it: it is not a partial restoration of fastscan's" in caplog.text
+    assert (partial / "notes.txt").read_text() == "mine"

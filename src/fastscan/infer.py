@@ -893,7 +893,7 @@ def check_restore_output(
     overwrite : bool
         Replace a fastscan store of another restoration.
     """
-    from fastscan.atomic import OutputError, check_replaceable, store_attributes
+    from fastscan.atomic import OutputError, check_replaceable, foreign_entries, store_attributes
 
     out = Path(out)
     mine = [out.resolve(), _partial(out).resolve()]
@@ -908,7 +908,9 @@ def check_restore_output(
                 )
     check_replaceable(out, store=True)
     partial = _partial(out)
-    if partial.exists() and _read_plan(partial) is None and store_attributes(partial) is None and any(partial.iterdir()):
+    # A partial store of fastscan's is a Zarr group (its zarr.json is written first) with chunks
+    # and .progress/; a run that is setting one up right now passes this check and meets the lock.
+    if partial.is_symlink() or partial.is_file() or (partial.is_dir() and any(partial.iterdir()) and foreign_entries(partial)):
         raise OutputError(
             f"{partial}: refusing to use it: it is not a partial restoration of fastscan's. "
             "Choose another output path, or move it away yourself"
