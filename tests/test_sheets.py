@@ -79,3 +79,34 @@ def test_workflow_parse_time_imports_stay_light():
 
     code = "import sys, fastscan.sheets; sys.exit('torch' in sys.modules or 'fastai' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_latin1_samples_sheet_names_line_byte_and_remedy(tmp_path):
+    p = tmp_path / "samples.tsv"
+    p.write_bytes((HEADER + "# comment\nmito\ts1\tf1\tcafé.tif\tb.tif\n").encode("latin-1"))
+    with pytest.raises(SheetError) as err:
+        load_samples(p)
+    message = str(err.value)
+    assert message.startswith(f"sheet {p} is not UTF-8 text: line 3, byte 15 of the line is 0xe9 ('é' in Latin-1/Windows-1252")
+    assert "save it as UTF-8" in message and "'Unicode (UTF-8)'" in message and "'Text (Tab delimited)'" in message
+
+
+def test_windows_1252_slides_sheet_is_refused_the_same_way(tmp_path):
+    p = tmp_path / "slides.tsv"
+    p.write_bytes("slide\tpath\nwhole\t/data/€uro.svs\n".encode("cp1252"))
+    with pytest.raises(SheetError, match=r"line 2, byte 13 of the line is 0x80 \('€' in Latin-1/Windows-1252") as err:
+        load_slides(p)
+    assert str(err.value).startswith(f"sheet {p} is not UTF-8 text")
+
+
+def test_utf16_sheet_is_named_as_such(tmp_path):
+    p = tmp_path / "samples.tsv"
+    p.write_bytes((HEADER + "m\ts\tf\ta\tb\n").encode("utf-16"))
+    with pytest.raises(SheetError, match=r"is UTF-16 text \(Excel's 'Unicode Text'\), not UTF-8; save it as UTF-8"):
+        load_samples(p)
+
+
+def test_utf8_sheet_with_accents_is_read(tmp_path):
+    p = tmp_path / "samples.tsv"
+    p.write_bytes((HEADER + "mito\ts1\tf1\tcafé.tif\tb.tif\n").encode("utf-8"))
+    assert load_samples(p).loc["mito/s1/f1", "lr"] == "café.tif"

@@ -6,14 +6,19 @@ resized to the HR grid (bilinear), so the module here takes the LR tile itself a
 resize first: training, inference and the baselines then share one definition of "resized".
 
 Weights are stored as plain ``state_dict`` files and read with ``torch.load(weights_only=True)``:
-a pickled learner can run arbitrary code when loaded, a state dict cannot.
+a pickled learner can run arbitrary code when loaded, a state dict cannot. ``model.json`` is checked
+against ``schemas/model.schema.json`` when read, so a file edited by hand or written by another
+program is refused with the key at fault instead of failing somewhere inside inference.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -361,21 +366,186 @@ def save_state_dict(model: nn.Module, path: str | os.PathLike) -> None:
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state dict with ``weights_only=True``, explaining a refusal."""
+    """Read a state dict with ``weights_only=True``, explaining a refusal.
+
+    Raises
+    ------
+    ModelError
+        When the file is missing, damaged (truncated, empty, not a PyTorch file), carries
+        objects or code, or holds something other than a state dict.
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"weights file {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError or RuntimeError depending on content
-        raise ModelError(
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... by content
+        raise _weights_refusal(path, exc) from exc
+    if not isinstance(state, dict):
+        raise ModelError(f"{path} holds a {type(state).__name__}, not a state_dict (a mapping of parameter names to tensors)")
+    return state
+
+
+#: What the weights-only unpickler says when it meets an object it will not build: only these
+#: mean an intact file that carries code or objects. Its other complaints ("Unsupported operand")
+#: come from bytes that are no pickle torch wrote, which is what a damaged file looks like.
+_UNSAFE_PICKLE = re.compile(r"GLOBAL|add_safe_globals|Can only (build|create)")
+
+#: First bytes of the two formats ``torch.save`` writes: a zip archive (the default since 1.6) and
+#: the legacy format, a pickle (protocol 2) that starts with torch's magic number.
+_TORCH_HEADERS = (b"PK\x03\x04", b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19")
+
+
+def _first_sentence(text: str) -> str:
+    """The first sentence of one of torch's messages, which run over several lines."""
+    return re.split(r"(?<=\.)\s", text.strip(), maxsplit=1)[0].rstrip(".")
+
+
+def _weights_refusal(path: Path, exc: Exception) -> ModelError:
+    """Tell a weights file that carries objects from one that is damaged."""
+    if isinstance(exc, pickle.UnpicklingError) and _UNSAFE_PICKLE.search(str(exc)):
+        reason = next(line for line in str(exc).splitlines() if _UNSAFE_PICKLE.search(line))
+        return ModelError(
             f"{path} is not a plain state_dict and was refused by torch.load(weights_only=True) "
-            f"(a pickle that carries code or objects cannot be loaded safely): {exc}"
-        ) from exc
+            f"(a pickle that carries code or objects cannot be loaded safely): {_first_sentence(reason)}"
+        )
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(len(_TORCH_HEADERS[1]))
+    if size == 0:
+        what = "0 bytes: the file is empty"
+    elif not head.startswith(_TORCH_HEADERS):
+        what = f"{size} bytes that start like no file torch.save writes"
+    else:
+        what = f"{size} bytes; torch.load: {_first_sentence(str(exc)) or type(exc).__name__}"
+    return ModelError(
+        f"{path}: the weights file is truncated or corrupt ({what}); an interrupted copy or a full "
+        "disk leaves such a file: copy it again from where the model was trained, or retrain"
+    )
+
+
+#: Where the hint of a refused ``model.json`` points.
+_MODEL_JSON_HINT = (
+    "The file was edited by hand or written by another program: restore it from a copy of the "
+    "model directory (or the training run's output), or retrain the model"
+)
+
+
+@functools.cache
+def _model_validator() -> Any:
+    """The validator of ``model.json`` (built once: the schema is package data that never changes)."""
+    from importlib import resources
+
+    from jsonschema import Draft202012Validator
+
+    text = resources.files("fastscan").joinpath("schemas", "model.schema.json").read_text(encoding="utf-8")
+    return Draft202012Validator(json.loads(text))
+
+
+def _json_kind(value: Any) -> str:
+    """``a list``, ``a string``, ... as the JSON reader returned ``value``."""
+    kinds = {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number", type(None): "null"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def _show(value: Any) -> str:
+    """``value`` as it is written in the file (JSON), shortened."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _deref(root: dict, node: Any) -> Any:
+    """Follow a local ``$ref`` (``#/$defs/...``) to the schema it names."""
+    while isinstance(node, dict) and "$ref" in node:
+        target = root
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
+def _described(root: dict, node: dict) -> dict:
+    """``node``, or the definition it refers to when only that has a description."""
+    return node if "description" in node else _deref(root, node)
+
+
+def _schema_of_key(root: dict, err) -> tuple[dict, list[str], dict]:
+    """The schema of the object key an error is about, that key's path, and the failing schema.
+
+    Items of an array are reported as their array (``normalisation.lr``, not its element 1): the
+    array's description says what the whole value must be.
+    """
+    node, keys, found = root, [], root
+    # The last step is the keyword that failed (``type``, ``required``, ...), not a schema.
+    steps = iter(list(err.absolute_schema_path)[:-1])
+    for step in steps:
+        node = _deref(root, node)[step]
+        if step == "properties":
+            keys.append(next(steps))
+            node = node[keys[-1]]
+            found = _described(root, node)
+    return found, keys, _deref(root, node)
+
+
+def _missing_key(keys: list[str], schema: dict) -> str:
+    """``key 'a.b' is missing: it must be ...``."""
+    what = f": it must be {schema['description']}" if "description" in schema else ""
+    return f"key {'.'.join(keys)!r} is missing{what}"
+
+
+def _describe_error(meta: dict, err) -> str:
+    """One schema violation as ``key 'a.b' must be ..., got ...``."""
+    schema = _model_validator().schema
+    described, keys, failing = _schema_of_key(schema, err)
+    if err.validator == "required":
+        props = {**described.get("properties", {}), **failing.get("properties", {})}
+        missing = [k for k in err.validator_value if k not in err.instance]
+        return "; ".join(_missing_key(keys + [k], _described(schema, props.get(k, {}))) for k in missing)
+    if err.validator == "additionalProperties":
+        extra = [k for k in err.instance if k not in failing.get("properties", {})]
+        return "; ".join(f"key {'.'.join(keys + [k])!r} is unknown (known: {', '.join(failing['properties'])})" for k in extra)
+    value = meta
+    for key in keys:
+        value = value[key]
+    return f"key {'.'.join(keys)!r} must be {described.get('description', err.message)}, got {_show(value)}"
+
+
+def _scale_mismatch(meta: dict) -> list[str]:
+    """The generator upsamples by ``architecture.scale`` while tiling and provenance use ``scale``."""
+    if "scale" not in meta:
+        return []
+    arch_scale = (meta.get("architecture") or {}).get("scale", DEFAULT_ARCHITECTURE["scale"])
+    if int(arch_scale) == int(meta["scale"]):
+        return []
+    return [f"key 'scale' is {_show(meta['scale'])} but the generator ('architecture.scale') upsamples by {_show(arch_scale)}"]
+
+
+def check_model_json(meta: Any, path: str | os.PathLike) -> None:
+    """Refuse ``model.json`` content that fastscan would misread, naming the file and the keys.
+
+    Parameters
+    ----------
+    meta : object
+        The parsed content of the file.
+    path : path-like
+        The file, for the message.
+
+    Raises
+    ------
+    ModelError
+        When ``meta`` is not an object, breaks ``schemas/model.schema.json``, or gives the
+        generator another scale than the model's.
+    """
+    if not isinstance(meta, dict):
+        raise ModelError(f"{path}: must be a JSON object (the model's description), got {_json_kind(meta)}. {_MODEL_JSON_HINT}")
+    errors = sorted(_model_validator().iter_errors(meta), key=lambda e: [str(p) for p in e.absolute_path])
+    problems = list(dict.fromkeys(_describe_error(meta, e) for e in errors)) or _scale_mismatch(meta)
+    if problems:
+        raise ModelError(f"{path}: {'; '.join(problems)}. {_MODEL_JSON_HINT}")
 
 
 def read_model_json(model_dir: str | os.PathLike) -> dict[str, Any]:
-    """Read ``model.json`` of a model directory."""
+    """Read and check ``model.json`` of a model directory (see :func:`check_model_json`)."""
     path = Path(model_dir) / "model.json"
     if not path.is_file():
         raise ModelError(
@@ -383,9 +553,13 @@ def read_model_json(model_dir: str | os.PathLike) -> dict[str, Any]:
             "(train one with the workflow's train_gan rule)"
         )
     try:
-        return json.loads(path.read_text())
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ModelError(f"{path} is not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}). {_MODEL_JSON_HINT}") from exc
     except json.JSONDecodeError as exc:
-        raise ModelError(f"{path} is not valid JSON: {exc}") from exc
+        raise ModelError(f"{path} is not valid JSON: {exc}. {_MODEL_JSON_HINT}") from exc
+    check_model_json(meta, path)
+    return meta
 
 
 def load_generator(model_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:

@@ -45,6 +45,40 @@ def _line_numbers(path: Path, n_rows: int) -> list[int]:
     return [i + 2 for i in range(n_rows)]
 
 
+#: How to turn a sheet saved in a legacy encoding into UTF-8 with the usual tools.
+_SAVE_AS_UTF8 = (
+    "save it as UTF-8: in LibreOffice, Save As > 'Text CSV' with character set 'Unicode (UTF-8)' and field "
+    "delimiter {Tab}; in Excel, Save As > 'Text (Tab delimited)' and then convert it, e.g. "
+    "iconv -f windows-1252 -t utf-8 old.tsv > new.tsv (or re-save it as UTF-8 in a text editor)"
+)
+
+
+def _check_utf8(path: Path) -> None:
+    """Refuse a sheet that is not UTF-8, pointing at the first offending byte.
+
+    Spreadsheet programs save text in the computer's legacy encoding (Windows-1252, Latin-1) or
+    in UTF-16 unless told otherwise; pandas then fails with a byte offset into its read buffer,
+    which names neither the line nor the remedy.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SheetError(f"sheet {path} cannot be read: {exc}") from exc
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise SheetError(f"sheet {path} is UTF-16 text (Excel's 'Unicode Text'), not UTF-8; {_SAVE_AS_UTF8}") from None
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        byte = bytes([data[exc.start]])
+        char = byte.decode("cp1252", errors="ignore") or byte.decode("latin-1")
+        raise SheetError(
+            f"sheet {path} is not UTF-8 text: line {line}, byte {column} of the line is 0x{byte.hex()} "
+            f"({char!r} in Latin-1/Windows-1252, the legacy encodings it was probably saved in); {_SAVE_AS_UTF8}"
+        ) from None
+
+
 def _read_tsv(path: str | os.PathLike, *, required: tuple, optional: tuple, dtypes: dict) -> pd.DataFrame:
     """Read a sheet; its index is the line number of each row in the file."""
     path = Path(path)
@@ -52,6 +86,7 @@ def _read_tsv(path: str | os.PathLike, *, required: tuple, optional: tuple, dtyp
         raise SheetError(f"sheet {path} is a directory, not a tab-separated file")
     if not path.is_file():
         raise SheetError(f"sheet {path} does not exist")
+    _check_utf8(path)
     try:
         df = pd.read_csv(path, sep="\t", dtype=str, comment="#", keep_default_na=False)
     except pd.errors.EmptyDataError:
@@ -113,7 +148,9 @@ def load_samples(path: str | os.PathLike) -> pd.DataFrame:
 
     Returns a table with the optional columns filled (``split`` empty means "assign", ``channel``
     defaults to 0) and the index ``sample/session/fov``. A row with an empty ``hr`` (a new session
-    without target) or ``restore`` set to ``yes`` is a series to restore.
+    without target) or ``restore`` set to ``yes`` is a series to restore. ``channel_given`` says
+    whether the sheet named the channel: ingestion refuses to guess one for an LR/HR pair whose
+    files have different channel counts (an RGB target with a grayscale series).
     """
     df = _read_tsv(
         path,
@@ -124,6 +161,7 @@ def load_samples(path: str | os.PathLike) -> pd.DataFrame:
     for col in SAMPLE_OPTIONAL:
         if col not in df.columns:
             df[col] = ""
+    df["channel_given"] = [v != "" for v in df["channel"]]
     df["channel"] = [int(v) if v != "" else 0 for v in df["channel"]]
     _check_names(df, path, ("sample", "session", "fov"))
     for i, row in df.iterrows():
