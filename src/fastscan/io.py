@@ -23,9 +23,10 @@ import logging
 import math
 import os
 import re
+import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -83,9 +84,45 @@ _UM_PER_UNIT: dict[str, float] = {
 # 72/96/300 dpi display defaults many programs write, not a physical calibration.
 _MAX_INCH_PIXEL_UM = 10.0
 
+# Peak memory of reading a file whole, as a multiple of the array its header declares (all
+# channels, decoded), measured as the rise of ru_maxrss over 50-540 MB sources: TYX uint8,
+# uint16, float32 and zlib-compressed stacks and a glob of 64 frames (stacked into one
+# preallocated array) peak at 1.01-1.04x; a TCYX stack with 2 channels at 1.51x and an RGB
+# stack at 1.34x, because np.take copies the chosen channel while the decoded array is still
+# alive: 1 + 1/C for C channels. The 15 % on top covers allocator slack, tifffile's decode
+# buffers and zarr's encode buffers (ingesting 134 MB uint16 frames peaked 2.6 % below the
+# estimate, the closest of all cases).
+_READ_HEADROOM = 1.15
+# An HR target is averaged into a float64 plane (8 bytes per pixel) and cast to float32 (4);
+# a single 8192 x 8192 uint8 plane peaked at 13.0 bytes per pixel: 1 raw + these 12. Writing
+# it to the store later needs no more (the float32 plane, its copy and compressed output).
+_HR_PLANE_BYTES = 12
+
 
 class InputError(ValueError):
     """An input file or argument cannot be used; the message names the file and the problem."""
+
+
+class _Role(NamedTuple):
+    """What a file is read for: named in memory refusals, and the float planes made from it."""
+
+    what: str
+    plane_bytes: int = 0
+
+
+_SERIES = _Role("image series")
+_IMAGE = _Role("image", _HR_PLANE_BYTES)
+
+
+class _Declared(NamedTuple):
+    """What a file's header declares, read without touching pixel data."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    axes: str
+    channels: int
+    #: ``"S"`` for RGB(A) samples, ``"C"`` for a channel axis, None for one channel.
+    channel_axis: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,6 +238,43 @@ def _select_channel(
     return frames, n_channels
 
 
+def _declare(shape: Sequence[int], dtype: Any, axes: str) -> _Declared:
+    """Describe a declared array; the channel axis is chosen as :func:`_select_channel` does."""
+    axes = axes.upper()
+    shape = tuple(int(n) for n in shape)
+    chan_axis = "C" if "C" in axes else ("S" if "S" in axes else None)
+    n_channels = shape[axes.index(chan_axis)] if chan_axis and len(axes) == len(shape) else 1
+    multi = chan_axis if n_channels > 1 else None
+    return _Declared(shape, np.dtype(dtype), axes, n_channels, multi)
+
+
+def _read_need(declared: _Declared, *, plane_bytes: int = 0) -> tuple[float, int]:
+    """The working factor and the extra bytes of reading ``declared`` whole.
+
+    ``plane_bytes`` are bytes per pixel of one ``(Y, X)`` plane made on top (float planes
+    of an HR target).
+    """
+    factor = 1.0 + (1.0 / declared.channels if declared.channels > 1 else 0.0)
+    axes, shape = declared.axes, declared.shape
+    plane = shape[axes.index("Y")] * shape[axes.index("X")] if {"Y", "X"} <= set(axes) else 0
+    return _READ_HEADROOM * factor, int(_READ_HEADROOM * plane * plane_bytes)
+
+
+def _guard(
+    path: PathLike, declared: _Declared, *, what: str, plane_bytes: int = 0, held_bytes: int = 0
+) -> int:
+    """Refuse before allocating when ``declared`` does not fit the memory limit.
+
+    Returns the bytes the read is expected to need; ``held_bytes`` is memory another file
+    already holds while this one is read.
+    """
+    from fastscan.memory import check_fits
+
+    factor, extra = _read_need(declared, plane_bytes=plane_bytes)
+    shape, dtype = declared.shape, declared.dtype
+    return check_fits(path, shape, dtype, what=what, factor=factor, extra_bytes=extra + held_bytes)
+
+
 # --------------------------------------------------------------------------------------------
 # Olympus OIB / OIF
 
@@ -264,16 +338,103 @@ def _olympus_metadata(main: Mapping[str, Any], n_channels: int) -> dict[str, Any
     return meta
 
 
-def _load_olympus(path: Path, fmt: str) -> tuple[np.ndarray, str, dict[str, Any]]:
+# Sector numbers above this are markers (free, end of chain, FAT sector) in an OLE FAT.
+_OLE_MAXREGSECT = 0xFFFFFFFA
+_OLE_FREESECT = 0xFFFFFFFF
+
+
+def _ole_sector(fh: Any, secid: int, sec_size: int) -> np.ndarray | None:
+    """Sector ``secid`` as little-endian uint32 entries, None when the file ends before it."""
+    fh.seek((secid + 1) * sec_size)  # the header fills the place of sector -1
+    block = fh.read(sec_size)
+    return np.frombuffer(block, "<u4") if len(block) == sec_size else None
+
+
+def _ole_fat_sectors(fh: Any, head: bytes, sec_size: int, size: int) -> tuple[list[int], int]:
+    """Where the FAT sectors lie (header DIFAT, then its chain), and the bytes read so far need."""
+    n_fat, = struct.unpack_from("<I", head, 0x2C)
+    next_id, n_difat = struct.unpack_from("<II", head, 0x44)
+    fat_ids = list(struct.unpack_from("<109I", head, 0x4C))
+    for _ in range(min(n_difat, size // sec_size + 1)):  # a corrupt count cannot loop forever
+        if next_id > _OLE_MAXREGSECT:
+            break
+        block = _ole_sector(fh, next_id, sec_size)
+        if block is None:
+            return [], (next_id + 2) * sec_size
+        fat_ids.extend(int(v) for v in block[:-1])
+        next_id = int(block[-1])
+    return fat_ids[:n_fat], sec_size
+
+
+def _ole_extent(path: Path) -> int:
+    """Bytes an OLE compound file (an OIB) must have: through its last allocated sector.
+
+    An OIB is a Microsoft compound file: a header, then sectors that the file allocation
+    table (FAT) marks as in use. A copy cut short still lists the lost sectors; oiffile then
+    fails deep inside (``struct.error: unpack requires a buffer of 4096 bytes``) or reads
+    streams short. Returns 0 for sector sizes this check does not know.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+        if len(head) < 512:
+            return 512
+        shift, = struct.unpack_from("<H", head, 0x1E)
+        if shift not in (9, 12):  # 512- and 4096-byte sectors (versions 3 and 4)
+            return 0
+        sec_size = 1 << shift
+        fat_ids, needed = _ole_fat_sectors(fh, head, sec_size, size)
+        per_sector = sec_size // 4
+        for k, secid in enumerate(fat_ids):
+            if secid > _OLE_MAXREGSECT:
+                continue
+            block = _ole_sector(fh, secid, sec_size)
+            if block is None:
+                return max(needed, (secid + 2) * sec_size)
+            used = np.flatnonzero(block != _OLE_FREESECT)
+            if used.size:
+                needed = max(needed, (k * per_sector + int(used[-1]) + 2) * sec_size)
+    return needed
+
+
+def _truncated_olympus(path: Path, fmt: str, detail: str) -> InputError:
+    size = path.stat().st_size if path.is_file() else 0
+    return InputError(
+        f"{path}: the Olympus {fmt.upper()} file is truncated or damaged ({size} bytes; "
+        f"{detail}) — copy it again from the microscope PC"
+    )
+
+
+def _check_oib_complete(path: Path) -> None:
+    """Raise when an OIB is shorter than its own sector table says."""
+    try:
+        needed = _ole_extent(path)
+    except (OSError, struct.error):
+        return  # unreadable headers are reported by oiffile below
+    if needed > path.stat().st_size:
+        raise _truncated_olympus(path, "oib", f"its header and sector table call for {needed}")
+
+
+def _load_olympus(
+    path: Path, fmt: str, *, role: _Role = _SERIES
+) -> tuple[np.ndarray, str, dict[str, Any]]:
     """Raw array, its axes and the metadata of an OIB/OIF file."""
     import oiffile
 
+    if fmt == "oib":
+        _check_oib_complete(path)
     try:
         with oiffile.OifFile(path) as oif:
             axes = str(oif.axes).upper()
+            # The declared shape comes from the settings; refuse before the TIFFs are decoded.
+            _guard(path, _declare(oif.shape, oif.dtype, axes), **role._asdict())
             data = np.asarray(oif.asarray())
             n_c = int(data.shape[axes.index("C")]) if "C" in axes else 1
             meta = _olympus_metadata(oif.mainfile, n_c)
+    except InputError:
+        raise
+    except (struct.error, EOFError) as exc:  # a sector or stream ends before its data
+        raise _truncated_olympus(path, fmt, f"{type(exc).__name__}: {exc}") from exc
     except Exception as exc:  # oiffile surfaces OLE, INI and TIFF errors with varied types
         raise InputError(
             f"{path}: cannot read Olympus {fmt.upper()} file ({type(exc).__name__}: {exc})"
@@ -290,8 +451,10 @@ def _load_olympus(path: Path, fmt: str) -> tuple[np.ndarray, str, dict[str, Any]
     return data, axes, meta
 
 
-def _read_olympus(path: Path, fmt: str, *, channel: int) -> tuple[np.ndarray, dict[str, Any]]:
-    data, axes, meta = _load_olympus(path, fmt)
+def _read_olympus(
+    path: Path, fmt: str, *, channel: int, role: _Role = _SERIES
+) -> tuple[np.ndarray, dict[str, Any]]:
+    data, axes, meta = _load_olympus(path, fmt, role=role)
     frames, meta["channels"] = _select_channel(data, axes, channel=channel, path=path)
     return frames, meta
 
@@ -468,20 +631,30 @@ def _tiff_metadata(tf: Any, path: Path) -> dict[str, Any]:
     return meta
 
 
-def _read_tiff(path: Path, *, channel: int) -> tuple[np.ndarray, dict[str, Any]]:
+def _tiff_series(tf: Any, path: Path, broken: _TiffStructureErrors) -> Any:
+    """The image series of an open TIFF, after every check that needs no pixel data."""
+    if not tf.series:
+        raise InputError(
+            f"{path}: TIFF file contains no image series; it may be truncated or corrupt"
+        )
+    series = tf.series[0]
+    broken.check(path)
+    _check_one_stack(tf, path)
+    _check_tiff_complete(series, path)
+    return series
+
+
+def _read_tiff(
+    path: Path, *, channel: int, role: _Role = _SERIES
+) -> tuple[np.ndarray, dict[str, Any]]:
     import tifffile
 
     try:
         with _TiffStructureErrors() as broken, tifffile.TiffFile(path) as tf:
-            if not tf.series:
-                raise InputError(
-                    f"{path}: TIFF file contains no image series; it may be truncated or corrupt"
-                )
-            series = tf.series[0]
-            broken.check(path)
-            _check_one_stack(tf, path)
-            _check_tiff_complete(series, path)
+            series = _tiff_series(tf, path, broken)
             axes = str(series.axes)
+            # The header alone sets the allocation: refuse before decoding what cannot fit.
+            _guard(path, _declare(series.shape, series.dtype, axes), **role._asdict())
             data = np.asarray(series.asarray())
             broken.check(path)
             fmt = _tiff_format(tf)
@@ -507,11 +680,54 @@ def _read_tiff(path: Path, *, channel: int) -> tuple[np.ndarray, dict[str, Any]]
     return frames, meta
 
 
-def _read_file(path: Path, *, channel: int) -> tuple[np.ndarray, dict[str, Any]]:
+def _read_file(
+    path: Path, *, channel: int, role: _Role = _SERIES
+) -> tuple[np.ndarray, dict[str, Any]]:
     fmt = _detect_format(path)
     if fmt == "tiff":
-        return _read_tiff(path, channel=channel)
-    return _read_olympus(path, fmt, channel=channel)
+        return _read_tiff(path, channel=channel, role=role)
+    return _read_olympus(path, fmt, channel=channel, role=role)
+
+
+def _probe_file(path: Path) -> _Declared | None:
+    """Shape, dtype and channels one file declares, without reading its pixels.
+
+    The structural checks of the read run here too, so a broken file is refused for what
+    it is before its (unreliable) declared shape is judged. None when the header cannot be
+    parsed: the full read that follows reports why.
+    """
+    fmt = _detect_format(path)
+    try:
+        if fmt == "tiff":
+            import tifffile
+
+            with _TiffStructureErrors() as broken, tifffile.TiffFile(path) as tf:
+                series = _tiff_series(tf, path, broken)
+                return _declare(series.shape, series.dtype, str(series.axes))
+        import oiffile
+
+        if fmt == "oib":
+            _check_oib_complete(path)
+        with oiffile.OifFile(path) as oif:
+            return _declare(oif.shape, oif.dtype, str(oif.axes))
+    except InputError:
+        raise
+    except Exception:  # parsing failures are diagnosed, with their context, by the read
+        return None
+
+
+def _probe(path: PathLike) -> _Declared | None:
+    """What a source declares; a glob declares its first file's frame once per file."""
+    if not _is_glob(path):
+        return _probe_file(Path(path))
+    try:
+        files = _glob_files(os.fspath(path))
+    except InputError:
+        return None
+    first = _probe_file(files[0])
+    if first is None:
+        return None
+    return _declare((len(files), *first.shape), first.dtype, "T" + first.axes)
 
 
 def _glob_files(pattern: str) -> list[Path]:
@@ -521,25 +737,33 @@ def _glob_files(pattern: str) -> list[Path]:
     return sorted(files, key=lambda p: _natural_key(os.fspath(p)))
 
 
-def _read_glob(pattern: str, *, channel: int) -> tuple[np.ndarray, dict[str, Any]]:
+def _read_glob(
+    pattern: str, *, channel: int, role: _Role = _SERIES
+) -> tuple[np.ndarray, dict[str, Any]]:
     files = _glob_files(pattern)
-    frames: list[np.ndarray] = []
+    declared = _probe(pattern)
+    if declared is not None:
+        what = f"{role.what} of {len(files)} files"
+        _guard(pattern, declared, what=what, plane_bytes=role.plane_bytes)
+    stack: np.ndarray | None = None
     first_meta: dict[str, Any] = {}
-    for file in files:
-        data, meta = _read_file(file, channel=channel)
+    for i, file in enumerate(files):
+        data, meta = _read_file(file, channel=channel, role=role)
         if data.shape[0] != 1:
             raise InputError(
                 f"{file}: holds {data.shape[0]} frames, but every file matched by {pattern!r} "
                 "must be a single frame"
             )
-        if frames and (data.shape[1:] != frames[0].shape or data.dtype != frames[0].dtype):
+        if stack is None:
+            # Filled in place: a list of frames plus np.stack would hold the series twice.
+            stack = np.empty((len(files), *data.shape[1:]), data.dtype)
+            first_meta = meta
+        elif data.shape[1:] != stack.shape[1:] or data.dtype != stack.dtype:
             raise InputError(
                 f"{file}: frame is {data.shape[1:]} {data.dtype}, but {files[0]} is "
-                f"{frames[0].shape} {frames[0].dtype}; all frames of {pattern!r} must match"
+                f"{stack.shape[1:]} {stack.dtype}; all frames of {pattern!r} must match"
             )
-        if not frames:
-            first_meta = meta
-        frames.append(data[0])
+        stack[i] = data[0]
     meta = {
         **first_meta,
         "format": "glob",
@@ -547,7 +771,7 @@ def _read_glob(pattern: str, *, channel: int) -> tuple[np.ndarray, dict[str, Any
         "frame_format": first_meta.get("format"),
         "files": [os.fspath(f) for f in files],
     }
-    return np.stack(frames), meta
+    return stack, meta
 
 
 # --------------------------------------------------------------------------------------------
@@ -583,14 +807,22 @@ def read_series(path: PathLike, *, channel: int = 0) -> tuple[np.ndarray, dict[s
     ------
     InputError
         When the file is missing, unreadable, truncated, of unknown format, or ``channel``
-        is out of range.
+        is out of range. :class:`fastscan.memory.MemoryLimitError` (an ``InputError``) when
+        the array the header declares would not fit the memory limit
+        (:func:`fastscan.memory.memory_limit`); nothing is read then.
     """
+    return _read_series(path, channel=channel, role=_SERIES)
+
+
+def _read_series(
+    path: PathLike, *, channel: int, role: _Role
+) -> tuple[np.ndarray, dict[str, Any]]:
     if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)):
         raise InputError(f"{path}: channel must be an integer, got {channel!r}")
     if _is_glob(path):
-        frames, meta = _read_glob(os.fspath(path), channel=int(channel))
+        frames, meta = _read_glob(os.fspath(path), channel=int(channel), role=role)
     else:
-        frames, meta = _read_file(Path(path), channel=int(channel))
+        frames, meta = _read_file(Path(path), channel=int(channel), role=role)
     if frames.size == 0:
         raise InputError(f"{path}: image is empty (shape {frames.shape})")
     meta.setdefault("pixel_size_um", None)
@@ -618,8 +850,17 @@ def read_image(path: PathLike, *, channel: int = 0) -> tuple[np.ndarray, dict[st
     meta : dict
         The :func:`read_series` metadata (``shape`` and ``dtype`` describe the source
         series) plus ``frames_averaged``.
+
+    Raises
+    ------
+    InputError
+        As :func:`read_series`; the memory check also counts the float planes of the mean.
     """
-    frames, meta = read_series(path, channel=channel)
+    return _read_image(path, channel=channel, role=_IMAGE)
+
+
+def _read_image(path: PathLike, *, channel: int, role: _Role) -> tuple[np.ndarray, dict[str, Any]]:
+    frames, meta = _read_series(path, channel=channel, role=role)
     # Accumulate in float64 so long uint16 stacks average without rounding drift.
     image = frames.mean(axis=0, dtype=np.float64).astype(np.float32)
     meta["frames_averaged"] = int(frames.shape[0])
@@ -718,6 +959,119 @@ def _check_values(data: np.ndarray, path: PathLike, role: str) -> None:
         raise InputError(f"{path}: {role} is all zero; check the channel and the file")
 
 
+_RGB_NAMES = ("red", "green", "blue", "alpha")
+
+
+def _channel_legend(n_channels: int, rgb: bool) -> tuple[str, str]:
+    """Label and index legend: `` (RGB)``, ``0 = red, 1 = green, 2 = blue``; else ``0..N-1``."""
+    if rgb and n_channels in (3, 4):
+        label = " (RGB)" if n_channels == 3 else " (RGBA)"
+        return label, ", ".join(f"{i} = {name}" for i, name in enumerate(_RGB_NAMES[:n_channels]))
+    return "", f"0..{n_channels - 1}"
+
+
+def _channel_mismatch(
+    lr: PathLike, hr: PathLike, lr_decl: _Declared, hr_decl: _Declared
+) -> InputError:
+    """The error for LR and HR files whose channel counts differ and no channel was given."""
+    roles = [("LR series", lr, lr_decl), ("HR target", hr, hr_decl)]
+    if hr_decl.channels > lr_decl.channels:
+        roles.reverse()
+    (role, path, decl), (other_role, other, other_decl) = roles
+    label, legend = _channel_legend(decl.channels, decl.channel_axis == "S")
+    n_other = other_decl.channels
+    both = " (the same index is read from both files)" if n_other > 1 else ""
+    return InputError(
+        f"{path}: the {role} has {decl.channels} channels{label} but the {other_role} {other} "
+        f"has {n_other}; say which {role.split()[0]} channel to use in the sample sheet's "
+        f"'channel' column ({legend}){both}"
+    )
+
+
+def _resolve_channels(
+    lr: PathLike, hr: PathLike, lr_decl: _Declared, hr_decl: _Declared, channel: int | None
+) -> tuple[int, int]:
+    """The channel read from the LR series and from the HR target.
+
+    Files with the same number of channels share ``channel`` (0 when not given). When the
+    counts differ, reading channel 0 of both would pair, say, a grayscale series with the
+    red channel of an RGB target (and a green-LUT target with an all-zero plane), so the
+    channel must be given; it applies to the multi-channel file, and the single-channel
+    file's only channel 0 is read.
+    """
+    if lr_decl.channels == hr_decl.channels:
+        return (channel or 0), (channel or 0)
+    if channel is None:
+        raise _channel_mismatch(lr, hr, lr_decl, hr_decl)
+    return (channel if lr_decl.channels > 1 else 0), (channel if hr_decl.channels > 1 else 0)
+
+
+def _check_frame_count(lr: PathLike, n_frames: int) -> None:
+    if n_frames < 2:
+        raise InputError(
+            f"{lr}: LR series has {n_frames} frame, at least 2 are needed "
+            "(is this the HR image, or a single-frame export?)"
+        )
+
+
+def _declared_frames(declared: _Declared) -> int:
+    """Frames a declared array folds into (every axis but the channel, Y and X)."""
+    skip = {declared.channel_axis, "Y", "X"} | ({"S"} if "S" in declared.axes else set())
+    sizes = zip(declared.axes, declared.shape, strict=False)
+    return math.prod(n for a, n in sizes if a not in skip)
+
+
+def _counted(meta: Mapping[str, Any]) -> _Declared:
+    """The source array a read reported, for the channel checks."""
+    shape, axes = meta.get("source_shape"), meta.get("axes")
+    if shape and axes and len(shape) == len(axes):
+        return _declare(shape, "u1", str(axes))
+    return _Declared((), np.dtype("u1"), "", int(meta.get("channels") or 1))
+
+
+def _plan_reads(lr: PathLike, hr: PathLike, channel: int | None) -> tuple[int, int]:
+    """The channels to read, after refusing what cannot fit, all before any pixel is read.
+
+    The HR target is read while the LR frames are held, so its check counts them too.
+    """
+    lr_decl, hr_decl = _probe(lr), _probe(hr)
+    if lr_decl is None or hr_decl is None:  # the reads below report the unreadable file
+        return (channel or 0), (channel or 0)
+    # A header declaring more than memory holds comes first: it may be corrupt, and then
+    # its frame and channel counts mean nothing either.
+    _guard(lr, lr_decl, what="LR series")
+    _guard(
+        hr,
+        hr_decl,
+        what="HR target (read while the LR series is in memory)",
+        plane_bytes=_HR_PLANE_BYTES,
+        held_bytes=_lr_held_bytes(lr_decl, hr_decl),
+    )
+    # A single scan given as the series is the clearer diagnosis than its channels.
+    _check_frame_count(lr, _declared_frames(lr_decl))
+    return _resolve_channels(lr, hr, lr_decl, hr_decl, channel)
+
+
+def _lr_held_bytes(lr_decl: _Declared, hr_decl: _Declared) -> int:
+    """Memory besides the HR target's own while the HR is read and the store written.
+
+    The LR frames (one channel) stay in memory throughout. Reading the HR source and
+    writing the store do not overlap: once the HR planes are made, zarr encodes up to
+    ``async.concurrency`` LR frame chunks at once, each as a copy plus its compressed
+    output, which outweighs a small HR source (measured: 1024 x 1024 uint16 frames add
+    about 40 MB at the default concurrency of 10).
+    """
+    import zarr
+
+    frames = max(_declared_frames(lr_decl), 1)
+    frame_bytes = math.prod(lr_decl.shape) * lr_decl.dtype.itemsize // lr_decl.channels // frames
+    in_flight = min(frames, int(zarr.config.get("async.concurrency") or 10))
+    hr_factor, _ = _read_need(hr_decl)
+    hr_source = hr_factor * math.prod(hr_decl.shape) * hr_decl.dtype.itemsize
+    writing = _READ_HEADROOM * 2 * in_flight * frame_bytes
+    return frame_bytes * frames + int(max(0.0, writing - hr_source))
+
+
 def ingest_fov(
     *,
     lr: PathLike,
@@ -726,7 +1080,7 @@ def ingest_fov(
     sample: str,
     session: str,
     fov: str,
-    channel: int = 0,
+    channel: int | None = None,
     lr_pixel_size_um: float | None = None,
     hr_pixel_size_um: float | None = None,
     scale: int = 2,
@@ -744,8 +1098,12 @@ def ingest_fov(
         store is replaced only once the new one is complete.
     sample, session, fov : str
         Identifiers copied into the attributes.
-    channel : int, optional
-        Channel read from both files.
+    channel : int or None, optional
+        Channel to read (the sample sheet's ``channel`` column). When both files have the
+        same number of channels it is read from both (None reads channel 0). When the
+        counts differ (an RGB target with a grayscale series, or the reverse) it must be
+        given: it applies to the multi-channel file and the single-channel file's channel 0
+        is read.
     lr_pixel_size_um, hr_pixel_size_um : float, optional
         Fallback pixel sizes (from the samples sheet) for files whose metadata lack one.
         A value recorded in the file wins; a disagreement above 1 % is logged.
@@ -761,7 +1119,9 @@ def ingest_fov(
     ------
     InputError
         When a file cannot be read, a pixel size is unknown, the LR series has fewer than
-        two frames, the shapes do not match ``scale``, or the data are non-finite or all zero.
+        two frames, the shapes do not match ``scale``, the data are non-finite or all zero,
+        the channel counts differ and ``channel`` is None, or the declared arrays do not
+        fit the memory limit (checked before any pixel is read).
     """
     from fastscan import __version__
 
@@ -772,14 +1132,13 @@ def ingest_fov(
         if not _is_glob(src) and Path(src).exists() and Path(src).resolve() == out.resolve():
             raise InputError(f"{out}: output path is the input file itself; choose another `out`")
 
-    lr_data, lr_meta = read_series(lr, channel=channel)
-    hr_data, hr_meta = read_image(hr, channel=channel)
+    lr_ch, hr_ch = _plan_reads(lr, hr, channel)
+    lr_data, lr_meta = _read_series(lr, channel=lr_ch, role=_Role("LR series"))
+    hr_data, hr_meta = _read_image(hr, channel=hr_ch, role=_Role("HR target", _HR_PLANE_BYTES))
+    # Backstop for a header the probe could not read: the counts the reads found.
+    _resolve_channels(lr, hr, _counted(lr_meta), _counted(hr_meta), channel)
 
-    if lr_data.shape[0] < 2:
-        raise InputError(
-            f"{lr}: LR series has {lr_data.shape[0]} frame, at least 2 are needed "
-            "(is this the HR image, or a single-frame export?)"
-        )
+    _check_frame_count(lr, lr_data.shape[0])
     expected = (lr_data.shape[1] * scale, lr_data.shape[2] * scale)
     if hr_data.shape != expected:
         raise InputError(
@@ -809,6 +1168,7 @@ def ingest_fov(
         digest, files = _source_sha256(path, meta)
         entry = dict(meta)
         entry["path"] = os.fspath(path)
+        entry["channel_read"] = lr_ch if role == "lr" else hr_ch
         entry["sha256"] = digest
         if files is not None and "files" not in entry:  # a glob already lists its frames
             entry["sha256_files"] = files
@@ -820,7 +1180,7 @@ def ingest_fov(
             "sample": str(sample),
             "session": str(session),
             "fov": str(fov),
-            "channel": int(channel),
+            "channel": int(channel or 0),
             "axes": {"lr": "TYX", "hr": "YX"},
             "lr_pixel_size_um": lr_px,
             "hr_pixel_size_um": hr_px,

@@ -102,7 +102,8 @@ def get_ingest_params(wildcards):
     return {
         "lr": row["lr"],
         "hr": row["hr"],
-        "channel": int(row["channel"]),
+        # None lets ingestion refuse an LR/HR pair whose channel counts differ instead of guessing.
+        "channel": int(row["channel"]) if row["channel_given"] else None,
         "lr_pixel_size_um": float(row["lr_pixel_size_um"]) if row["lr_pixel_size_um"] else None,
         "hr_pixel_size_um": float(row["hr_pixel_size_um"]) if row["hr_pixel_size_um"] else None,
         "scale": config["ingest"]["scale"],

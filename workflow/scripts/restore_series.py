@@ -6,7 +6,11 @@ from fastscan.logs import rule_logging
 
 with rule_logging(snakemake.log[0]):
     from fastscan.infer import restore_series
+    from fastscan.memory import set_job_limit
     from fastscan.train import resolve_device
+
+    # The series is read whole: refuse one whose header declares more than the job's memory.
+    set_job_limit(getattr(snakemake.resources, "mem_mb", None), rule=snakemake.rule)
 
     cfg = snakemake.params.restore
     series = snakemake.params.series
