@@ -142,9 +142,12 @@ def test_fov_failing_registration_qc_is_excluded_not_fatal(root, bin_dir, tmp_pa
     rng = np.random.default_rng(1)
     # The OIB is 256x256 at 0.177 um/px, so its LR series is 128x128 at twice that.
     noise = _ome(data / "noise_lr.ome.tif", rng.poisson(300, (3, 128, 128)).astype(np.uint16), "TYX", 0.354)
+    # The OIB has 3 channels and the noise 1: the sheet says which OIB channel is the target.
     _write_sheet(
         work,
-        HEADER + sheet_row("fov01", "train") + f"mito\tlab\tnoisy\tdata/{noise.name}\tdata/{oib.name}\ttrain\n",
+        HEADER.replace("\n", "\tchannel\n")
+        + sheet_row("fov01", "train").replace("\n", "\t\n")
+        + f"mito\tlab\tnoisy\tdata/{noise.name}\tdata/{oib.name}\ttrain\t0\n",
     )
     simulated = [f"results/simulated/mito/tiny/fov01_{kind}.ome.tif" for kind in ("lr", "hr")]
     snakemake(bin_dir, work, *simulated, *CONFIG)

@@ -11,7 +11,6 @@ import runpy
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -149,12 +148,11 @@ def test_check_fits_message_names_file_shape_need_limit_and_remedies() -> None:
 
 
 _REFUSE_SCRIPT = """
-import json, resource, sys, time
+import json, resource, sys
 # A safety net: should the guard fail, the allocation fails here instead of filling the machine.
 resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
 from fastscan.io import InputError, {call}
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-start = time.perf_counter()
 try:
     {call}({args})
     result = "read"
@@ -163,7 +161,7 @@ except InputError as exc:
 except MemoryError as exc:
     result = "MemoryError: " + str(exc)
 grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-print(json.dumps({{"result": result, "seconds": time.perf_counter() - start, "grew_kib": grew}}))
+print(json.dumps({{"result": result, "grew_kib": grew}}))
 """
 
 
@@ -188,7 +186,7 @@ def test_tiny_tiff_declaring_100000_squared_is_refused_before_reading(tmp_path: 
     result = out["result"]
     assert result.startswith(f"MemoryLimitError: {path}: the image series declares 100000 x 100000 uint8")
     assert "4000 MB" in result and "--set-resources ingest_fov:mem_mb=" in result
-    assert out["seconds"] < 5
+    # No timing here (CI machines are loaded): peak RSS says whether the pixels were allocated.
     assert out["grew_kib"] < 50_000, "the pixel array was allocated before the refusal"
 
 
@@ -208,10 +206,8 @@ def test_ingest_refuses_huge_declared_file_and_writes_nothing(tmp_path: Path, ro
     lr, hr = (huge, hr) if role == "lr" else (lr, huge)
     set_job_limit(4000, rule="ingest_fov")
     out = tmp_path / "out" / "f1.zarr"
-    start = time.perf_counter()
     with pytest.raises(MemoryLimitError) as err:
         _ingest(lr, hr, out, lr_pixel_size_um=0.4, hr_pixel_size_um=0.2)
-    assert time.perf_counter() - start < 5
     what = "LR series" if role == "lr" else "HR target (read while the LR series is in memory)"
     assert str(err.value).startswith(f"{huge}: the {what} declares 100000 x 100000 uint8")
     assert not out.exists()
