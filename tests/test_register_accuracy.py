@@ -250,6 +250,31 @@ def test_field_fraction_and_qc(registered, name):
 
 
 # ---------------------------------------------------------------------------------------------
+# one frame per HR target (paired datasets, labs saving one fast frame per FOV)
+
+
+@pytest.mark.parametrize(
+    ("specimen", "seed", "line_phase_px", "offset_um"),
+    [("mitochondria", 301, 0.6, (0.5, -0.3)), ("tissue", 302, -0.45, (-0.37, 1.17))],
+)
+def test_single_frame_fov(tmp_path, specimen, seed, line_phase_px, offset_um):
+    """A one-frame series has no drift to estimate; line phase, field fraction and HR shift come
+    from that frame to the tolerances of the multi-frame cases above."""
+    lr, hr, truth = simulate(specimen, seed=seed, frames=1, offset_um=offset_um, line_phase_px=line_phase_px)
+    src = write_canonical(tmp_path / "fov.zarr", lr, hr)
+    row = reg.register_fov(src, tmp_path / "out.zarr")
+    registration = zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs["fastscan"]["registration"]
+    assert row["frames"] == 1 and registration["drift_px"] == [[0.0, 0.0]]
+    assert registration["residual_drift_px"] == 0.0
+    assert abs(row["line_phase_px"] - line_phase_px) < 0.2, row
+    assert abs(row["field_fraction"] - truth["field_fraction"]) < 0.05, row
+    result = {"lr": lr, "truth": truth, "registration": registration}
+    hr_error = np.array([row["hr_shift_dy"], row["hr_shift_dx"]]) / SCALE - expected_hr_shift_lr_px(result)
+    assert np.abs(hr_error).max() < 0.25, hr_error
+    assert row["passed"] and row["ncc"] > 0.5
+
+
+# ---------------------------------------------------------------------------------------------
 # field fraction and line phase over the range of scanners (smaller FOVs, same pixel sizes)
 
 

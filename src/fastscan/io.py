@@ -1007,11 +1007,14 @@ def _resolve_channels(
 
 
 def _check_frame_count(lr: PathLike, n_frames: int) -> None:
-    if n_frames < 2:
-        raise InputError(
-            f"{lr}: LR series has {n_frames} frame, at least 2 are needed "
-            "(is this the HR image, or a single-frame export?)"
-        )
+    """Refuse an LR series without frames.
+
+    One frame is a valid pair: many paired datasets, and labs that save one fast frame per
+    FOV, have exactly one LR frame per HR target, and registration then skips the drift. An
+    HR image given as the series by mistake is still refused, by the scale check of the shapes.
+    """
+    if n_frames < 1:
+        raise InputError(f"{lr}: LR series has no frame (an axis of length 0), at least 1 is needed")
 
 
 def _declared_frames(declared: _Declared) -> int:
@@ -1047,7 +1050,7 @@ def _plan_reads(lr: PathLike, hr: PathLike, channel: int | None) -> tuple[int, i
         plane_bytes=_HR_PLANE_BYTES,
         held_bytes=_lr_held_bytes(lr_decl, hr_decl),
     )
-    # A single scan given as the series is the clearer diagnosis than its channels.
+    # A series without frames is the clearer diagnosis than its channels.
     _check_frame_count(lr, _declared_frames(lr_decl))
     return _resolve_channels(lr, hr, lr_decl, hr_decl, channel)
 
@@ -1118,10 +1121,10 @@ def ingest_fov(
     Raises
     ------
     InputError
-        When a file cannot be read, a pixel size is unknown, the LR series has fewer than
-        two frames, the shapes do not match ``scale``, the data are non-finite or all zero,
-        the channel counts differ and ``channel`` is None, or the declared arrays do not
-        fit the memory limit (checked before any pixel is read).
+        When a file cannot be read, a pixel size is unknown, the LR series has no frame
+        (one frame is a valid pair), the shapes do not match ``scale``, the data are
+        non-finite or all zero, the channel counts differ and ``channel`` is None, or the
+        declared arrays do not fit the memory limit (checked before any pixel is read).
     """
     from fastscan import __version__
 

@@ -1186,6 +1186,10 @@ def register_fov(
     like ``hr_shift_px`` and the simulator's ``drift_px``, and each column of a frame is moved
     by its own display shift, so the ends of the lines are aligned as well as their centre; for
     a linear scan (field fraction 0) nominal and display pixels are the same.
+
+    A series of one frame (one fast frame per HR target) has nothing to align that frame to:
+    the drift passes are skipped, ``drift_px`` is ``[[0, 0]]`` and ``residual_drift_px`` 0, and
+    the line phase, the scan model and the HR shift are estimated from the frame itself.
     """
     src, out = Path(src), Path(out)
     group = zarr.open_group(str(src), mode="r")
@@ -1196,6 +1200,10 @@ def register_fov(
             f"{attrs.get('kind')!r}, expected 'fov'); write it with fastscan.io.ingest_fov"
         )
     lr = _as_frames(np.asarray(group["lr"][...]), name=f"{src}/lr")
+    if lr.shape[0] == 0:
+        # One frame is enough (see Notes); none leaves nothing to register, and the estimates
+        # below would fail on an empty mean with a message that names neither store nor cause.
+        raise ValueError(f"{src}: lr holds no frame (shape {lr.shape}); re-run ingestion")
     hr = np.asarray(group["hr"][...])
     scale = int(attrs.get("scale", 2))
     if hr.shape != (scale * lr.shape[1], scale * lr.shape[2]):
@@ -1212,10 +1220,18 @@ def register_fov(
         "upsample_factor": upsample_factor,
         "smooth_sigma": smooth_sigma,
     }
+    # One frame (a paired dataset, or a lab saving one fast frame per FOV) has nothing to be
+    # aligned with: its drift is zero by definition, not measured. Line phase, scan model and
+    # HR alignment come from that frame alone, as they come from the mean of a series.
+    single = lr.shape[0] == 1
     # A first, rigid pass gives a sharp enough mean to fit the scan model on; the remaining
     # passes measure the drift with that model, in nominal pixels (see estimate_drift).
-    rigid = estimate_drift(lr, iterations=1, **drift_options)
-    lr_mean = apply_shifts(lr, rigid).mean(axis=0, dtype=np.float64)
+    if single:
+        rigid = np.zeros((1, 2), dtype=np.float64)
+        lr_mean = lr[0].astype(np.float64)
+    else:
+        rigid = estimate_drift(lr, iterations=1, **drift_options)
+        lr_mean = apply_shifts(lr, rigid).mean(axis=0, dtype=np.float64)
     field_fraction, hr_shift, _ = fit_scan_model(
         hr,
         lr_mean,
@@ -1228,7 +1244,7 @@ def register_fov(
     ny, nx = lr_mean.shape
     gain = _resonant_gain(nx, field_fraction, 0.25)
     drift = rigid * [1.0, gain]
-    if iterations > 1:
+    if iterations > 1 and not single:
         drift = estimate_drift(
             lr,
             iterations=iterations - 1,
@@ -1271,7 +1287,8 @@ def register_fov(
         field_fraction=field_fraction,
     )
     ncc = normalised_cross_correlation(model[inner], lr_mean[inner])
-    residual = _rms(
+    # A single frame cannot be misaligned with itself; 0.0 keeps the QC table complete.
+    residual = 0.0 if single else _rms(
         estimate_drift(
             registered,
             iterations=1,
