@@ -21,9 +21,7 @@ include: "workflow/rules/finetune.smk"
 
 rule all:
     input:
-        "results/qc/registration.tsv",
-        "results/report/metrics.tsv",
-        "results/report/summary.tsv",
+        get_aggregates,
         get_all_slides,
         get_all_series,
     default_target: True

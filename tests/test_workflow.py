@@ -25,10 +25,13 @@ ALL_RULES = [
     "all",
 ]
 
+# The shipped config/config.yaml names no specimen, slide or model: a project states its own.
 TINY_CONFIG = {
     "samples": "config/tiny/samples.tsv",
     "slides": "config/tiny/slides.tsv",
+    "models": {"mito": {"samples": ["mito"]}},
     "simulate": {
+        "specimens": {"mito": "mitochondria", "tissue": "tissue"},
         "slides": {"tiny_slide": {"shape_px": [96, 80], "specimen": "tissue"}},
         "params": {"field_of_view_um": 25.6, "hr": {"pixels": 128}, "lr": {"pixels": 64, "frames": 3}},
     },
@@ -39,7 +42,7 @@ TINY_CONFIG = {
         "critic": {"epochs": 1, "nf": 16},
         "gan": {"epochs": 1},
     },
-    "restore": {"frames": 1, "tile": 64, "overlap": 16, "region": 64, "pyramid_levels": 2},
+    "restore": {"model": "mito", "frames": 1, "tile": 64, "overlap": 16, "region": 64, "pyramid_levels": 2},
 }
 
 ROWS = [("fov01", "train"), ("fov02", "train"), ("fov03", "val"), ("fov04", "test")]
@@ -104,6 +107,81 @@ def test_demo_dry_run_plans_every_rule(root, bin_dir, tmp_path):
     proc = snakemake(bin_dir, work, "-n", "--configfile", "config/demo/config.yaml")
     jobs = planned_jobs(proc.stdout)
     assert set(ALL_RULES) <= set(jobs), jobs
+    # Everything the demo needs is in config/demo/config.yaml: its model, the fine-tuning on the
+    # tissue sample (two pair counts), the new session's series and the simulated slide.
+    assert "results/models/mito/generator.pth" in proc.stdout
+    assert jobs["finetune"] == 2 and jobs["restore_series"] == 1 and jobs["simulate_slide"] == 1, jobs
+
+
+def test_shipped_config_and_empty_sheets_plan_nothing(root, bin_dir, tmp_path):
+    """The shipped config names no sample, slide or model, and its sheets are empty templates:
+    a dry run succeeds, plans no work and says what to fill in."""
+    from fastscan.sheets import load_samples, load_slides
+
+    shipped = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    assert shipped["models"] == {} and "model" not in shipped["restore"]
+    assert shipped["simulate"]["specimens"] == {} and shipped["simulate"]["slides"] == {}
+    assert load_samples(root / shipped["samples"]).empty and load_slides(root / shipped["slides"]).empty
+
+    work = make_workdir(root, tmp_path)
+    proc = snakemake(bin_dir, work, "-n")
+    jobs = planned_jobs(proc.stdout)
+    assert set(jobs) <= {"all"}, jobs  # the target rule only, with no input
+    out = proc.stdout + proc.stderr
+    assert "nothing to do" in out and "Fill config/samples.tsv" in out and "`models:`" in out
+
+
+def test_pairs_without_a_model_name_the_config_key(root, bin_dir, tmp_path):
+    """A user's sheet with the shipped config alone: refused at planning, naming the file and key."""
+    work = make_workdir(root, tmp_path)
+    user = work / "config" / "tiny" / "user.yaml"
+    user.write_text(yaml.safe_dump({"samples": "config/tiny/samples.tsv", "slides": "config/tiny/slides.tsv"}))
+    proc = snakemake(bin_dir, work, "-n", "--configfile", str(user.relative_to(work)), check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "config/tiny/samples.tsv has 4 FOV(s) with an HR target (samples ['mito'])" in out, out[-3000:]
+    assert "config/config.yaml" in out and "`models:`" in out and "samples: [mito]" in out
+
+
+def test_user_config_with_one_model_plans_ingest_to_report(root, bin_dir, tmp_path):
+    """A first run on one's own data: a sample sheet of real files, a slide, and one model name."""
+    import numpy as np
+    import tifffile
+
+    work = make_workdir(root, tmp_path)
+    data = work / "data"
+    data.mkdir()
+    rows = []
+    for i, split in enumerate(["train", "train", "val", "test"], start=1):
+        tifffile.imwrite(data / f"lr{i}.tif", np.ones((2, 32, 32), np.uint16))
+        tifffile.imwrite(data / f"hr{i}.tif", np.ones((64, 64), np.uint16))
+        rows.append(f"cells\tday1\tfov{i}\tdata/lr{i}.tif\tdata/hr{i}.tif\t{split}\t0.4\t0.2\n")
+    mine = work / "mine"
+    mine.mkdir()
+    (mine / "samples.tsv").write_text("sample\tsession\tfov\tlr\thr\tsplit\tlr_pixel_size_um\thr_pixel_size_um\n" + "".join(rows))
+    tifffile.imwrite(data / "slide.tif", np.ones((96, 96), np.uint16))
+    # No model column: with a single model it is the one used.
+    (mine / "slides.tsv").write_text("slide\tpath\nwhole\tdata/slide.tif\n")
+    (mine / "config.yaml").write_text(
+        yaml.safe_dump({"samples": "mine/samples.tsv", "slides": "mine/slides.tsv", "models": {"cells_model": {"samples": ["cells"]}}})
+    )
+    proc = snakemake(bin_dir, work, "-n", "--configfile", "mine/config.yaml")
+    jobs = planned_jobs(proc.stdout)
+    assert jobs == {
+        "ingest_fov": 4,
+        "register_fov": 4,
+        "registration_qc": 1,
+        "build_dataset": 1,
+        "train_generator": 1,
+        "train_critic": 1,
+        "train_gan": 1,
+        "restore_fov": 1,
+        "restore_slide": 1,
+        "metrics": 1,
+        "report": 1,
+        "all": 1,
+    }, jobs
+    assert "results/models/cells_model/generator.pth" in proc.stdout and "mito" not in proc.stdout
 
 
 def test_schema_error_names_the_key(root, bin_dir, tmp_path):

@@ -1,5 +1,6 @@
 # Validation, sheet loading and input functions only (no rules, no heavy imports).
 import glob
+import sys
 
 from snakemake.utils import validate
 
@@ -30,6 +31,27 @@ SAMPLES["split"] = assign_splits(
 SLIDES = load_slides(config["slides"])
 validate(SLIDES, schema="../schemas/slides.schema.yaml")
 
+# The shipped config/config.yaml names no model: a --configfile is merged on top of it and can add
+# keys to `models:` but never remove one, so a demo model there would be trained on every user's
+# data. Pairs without a model would only be registered; say so before anything runs.
+if not config["models"] and not SAMPLES.empty:
+    _samples = sorted(set(SAMPLES["sample"]))
+    raise SheetError(
+        f"{config['samples']} has {len(SAMPLES)} FOV(s) with an HR target (samples {_samples}), but no model is "
+        "trained on them: config/config.yaml (or the --configfile you pass) names no model under the `models:` "
+        f"key. Add one, e.g.\nmodels:\n  my_model:\n    samples: [{', '.join(_samples)}]"
+    )
+# Slides without a model column and series of samples no model is trained on use restore.model;
+# with a single model there is nothing to choose, so a first run needs no more than its name.
+DEFAULT_MODEL = config["restore"].get("model") or (next(iter(config["models"])) if len(config["models"]) == 1 else "")
+if SAMPLES.empty and SERIES.empty and SLIDES.empty:
+    print(
+        f"fastscan: nothing to do, {config['samples']} and {config['slides']} have no rows. Fill {config['samples']} "
+        "(one row per field of view: sample, session, fov, lr, hr; see config/README.md) and name a model under "
+        "`models:` in config/config.yaml or your --configfile; `make demo` runs the synthetic demo.",
+        file=sys.stderr,
+    )
+
 for _model, _spec in config["models"].items():
     _unknown = sorted(set(_spec["samples"]) - set(SAMPLES["sample"]))
     if _unknown:
@@ -50,11 +72,11 @@ for _model in config.get("ablation", {}).get("models", []):
     if _model not in config["models"]:
         raise SheetError(f"config ablation.models names {_model!r}, not one of config models {sorted(config['models'])}")
 for _slide, _row in SLIDES.iterrows():
-    _model = _row["model"] or config["restore"].get("model", "")
+    _model = _row["model"] or DEFAULT_MODEL
     if _model not in config["models"]:
         raise SheetError(
             f"{config['slides']}: slide {_slide!r} uses model {_model!r}, not one of config models "
-            f"{sorted(config['models'])} (set the model column or restore.model)"
+            f"{sorted(config['models'])} (set the model column or restore.model; with one model it is the default)"
         )
 
 
@@ -136,6 +158,13 @@ def model_rows(model, splits):
     return SAMPLES[SAMPLES["sample"].isin(samples) & SAMPLES["split"].isin(splits)]
 
 
+def get_aggregates(wildcards):
+    """The QC table, metrics and report: only for a sheet with LR/HR pairs (an empty one plans nothing)."""
+    if SAMPLES.empty:
+        return []
+    return ["results/qc/registration.tsv", "results/report/metrics.tsv", "results/report/summary.tsv"]
+
+
 def get_all_registration_qc(wildcards):
     return fov_paths(SAMPLES, "results/register/{sample}/{session}/{fov}.qc.tsv")
 
@@ -176,7 +205,7 @@ def get_slide_input(wildcards):
 
 
 def get_slide_model(wildcards):
-    return SLIDES.loc[wildcards.slide, "model"] or config["restore"]["model"]
+    return SLIDES.loc[wildcards.slide, "model"] or DEFAULT_MODEL
 
 
 def get_slide_model_files(wildcards):
@@ -211,12 +240,12 @@ def get_restore_slide_gpu(wildcards):
 def series_models(row):
     """Models that restore a series: those trained on its sample, else restore.model."""
     models = [m for m, spec in config["models"].items() if row["sample"] in spec["samples"]]
-    if not models and config["restore"].get("model") not in config["models"]:
+    if not models and DEFAULT_MODEL not in config["models"]:
         raise SheetError(
             f"{config['samples']}: series {row['sample']}/{row['session']}/{row['fov']} has no model: no config models "
             "entry lists its sample and restore.model is not set to one of config models"
         )
-    return models or [config["restore"]["model"]]
+    return models or [DEFAULT_MODEL]
 
 
 def get_all_series(wildcards):
