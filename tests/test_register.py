@@ -315,8 +315,13 @@ def test_register_fov_end_to_end(tmp_path, caplog):
     r = attrs["registration"]
     assert set(r) == {
         "drift_px", "hr_shift_px", "line_phase_px", "field_fraction", "ncc", "residual_drift_px",
-        "passed", "min_ncc",
+        "passed", "min_ncc", "photons",
     }
+    # Photon counts without offset or read noise: the gain (1 ADU per photon) is measured; the
+    # zero-photon level is the ADC floor itself, so offset and read noise are not (see
+    # tests/test_photons.py for the calibration's accuracy).
+    assert r["photons"]["frames"] == 8 and r["photons"]["gain_adu_per_photon"] > 0
+    assert r["photons"]["offset_adu"] is None and "bottom of the ADC range" in r["photons"]["reason"]
     assert np.shape(r["drift_px"]) == (8, 2) and r["passed"] is True and r["min_ncc"] == 0.3
     err = np.asarray(r["drift_px"]) + drift
     assert rms(err - err.mean(axis=0)) < 0.15
