@@ -767,8 +767,11 @@ def restore_fov(
             from fastscan.classical import restore_classical
 
             reg = attrs.get("registration", {})
+            # The series' photon calibration (registration.photons, in ADU) lets the cascade
+            # denoise in the variance-stabilised domain; ``lr`` is normalised, hence the range.
             pred = restore_classical(
-                lr, line_phase_px=float(reg.get("line_phase_px", 0.0)), field_fraction=float(reg.get("field_fraction", 0.0)), scale=scale
+                lr, line_phase_px=float(reg.get("line_phase_px", 0.0)), field_fraction=float(reg.get("field_fraction", 0.0)), scale=scale,
+                calibration=reg.get("photons"), normalisation=norm["lr"],
             )
             og.create_array("classical", data=pred, chunks=(1,) + pred.shape[1:])
         for name, (model, _) in loaded.items():
