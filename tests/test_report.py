@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import math
 import re
 from pathlib import Path
@@ -471,3 +472,34 @@ def test_write_report_figures_without_optional_results(tmp_path: Path) -> None:
     assert _png_size(out_dir / "ablation.png") == PLACEHOLDER_SIZE
     assert pd.read_csv(out_dir / "ablation.tsv", sep="\t").empty
     assert pd.read_csv(out_dir / "hallucination.tsv", sep="\t").empty
+
+
+def test_registration_qc_shows_photons_and_the_photon_transfer_plot(tmp_path: Path) -> None:
+    qc = tmp_path / "registration.tsv"
+    curve = ";".join(f"{m}:{8 * (m - 100) + 9}" for m in (101, 120, 160, 240))
+    pd.DataFrame(
+        {
+            "sample": ["mito", "mito"],
+            "session": ["s1", "s1"],
+            "fov": ["001", "002"],
+            "frames": [100, 1],
+            "passed": [True, True],
+            "gain_adu_per_photon": [8.0, float("nan")],
+            "offset_adu": [100.0, float("nan")],
+            "read_noise_adu": [3.0, float("nan")],
+            "photons_at_median": [0.125, float("nan")],
+            "photon_curve": [curve, ""],
+        }
+    ).to_csv(qc, sep="\t", index=False)
+    fragment = registration_qc_table(qc)
+    # Photons at the median signal are a column of the table; the curve is drawn, not printed.
+    assert "<th>photons_at_median</th>" in fragment and "<td>0.125</td>" in fragment
+    assert "photon_curve" not in fragment and curve not in fragment
+    assert fragment.count("<tr") == 3
+    assert fragment.count('src="data:image/png;base64,') == 1
+    png = base64.b64decode(fragment.split('src="data:image/png;base64,')[1].split('"')[0])
+    assert png.startswith(b"\x89PNG")
+    # The one-frame FOV has no curve, and the page says so.
+    assert "No photon transfer curve for 1 FOV(s)" in fragment and "mito/s1/002" in fragment
+    # A table from before the calibration existed renders without a plot.
+    assert "<img" not in registration_qc_table(_qc(tmp_path / "old.tsv"))

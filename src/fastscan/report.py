@@ -8,7 +8,9 @@ temporary sibling that is renamed into place.
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -38,6 +40,7 @@ from fastscan.metrics import (
     summarise,
     write_tsv,
 )
+from fastscan.photons import curve_from_text
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -789,6 +792,9 @@ def plot_training_curves(
 # --------------------------------------------------------------------------- registration QC
 
 _FALSE_WORDS = frozenset({"false", "0", "no", "f", "n", "fail", "failed"})
+# Columns of the QC table drawn rather than printed, and the most FOVs the photon plot shows.
+_QC_PLOTTED = ("photon_curve",)
+_MAX_PHOTON_PANELS = 12
 _TRUE_WORDS = frozenset({"true", "1", "yes", "t", "y", "pass", "passed"})
 
 
@@ -819,10 +825,17 @@ def registration_qc_table(qc_tsv: str | Path) -> str:
     -------
     str
         A ``<p>`` with the count of failed FOVs and a ``<table>`` with every
-        column as written plus a ``status`` column; failed rows are shaded.
+        column as written (``photons_at_median``: photons per pixel at the
+        median signal of the FOV) plus a ``status`` column; failed rows are
+        shaded. With a ``photon_curve`` column, that column is drawn instead
+        of printed: an inline PNG of each FOV's temporal mean-variance curve
+        and its fitted photon transfer line (:mod:`fastscan.photons`), at most
+        12 FOVs.
     """
     df = pd.read_csv(qc_tsv, sep="\t", dtype=str, keep_default_na=False)
     failed = _qc_failed(df) if len(df) else pd.Series([], dtype=bool)
+    figure = _photon_curve_figure(df) if "photon_curve" in df.columns else ""
+    df = df.drop(columns=[c for c in _QC_PLOTTED if c in df.columns])
     n_failed = int(failed.sum())
     header = "".join(f"<th>{html.escape(str(c))}</th>" for c in [*df.columns, "status"])
     body = []
@@ -839,7 +852,83 @@ def registration_qc_table(qc_tsv: str | Path) -> str:
     )
     if n_failed:
         logger.warning("%d of %d FOVs failed registration QC", n_failed, len(df))
-    return summary + "\n" + table
+    return summary + "\n" + table + figure
+
+
+def _qc_number(row: pd.Series, column: str) -> float:
+    try:
+        return float(row.get(column, ""))
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _photon_curve_figure(df: pd.DataFrame) -> str:
+    """Small multiples of the FOVs' mean-variance curves with their lines, as an inline PNG.
+
+    Each panel shows the binned temporal variance against the mean signal (points) and the
+    photon transfer line ``gain * (mean - offset) + read_noise**2`` of the QC row; its title
+    gives the photons per pixel at the median signal. FOVs without a curve (one frame) are
+    listed in a note.
+    """
+    panels, missing = [], []
+    for _, row in df.iterrows():
+        label = "/".join(str(row.get(k, "")) for k in ("sample", "session", "fov"))
+        try:
+            mean, variance = curve_from_text(row.get("photon_curve", ""))
+        except ValueError as exc:
+            logger.warning("registration QC row %s: %s", label, exc)
+            mean = np.empty(0)
+        if mean.size == 0:
+            missing.append(label)
+            continue
+        panels.append((label, mean, variance, row))
+    note = (
+        f"<p>No photon transfer curve for {len(missing)} FOV(s) (fewer than 2 frames, or no "
+        f"usable pixels): {html.escape(', '.join(missing))}.</p>"
+        if missing
+        else ""
+    )
+    if not panels:
+        return "\n" + note if note else ""
+    shown = panels[:_MAX_PHOTON_PANELS]
+    cols = min(4, len(shown))
+    rows = math.ceil(len(shown) / cols)
+    plt = _pyplot()
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 1.9 * rows), squeeze=False)
+    for ax in axes.ravel()[len(shown) :]:
+        ax.set_axis_off()
+    for ax, (label, mean, variance, row) in zip(axes.ravel(), shown, strict=False):
+        ax.plot(mean, variance, "o", ms=2.5, color="#0072B2")
+        gain = _qc_number(row, "gain_adu_per_photon")
+        offset = _qc_number(row, "offset_adu")
+        read = _qc_number(row, "read_noise_adu")
+        if all(math.isfinite(v) for v in (gain, offset, read)):
+            x = np.array([min(mean.min(), offset), mean.max()])
+            ax.plot(x, gain * (x - offset) + read**2, "-", lw=1, color="#D55E00")
+        photons = _qc_number(row, "photons_at_median")
+        title = f"{label}\n{photons:.3g} photons at median" if math.isfinite(photons) else label
+        ax.set_title(title, fontsize=6)
+        ax.tick_params(labelsize=5)
+        ax.set_xlabel("mean (ADU)", fontsize=6)
+        ax.set_ylabel("variance (ADU²)", fontsize=6)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=90)
+    finally:
+        plt.close(fig)
+    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    more = (
+        f" (the first {_MAX_PHOTON_PANELS} of {len(panels)} FOVs)"
+        if len(panels) > _MAX_PHOTON_PANELS
+        else ""
+    )
+    return (
+        "\n<h4>Photon calibration</h4>\n<p>Temporal variance against mean signal per FOV "
+        "(binned pixels) and the fitted photon transfer line "
+        f"var = gain (mean - offset) + read noise²{more}.</p>\n"
+        f'<img alt="photon transfer curves" src="data:image/png;base64,{encoded}">' + note
+    )
 
 
 # --------------------------------------------------------------------------- tables as HTML
