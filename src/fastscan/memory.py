@@ -90,16 +90,21 @@ def _job_limit() -> MemoryLimit | None:
     return MemoryLimit(int(mem_mb * 1e6), "job", os.environ.get(RULE_VAR) or None)
 
 
-def _meminfo_available() -> int | None:
-    """``MemAvailable`` (free plus reclaimable cache) in bytes, on Linux."""
+def _proc_kib(path: str, key: str) -> int | None:
+    """Bytes of the ``key:  N kB`` line of a /proc file (Linux), None where it is missing."""
     try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
+        with open(path, encoding="ascii") as fh:
             for line in fh:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def _meminfo_available() -> int | None:
+    """``MemAvailable`` (free plus reclaimable cache) in bytes, on Linux."""
+    return _proc_kib("/proc/meminfo", "MemAvailable")
 
 
 def _sysconf_available() -> int | None:
@@ -171,14 +176,7 @@ def _process_rss() -> int:
     A job's limit covers the whole process, so what the interpreter and earlier steps
     already hold is not available to the read; the available memory already excludes it.
     """
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+    return _proc_kib("/proc/self/status", "VmRSS") or 0
 
 
 def _human(n_bytes: float) -> str:
