@@ -161,3 +161,17 @@ def test_normalisation_override_and_geometry(tmp_path):
     # Same tiles, but the corrected LR has been resampled; the HR target is untouched.
     np.testing.assert_array_equal(gc["hr"][...], gr["hr"][...])
     assert not np.allclose(gc["lr"][...], gr["lr"][...])
+
+
+def test_a_dataset_is_rebuilt_in_place_but_never_over_foreign_files(tmp_path, tiny_dataset):
+    """Its tiles.tsv is fastscan's own: a rebuild replaces the store; a user's file in it stops it."""
+    from fastscan.atomic import OutputError
+
+    entries = [FovEntry(str(tmp_path / f"reg{i}.zarr"), "mito", "s1", f"f{i}", s) for i, s in enumerate(["train", "train", "val"])]
+    before = read_dataset(tiny_dataset)[1]
+    build_dataset(entries, tiny_dataset, tile=32, stride=32)
+    assert read_dataset(tiny_dataset)[1].equals(before)
+    (tiny_dataset / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match=r"a fastscan store that also holds other files \(notes.txt\)"):
+        build_dataset(entries, tiny_dataset, tile=32, stride=32)
+    assert (tiny_dataset / "notes.txt").read_text() == "mine"

@@ -37,8 +37,9 @@ class OutputError(ValueError):
 
 # Files an operating system's file browser drops into any folder it shows: not the user's data.
 _OS_LITTER = {".DS_Store", "Thumbs.db", "desktop.ini"}
-# Bookkeeping folders of a resumable restoration (fastscan.infer) inside its store.
-_OWN_FOLDERS = {".progress"}
+# What fastscan itself keeps at the root of its stores besides Zarr nodes: the bookkeeping folder
+# of a resumable restoration (fastscan.infer) and the tile table of a dataset (fastscan.dataset).
+_OWN_ENTRIES = {".progress", "tiles.tsv"}
 
 
 def store_attributes(path: str | os.PathLike) -> dict | None:
@@ -59,8 +60,9 @@ def store_attributes(path: str | os.PathLike) -> dict | None:
 def foreign_entries(store: str | os.PathLike, *, limit: int = 5) -> list[Path]:
     """Up to ``limit`` paths inside the Zarr store ``store`` that are not part of the store.
 
-    A group may hold ``zarr.json``, child nodes (folders with their own ``zarr.json``) and
-    fastscan's bookkeeping folders; an array holds ``zarr.json`` and its chunk tree ``c/``.
+    A group may hold ``zarr.json``, child nodes (folders with their own ``zarr.json``) and, at
+    the root, fastscan's own bookkeeping (``.progress/``, ``tiles.tsv``); an array holds
+    ``zarr.json`` and its chunk tree ``c/``.
     Chunk trees are not walked: they are named by Zarr, and a slide can have millions of chunks.
     """
     found: list[Path] = []
@@ -78,12 +80,12 @@ def foreign_entries(store: str | os.PathLike, *, limit: int = 5) -> list[Path]:
             name = entry.name
             if name == "zarr.json" or name in _OS_LITTER or name.startswith("._"):
                 continue
+            if node == root and name in _OWN_ENTRIES and not entry.is_symlink():
+                continue
             if is_array:
                 if not (name == "c" and entry.is_dir() and not entry.is_symlink()):
                     found.append(entry)
             elif entry.is_dir() and not entry.is_symlink():
-                if name in _OWN_FOLDERS and node == root:
-                    continue
                 walk(entry)
             else:
                 found.append(entry)
