@@ -39,6 +39,7 @@ __all__ = [
     "ingest_fov",
     "open_slide",
     "read_fov",
+    "read_header",
     "read_image",
     "read_series",
 ]
@@ -728,6 +729,216 @@ def _probe(path: PathLike) -> _Declared | None:
     if first is None:
         return None
     return _declare((len(files), *first.shape), first.dtype, "T" + first.axes)
+
+
+# --------------------------------------------------------------------------------------------
+# acquisition metadata from headers only (for pairing files into a sample sheet)
+
+
+def _iso_time(text: Any, *, fmt: str | None = None) -> str | None:
+    """ISO 8601 form of a date-time text (OME, Olympus ``YYYY-MM-DD hh:mm:ss``, TIFF
+    ``YYYY:MM:DD hh:mm:ss``); None when it does not parse."""
+    from datetime import datetime
+
+    if text in (None, ""):
+        return None
+    text = str(text).strip()
+    try:
+        if fmt is not None:
+            return datetime.strptime(text, fmt).isoformat()
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).isoformat()
+    except ValueError:
+        return None
+
+
+def _length_um(value: Any, unit: Any, *, default_unit: str = "µm") -> float | None:
+    """A length with its unit in micrometres; None for a missing value or an unknown unit."""
+    factor = _unit_to_um(default_unit if unit in (None, "") else unit)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number * factor if factor is not None and math.isfinite(number) else None
+
+
+def _olympus_header(main: Mapping[str, Any], header: dict[str, Any]) -> None:
+    """Zoom, acquisition time, scan direction, focus position and frame interval of an OIB/OIF."""
+    acq = main.get("Acquisition Parameters Common", {}) or {}
+    sources = header["sources"]
+    if acq.get("ZoomValue") not in (None, ""):
+        header["zoom"] = float(acq["ZoomValue"])
+        sources["zoom"] = "Acquisition Parameters Common/ZoomValue"
+    when = _iso_time(acq.get("ImageCaputreDate"), fmt="%Y-%m-%d %H:%M:%S")  # sic, Olympus spelling
+    if when is not None:
+        millis = acq.get("ImageCaputreDate+MilliSec")
+        if isinstance(millis, int) and 0 <= millis < 1000:
+            when = f"{when}.{millis:03d}"
+        header["acquired"] = when
+        sources["acquired"] = "Acquisition Parameters Common/ImageCaputreDate"
+    if acq.get("ScanDirection"):
+        header["scan_direction"] = str(acq["ScanDirection"])
+        sources["scan_direction"] = "Acquisition Parameters Common/ScanDirection"
+    for name, section in main.items():
+        if not (isinstance(section, Mapping) and str(name).startswith("Axis ")):
+            continue
+        code, unit = section.get("AxisCode"), section.get("PixUnit", section.get("UnitName"))
+        if code == "Z" and section.get("AbsolutePosition") is not None:
+            # The focus drive's position when the image was taken (FV1000: nm).
+            header["focus_um"] = _length_um(section["AbsolutePosition"], unit, default_unit="")
+            if header["focus_um"] is not None:
+                sources["focus_um"] = f"{name}/AbsolutePosition"
+        elif code == "T" and (section.get("MaxSize") or 0) > 1:
+            seconds = {"ms": 1e-3, "s": 1.0, "us": 1e-6, "µs": 1e-6, "min": 60.0}.get(str(unit))
+            start, end = section.get("StartPosition"), section.get("EndPosition")
+            if seconds and start is not None and end is not None:
+                header["frame_interval_s"] = abs(float(end) - float(start)) / (int(section["MaxSize"]) - 1) * seconds
+                sources["frame_interval_s"] = f"{name}/StartPosition,EndPosition,MaxSize"
+
+
+def _ome_header(tf: Any, header: dict[str, Any]) -> None:
+    """Acquisition date, stage position and frame interval from OME-XML."""
+    import tifffile
+
+    try:
+        ome = tifffile.xml2dict(tf.ome_metadata).get("OME", {})
+    except Exception:  # already warned about by the pixel-size reader
+        return
+    images = ome.get("Image", [])
+    images = images if isinstance(images, list) else [images]
+    if not images:
+        return
+    image, sources = images[0], header["sources"]
+    when = _iso_time(image.get("AcquisitionDate"))
+    if when is not None:
+        header["acquired"], sources["acquired"] = when, "OME Image/AcquisitionDate"
+    pixels = image.get("Pixels", {}) or {}
+    if pixels.get("TimeIncrement") is not None:
+        seconds = {"s": 1.0, "ms": 1e-3, "µs": 1e-6, "us": 1e-6, "min": 60.0}.get(
+            str(pixels.get("TimeIncrementUnit", "s"))
+        )
+        if seconds:
+            header["frame_interval_s"] = float(pixels["TimeIncrement"]) * seconds
+            sources["frame_interval_s"] = "OME Pixels/TimeIncrement"
+    planes = pixels.get("Plane", [])
+    plane = (planes[0] if isinstance(planes, list) else planes) if planes else {}
+    stage = image.get("StageLabel") or {}
+    # OME before 2015 had implicit micrometres; "reference frame" (the 2016 default) has no scale.
+    for where, node, key in (("OME Plane/Position", plane, "Position"), ("OME StageLabel/", stage, "")):
+        x = _length_um(node.get(f"{key}X"), node.get(f"{key}XUnit"))
+        y = _length_um(node.get(f"{key}Y"), node.get(f"{key}YUnit"))
+        if x is not None and y is not None:
+            header["stage_um"], sources["stage_um"] = [x, y], f"{where}X,Y"
+            z = _length_um(node.get(f"{key}Z"), node.get(f"{key}ZUnit"))
+            if z is not None:
+                header["focus_um"], sources["focus_um"] = z, f"{where}Z"
+            break
+
+
+def read_header(path: PathLike) -> dict[str, Any]:
+    """What one OIB/OIF/TIFF file says about its acquisition, without decoding pixel data.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        An Olympus ``.oib``/``.oif`` file or a TIFF (OME, ImageJ or plain). Globs are not
+        accepted: each file describes itself.
+
+    Returns
+    -------
+    header : dict
+        ``path``, ``format``, ``axes``, ``shape`` and ``dtype`` (declared), ``channels``,
+        ``frames`` (every axis but channel, Y and X), ``size_yx``, ``pixel_size_um``
+        (``[y, x]``), ``significant_bits``, and where the file records them, else None:
+        ``zoom`` (Olympus ``ZoomValue``), ``acquired`` (ISO 8601: Olympus
+        ``ImageCaputreDate``, OME ``AcquisitionDate``, else the TIFF ``DateTime`` tag),
+        ``stage_um`` (``[x, y]``: OME ``Plane`` ``PositionX/Y``, else ``StageLabel``),
+        ``focus_um`` (Olympus Z axis ``AbsolutePosition``, OME ``PositionZ``),
+        ``scan_direction`` (Olympus ``ScanDirection``), ``frame_interval_s`` (OME
+        ``TimeIncrement``, ImageJ ``finterval``, Olympus T axis), ``instrument`` (Olympus
+        ``SystemName``). ``sources``
+        maps each of those that was found to the field it came from.
+
+    Raises
+    ------
+    InputError
+        When the file is missing, not an image of these formats, truncated, or its header
+        cannot be parsed.
+    """
+    if _is_glob(path):
+        raise InputError(f"{path}: is a pattern; headers are read file by file")
+    path = Path(path)
+    fmt = _detect_format(path)
+    header: dict[str, Any] = {
+        "path": os.fspath(path),
+        "format": fmt,
+        "zoom": None,
+        "acquired": None,
+        "stage_um": None,
+        "focus_um": None,
+        "scan_direction": None,
+        "frame_interval_s": None,
+        "instrument": None,
+        "sources": {},
+    }
+    try:
+        if fmt == "tiff":
+            import tifffile
+
+            with _TiffStructureErrors() as broken, tifffile.TiffFile(path) as tf:
+                series = _tiff_series(tf, path, broken)
+                declared = _declare(series.shape, series.dtype, str(series.axes))
+                header["format"] = "imagej-tiff" if tf.is_imagej else _tiff_format(tf)
+                meta = _tiff_metadata(tf, path)
+                if tf.is_ome:
+                    _ome_header(tf, header)
+                if tf.is_imagej and (tf.imagej_metadata or {}).get("finterval"):
+                    header["frame_interval_s"] = float(tf.imagej_metadata["finterval"])
+                    header["sources"]["frame_interval_s"] = "ImageJ finterval"
+                stamp = tf.pages.first.tags.get("DateTime")
+                if header["acquired"] is None and stamp is not None:
+                    header["acquired"] = _iso_time(stamp.value, fmt="%Y:%m:%d %H:%M:%S")
+                    if header["acquired"] is not None:
+                        header["sources"]["acquired"] = "TIFF DateTime tag"
+        else:
+            import oiffile
+
+            if fmt == "oib":
+                _check_oib_complete(path)
+            with oiffile.OifFile(path) as oif:
+                declared = _declare(oif.shape, oif.dtype, str(oif.axes))
+                meta = _olympus_metadata(oif.mainfile, declared.channels)
+                _olympus_header(oif.mainfile, header)
+                header["instrument"] = meta.get("instrument")
+    except InputError:
+        raise
+    except (struct.error, EOFError) as exc:
+        raise _truncated_olympus(path, fmt, f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # tifffile and oiffile raise many unrelated types
+        raise InputError(
+            f"{path}: cannot read the {fmt.upper()} header ({type(exc).__name__}: {exc}); the "
+            "file may be truncated or corrupt"
+        ) from exc
+    axes, shape = declared.axes, declared.shape
+    if "Y" not in axes or "X" not in axes:
+        raise InputError(f"{path}: no Y and X axes in the image (axes {axes!r}, shape {list(shape)})")
+    header.update(
+        axes=axes,
+        shape=list(shape),
+        dtype=str(declared.dtype),
+        channels=declared.channels,
+        frames=_declared_frames(declared),
+        size_yx=[shape[axes.index("Y")], shape[axes.index("X")]],
+        pixel_size_um=meta.get("pixel_size_um"),
+        significant_bits=meta.get("significant_bits"),
+    )
+    if header["pixel_size_um"] is not None:
+        header["sources"]["pixel_size_um"] = {
+            "oib": "Olympus Reference Image Parameter / axis calibration",
+            "oif": "Olympus Reference Image Parameter / axis calibration",
+            "ome-tiff": "OME Pixels/PhysicalSizeX,Y",
+            "imagej-tiff": "TIFF resolution tags in the ImageJ unit",
+        }.get(header["format"], "TIFF resolution tags")
+    return _jsonable(header)
 
 
 def _glob_files(pattern: str) -> list[Path]:
