@@ -1,4 +1,5 @@
-"""Command-line interface: ``fastscan restore INPUT --model DIR --out OUT.ome.zarr [--series]``."""
+"""Command-line interface: ``fastscan restore INPUT --model DIR --out OUT.ome.zarr [--series]``,
+``fastscan sheet FOLDER... --out samples.tsv``."""
 
 from __future__ import annotations
 
@@ -39,7 +40,61 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="auto: bf16 on CUDA and on CPUs with bf16 units (AMX, AVX512-BF16), else float32")
     r.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     r.add_argument("--threads", type=int, default=None, help="CPU threads of torch")
+    s = sub.add_parser(
+        "sheet",
+        help="pair a session's OIB/OIF/TIFF files into a sample sheet, with a review of what was paired and why",
+        description="Read the header of every OIB/OIF/TIFF under the folders (never the pixels), pair each video-rate "
+        "series with the HR target of the same field of view (size ratio --scale, same field in micrometres, zoom, "
+        "stage and focus position, time), propose a split per FOV and write samples.tsv. A review table of what was "
+        "paired, what was not and why is printed; check it before running the workflow.",
+    )
+    s.add_argument("folders", nargs="+", metavar="FOLDER", help="folder(s) holding a session's files (searched recursively)")
+    s.add_argument("--out", required=True, help="sample sheet to write (refused if it exists, unless --force)")
+    s.add_argument("--review", default=None, help="also write the review table as TSV here")
+    s.add_argument("--force", action="store_true", help="replace an existing --out (and --review) file")
+    s.add_argument("--scale", type=int, default=2, help="HR pixels per LR pixel per axis, as ingest.scale (default 2)")
+    s.add_argument("--sample", default=None, help="sample name of every row (default: the name of each FOLDER)")
+    s.add_argument("--relative-to", default=None, metavar="DIR", help="write paths relative to DIR, e.g. . for the "
+                   "folder Snakemake runs in (default: absolute paths)")
+    s.add_argument("--no-split", action="store_true", help="leave the split column empty (the workflow then splits by hash)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the split order, as the config's seed (default 0)")
+    s.add_argument("--val-fraction", type=float, default=0.15, help="as split.val_fraction (default 0.15)")
+    s.add_argument("--test-fraction", type=float, default=0.15, help="as split.test_fraction (default 0.15)")
+    s.add_argument("--position-tolerance", type=float, default=0.1, help="largest stage distance of a pair, as a "
+                   "fraction of the field width (default 0.1)")
+    s.add_argument("--focus-tolerance", type=float, default=2.0, help="largest focus difference of a pair in µm (default 2)")
+    s.add_argument("--session-gap", type=float, default=12.0, help="hours beyond which two files are of different "
+                   "sessions (default 12)")
     return p
+
+
+def _sheet(args: argparse.Namespace) -> int:
+    from fastscan.atomic import OutputError
+    from fastscan.io import InputError
+    from fastscan.pairing import check_outputs, propose, review_text, write_sheet
+
+    try:
+        check_outputs(args.out, args.review, force=args.force)
+        proposal = propose(
+            args.folders,
+            scale=args.scale,
+            sample=args.sample,
+            seed=args.seed,
+            val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
+            split=not args.no_split,
+            position_tolerance=args.position_tolerance,
+            focus_tolerance_um=args.focus_tolerance,
+            session_gap_h=args.session_gap,
+        )
+        sys.stdout.write(review_text(proposal))
+        sys.stdout.flush()
+        write_sheet(proposal, args.out, review=args.review, relative_to=args.relative_to, force=args.force)
+    except (InputError, OutputError, OSError) as exc:
+        log.error("%s", exc)
+        return 2
+    log.info("wrote %s: review the pairs and splits above before running the workflow", args.out)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     from fastscan.logs import console_logging
 
     console_logging()
+    if args.command == "sheet":
+        return _sheet(args)
     if args.command == "restore":
         from fastscan.atomic import OutputError
         from fastscan.infer import RestoreError, parse_channels, restore_series, restore_slide

@@ -1,0 +1,250 @@
+"""Pairing a session's files into a sample sheet (fastscan.pairing, ``fastscan sheet``)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import oiffile
+import pytest
+import tifffile
+
+from fastscan.cli import main as cli_main
+from fastscan.io import InputError, read_header
+from fastscan.pairing import Entry, PairingError, pair_entries, propose, propose_splits, review_text, write_sheet
+from fastscan.sheets import fov_fraction, load_samples
+from fastscan.simulate import write_fov
+
+DATA = Path(__file__).resolve().parent / "data"
+OIB = DATA / "mitoegfp_fv1000.oib"
+TINY = {"field_of_view_um": 12.8, "lr": {"pixels": 32, "frames": 3}, "hr": {"pixels": 64}}
+
+
+def olympus_target(folder: Path, *, scale: int = 2, when: str | None = None) -> Path:
+    """An OIF of the real OIB's field at ``scale`` x its sampling: the OIB converted to OIF, its
+    channel TIFFs upsampled and its settings (image size, pixel size, time) edited to match."""
+    oiffile.oib2oif(OIB, location=str(folder), verbose=0)
+    main = folder / "Cell 1 mitoEGFP.oif"
+    text = main.read_text(encoding="utf-16")
+    data = oiffile.imread(OIB)
+    for i, f in enumerate(sorted((folder / "Cell 1 mitoEGFP.oif.files").glob("s_C*.tif"))):
+        tifffile.imwrite(f, np.kron(data[i], np.ones((scale, scale), data.dtype)))
+    n = 256 * scale
+    text = re.sub(r"(Image(Width|Height))=256", rf"\1={n}", text)
+    text = re.sub(r"((Height|Width)ConvertValue)=0\.177", rf"\1={0.177 / scale}", text)
+    text = re.sub(r"((GUI )?MaxSize)=256", rf"\1={n}", text)
+    if when is not None:
+        text = re.sub(r"ImageCaputreDate='[^']*'", f"ImageCaputreDate='{when}'", text)
+    main.write_text(text, encoding="utf-16")
+    return main
+
+
+def ome(path: Path, shape, *, px: float, stage=None, when: str | None = None) -> Path:
+    """A small OME-TIFF with pixel size and, optionally, stage position and acquisition date."""
+    meta: dict = {"axes": "TYX" if len(shape) == 3 else "YX", "PhysicalSizeX": px, "PhysicalSizeY": px}
+    planes = shape[0] if len(shape) == 3 else 1
+    if stage is not None:
+        meta["Plane"] = {"PositionX": [stage[0]] * planes, "PositionXUnit": ["µm"] * planes,
+                         "PositionY": [stage[1]] * planes, "PositionYUnit": ["µm"] * planes}
+    if when is not None:
+        meta["AcquisitionDate"] = when
+    tifffile.imwrite(path, np.zeros(shape, np.uint16), ome=True, metadata=meta)
+    return path
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory) -> Path:
+    """A session folder: the real OIB with its Olympus HR target, simulated FOVs, FOVs with stage
+    positions and times, and distractors (another zoom, an unpaired series, a cut file, text)."""
+    root = tmp_path_factory.mktemp("s") / "mito 2012"
+    cell = root / "cell1"
+    cell.mkdir(parents=True)
+    shutil.copy(OIB, cell / "Cell 1 mitoEGFP.oib")
+    olympus_target(cell, when="2012-07-26 15:14:20")
+    # Zoom 3.5: twice the OIB's pixels at its pixel size, i.e. twice its field.
+    tifffile.imwrite(cell / "Cell 1 mitoEGFP zoom3.5.tif", np.zeros((512, 512), np.uint16),
+                     resolution=(1e4 / 0.177, 1e4 / 0.177), resolutionunit="CENTIMETER")
+    sim = root / "sim"
+    for i in (1, 2, 3):
+        write_fov(lr_path=sim / f"fov0{i}_lr.ome.tif", hr_path=sim / f"fov0{i}_hr.ome.tif",
+                  truth_path=sim / f"fov0{i}_truth.json", specimen="mitochondria", seed=i, params=TINY)
+    (sim / "fov04_lr.ome.tif").write_bytes((sim / "fov01_lr.ome.tif").read_bytes()[:300])
+    (sim / "notes.txt").write_text("session notes\n")
+    stage = root / "stage"
+    stage.mkdir()
+    # Names say nothing: the stage position and the time pair these.
+    for i, (x, y) in enumerate([(100.0, 100.0), (400.0, 100.0), (100.0, 400.0)]):
+        ome(stage / f"Image{2 * i + 1:04d}.ome.tif", (4, 16, 16), px=0.5, stage=(x, y), when=f"2024-05-03T10:{10 * i:02d}:00")
+        ome(stage / f"Image{2 * i + 2:04d}.ome.tif", (32, 32), px=0.25, stage=(x + 0.3, y), when=f"2024-05-03T10:{10 * i + 1:02d}:00")
+    # A series at a fourth position: the nearest target is 300 µm away.
+    ome(stage / "Image0007.ome.tif", (4, 16, 16), px=0.5, stage=(400.0, 400.0), when="2024-05-03T10:40:00")
+    return root
+
+
+def test_read_header_of_the_real_oib_reads_no_pixels() -> None:
+    h = read_header(OIB)
+    assert (h["format"], h["axes"], h["size_yx"], h["channels"], h["frames"]) == ("oib", "CYX", [256, 256], 3, 1)
+    assert h["pixel_size_um"] == [0.177, 0.177]
+    assert h["zoom"] == 7.0
+    assert h["acquired"] == "2012-07-26T15:13:35.976"
+    assert h["scan_direction"] == "Oneway"
+    assert h["focus_um"] == pytest.approx(3931.82)
+    assert h["stage_um"] is None and "stage_um" not in h["sources"]  # FV1000 files do not record it
+    assert h["sources"]["zoom"] == "Acquisition Parameters Common/ZoomValue"
+
+
+def test_read_header_ome_stage_time_and_bad_files(tmp_path: Path) -> None:
+    h = read_header(ome(tmp_path / "a.ome.tif", (5, 8, 8), px=0.4, stage=(12.5, -3.0), when="2024-05-03T10:00:00"))
+    assert (h["frames"], h["size_yx"], h["pixel_size_um"]) == (5, [8, 8], [0.4, 0.4])
+    assert h["stage_um"] == [12.5, -3.0] and h["acquired"] == "2024-05-03T10:00:00"
+    cut = tmp_path / "cut.oib"
+    cut.write_bytes(OIB.read_bytes()[:20000])
+    with pytest.raises(InputError, match="cut.oib.*truncated"):
+        read_header(cut)
+    text = tmp_path / "b.tif"
+    text.write_text("not an image")
+    with pytest.raises(InputError, match="b.tif"):
+        read_header(text)
+
+
+def test_session_folder_is_paired_reviewed_and_written(session: Path, tmp_path: Path) -> None:
+    proposal = propose([session])
+    got = {(p.session, p.fov): (p.lr.path.name, p.hr.path.name) for p in proposal.pairs}
+    assert got == {
+        ("cell1", "Cell_1_mitoEGFP"): ("Cell 1 mitoEGFP.oib", "Cell 1 mitoEGFP.oif"),
+        ("sim", "fov01"): ("fov01_lr.ome.tif", "fov01_hr.ome.tif"),
+        ("sim", "fov02"): ("fov02_lr.ome.tif", "fov02_hr.ome.tif"),
+        ("sim", "fov03"): ("fov03_lr.ome.tif", "fov03_hr.ome.tif"),
+        ("stage", "Image0001"): ("Image0001.ome.tif", "Image0002.ome.tif"),
+        ("stage", "Image0003"): ("Image0003.ome.tif", "Image0004.ome.tif"),
+        ("stage", "Image0005"): ("Image0005.ome.tif", "Image0006.ome.tif"),
+    }
+    assert {p.sample for p in proposal.pairs} == {"mito_2012"}
+    oib = next(p for p in proposal.pairs if p.session == "cell1")
+    assert "zoom 7" in oib.evidence and "Δt 45 s" in oib.evidence and "same name" in oib.evidence
+    assert any("stage position" in n for n in oib.notes)  # said, not silently skipped
+    left = {u.entry.path.name: u for u in proposal.unpaired}
+    assert set(left) == {
+        "Cell 1 mitoEGFP zoom3.5.tif", "Image0007.ome.tif", "fov04_lr.ome.tif", "notes.txt",
+        "fov01_truth.json", "fov02_truth.json", "fov03_truth.json",
+    }
+    assert left["Cell 1 mitoEGFP zoom3.5.tif"].role == "HR target"
+    assert "another field: 90.62 µm wide" in left["Cell 1 mitoEGFP zoom3.5.tif"].reason
+    assert left["Image0007.ome.tif"].role == "LR series"
+    assert "stage position 300 µm away" in left["Image0007.ome.tif"].reason
+    assert left["fov04_lr.ome.tif"].status == "unreadable" and "fov04_lr.ome.tif" in left["fov04_lr.ome.tif"].reason
+    assert left["notes.txt"].status == "skipped"
+    # Seven FOVs of one sample: one test and one val FOV, the lowest hash fractions first.
+    order = sorted(proposal.pairs, key=lambda p: fov_fraction(p.sample, p.session, p.fov, seed=0))
+    assert [p.split for p in order] == ["test", "val"] + ["train"] * 5
+    review = review_text(proposal)
+    assert "7 pair(s) (train 5, val 1, test 1); 2 image(s) unpaired, 1 unreadable, 4 other file(s) skipped" in review
+    out = tmp_path / "samples.tsv"
+    write_sheet(proposal, out, review=tmp_path / "review.tsv")
+    sheet = load_samples(out)
+    assert len(sheet) == 7 and set(sheet["split"]) == {"train", "val", "test"}
+    row = sheet.loc["mito_2012/cell1/Cell_1_mitoEGFP"]
+    assert (Path(row["lr"]), Path(row["hr"])) == (oib.lr.path, oib.hr.path)
+    assert len((tmp_path / "review.tsv").read_text().splitlines()) == 1 + 7 + 7
+
+
+def _entry(name: str, size: int, *, px=None, zoom=None, stage=None, when=None, frames=1, folder="/s") -> Entry:
+    header = {
+        "size_yx": [size, size], "pixel_size_um": [px, px] if px else None, "zoom": zoom, "stage_um": stage,
+        "focus_um": None, "acquired": when, "frames": frames, "channels": 1,
+    }
+    return Entry(Path(folder) / name, Path(folder), header=header)
+
+
+def test_two_fitting_targets_are_reported_not_guessed() -> None:
+    lr = _entry("a.tif", 64, px=0.4, frames=10)
+    hrs = [_entry("b.tif", 128, px=0.2), _entry("c.tif", 128, px=0.2)]
+    pairs, left = pair_entries([lr, *hrs])
+    assert pairs == []
+    reason = next(u.reason for u in left if u.entry is lr)
+    assert "ambiguous: 2 HR targets fit (b.tif, c.tif)" in reason
+    # The same with times: the clearly closest one wins, and the review says how.
+    lr.header["acquired"] = "2024-01-01T10:00:00"
+    hrs[0].header["acquired"] = "2024-01-01T10:05:00"
+    hrs[1].header["acquired"] = "2024-01-01T10:00:40"
+    pairs, _ = pair_entries([lr, *hrs])
+    assert [p.hr for p in pairs] == [hrs[1]] and "closest in time" in pairs[0].notes[0]
+
+
+def test_target_fitting_series_at_different_positions_is_reported() -> None:
+    hr = _entry("t.tif", 128, px=0.2, stage=[0.0, 0.0])
+    a = _entry("a.tif", 64, px=0.4, stage=[2.0, 0.0], frames=5)
+    b = _entry("b.tif", 64, px=0.4, stage=[-2.0, 0.0], frames=5)
+    pairs, left = pair_entries([a, b, hr])
+    assert pairs == []
+    assert all("also fits" in u.reason and "different or unrecorded stage positions" in u.reason
+               for u in left if u.entry in (a, b))
+    # Two series at the same position share the target, and then share its split.
+    b.header["stage_um"] = [2.0, 0.0]
+    pairs, _ = pair_entries([a, b, hr])
+    assert {p.lr.path.name for p in pairs} == {"a.tif", "b.tif"}
+    for i, p in enumerate(pairs):
+        p.sample, p.session, p.fov = "s", "x", f"f{i}"
+    extra = [_entry(f"e{i}.tif", 64, px=0.4) for i in range(3)]
+    more, _ = pair_entries(extra + [_entry(f"e{i}_hr.tif", 128, px=0.2) for i in range(3)])
+    for i, p in enumerate(more):
+        p.sample, p.session, p.fov = "s", "x", f"g{i}"
+    propose_splits(pairs + more)
+    assert pairs[0].split == pairs[1].split
+
+
+def test_zoom_time_and_series_order_decide() -> None:
+    lr = _entry("f1_fast.tif", 64, px=0.4, zoom=7.0, frames=20)
+    other_zoom = _entry("f1_slow.tif", 128, px=0.2, zoom=14.0)
+    pairs, left = pair_entries([lr, other_zoom])
+    assert pairs == [] and "zoom 14, the series 7" in next(u.reason for u in left if u.entry is lr)
+    later = _entry("f2_slow.tif", 128, px=0.2, when="2024-01-02T10:00:00")
+    lr2 = _entry("f2_fast.tif", 64, px=0.4, when="2024-01-01T10:00:00")
+    pairs, left = pair_entries([lr2, later])
+    assert pairs == [] and "another session" in next(u.reason for u in left if u.entry is lr2)
+    # Different folders never pair.
+    pairs, _ = pair_entries([_entry("g.tif", 64, px=0.4), _entry("g_hr.tif", 128, px=0.2, folder="/t")])
+    assert pairs == []
+
+
+def test_cli_writes_refuses_and_forces(session: Path, tmp_path: Path, capsys, caplog) -> None:
+    out = tmp_path / "samples.tsv"
+    args = [str(session / "sim"), "--out", str(out), "--relative-to", str(tmp_path), "--sample", "mito"]
+    assert cli_main(["sheet", *args]) == 0
+    printed = capsys.readouterr().out
+    assert "3 pair(s)" in printed and "fov04_lr.ome.tif" in printed
+    sheet = load_samples(out)
+    assert list(sheet.index) == ["mito/sim/fov01", "mito/sim/fov02", "mito/sim/fov03"]
+    assert not Path(sheet["lr"].iloc[0]).is_absolute()
+    assert (tmp_path / sheet["lr"].iloc[0]).resolve() == (session / "sim" / "fov01_lr.ome.tif").resolve()
+    before = out.read_text()
+    assert cli_main(["sheet", *args, "--no-split"]) == 2
+    assert "samples.tsv: exists; pass --force to replace it" in caplog.text
+    assert capsys.readouterr().out == ""  # refused before any folder was read
+    assert out.read_text() == before
+    assert cli_main(["sheet", *args, "--no-split", "--force"]) == 0
+    assert set(load_samples(out)["split"]) == {""}
+
+
+def test_bad_folders_and_options_are_refused(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("x")
+    with pytest.raises(PairingError, match="holds no OIB, OIF or TIFF"):
+        propose([empty])
+    with pytest.raises(PairingError, match="folder not found"):
+        propose([tmp_path / "missing"])
+    with pytest.raises(PairingError, match="scale must be an integer"):
+        propose([empty], scale=1)
+    with pytest.raises(PairingError, match="split fractions"):
+        propose_splits([], val_fraction=0.6, test_fraction=0.5)
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    ome(lone / "a.ome.tif", (2, 16, 16), px=0.5)
+    proposal = propose([lone])
+    assert "no partner" in proposal.unpaired[0].reason
+    with pytest.raises(PairingError, match="no LR series could be paired"):
+        write_sheet(proposal, tmp_path / "s.tsv")
+    assert not (tmp_path / "s.tsv").exists()
