@@ -248,3 +248,20 @@ def test_bad_folders_and_options_are_refused(tmp_path: Path) -> None:
     with pytest.raises(PairingError, match="no LR series could be paired"):
         write_sheet(proposal, tmp_path / "s.tsv")
     assert not (tmp_path / "s.tsv").exists()
+
+
+def test_pixel_size_one_file_lacks_is_written_and_the_sheet_passes_the_workflow_schema(tmp_path: Path) -> None:
+    from snakemake.utils import validate
+
+    folder = tmp_path / "day1"
+    folder.mkdir()
+    ome(folder / "cell_fast.ome.tif", (3, 16, 16), px=0.5)
+    tifffile.imwrite(folder / "cell_slow.tif", np.zeros((32, 32), np.uint16))  # no resolution tags
+    proposal = propose([folder])
+    [pair] = proposal.pairs
+    assert pair.hr_pixel_size_um == 0.25 and any("HR pixel size not in the file" in n for n in pair.notes)
+    assert "not in the files: pixel size" in "; ".join(pair.notes)
+    out = write_sheet(proposal, tmp_path / "samples.tsv")
+    sheet = load_samples(out)
+    assert sheet.loc["day1/day1/cell", "hr_pixel_size_um"] == "0.25"
+    validate(sheet, schema=str(Path(__file__).resolve().parents[1] / "workflow/schemas/samples.schema.yaml"))
