@@ -315,8 +315,11 @@ def test_register_fov_end_to_end(tmp_path, caplog):
     r = attrs["registration"]
     assert set(r) == {
         "drift_px", "hr_shift_px", "line_phase_px", "field_fraction", "ncc", "residual_drift_px",
-        "passed", "min_ncc", "photons",
+        "passed", "min_ncc", "photons", "resonant_field_fraction", "resonant_evidence", "blur_sigma_px",
     }
+    # The frames are a linear scan: a resonant fit that only follows the noise is rejected.
+    assert r["field_fraction"] == 0.0 and row["field_fraction"] == 0.0
+    assert r["resonant_evidence"] is None or r["resonant_evidence"] <= reg.MIN_RESONANT_EVIDENCE
     # Photon counts without offset or read noise: the gain (1 ADU per photon) is measured; the
     # zero-photon level is the ADC floor itself, so offset and read noise are not (see
     # tests/test_photons.py for the calibration's accuracy).
@@ -438,7 +441,9 @@ def test_fit_scan_model_undoes_resonant_distortion(offset_um):
     lr, truth = acquire_lr_series(specimen, params=params, rng=rng)
     lr_mean = lr.astype(np.float64).mean(axis=0)
     phase = reg.estimate_line_phase(lr.astype(np.float64))
-    ff, shift, ncc = fit_scan_model(hr, lr_mean, scale=2, line_phase_px=phase)
+    fit = fit_scan_model(hr, lr_mean, scale=2, line_phase_px=phase)
+    ff, shift, ncc = fit.field_fraction, fit.hr_shift, fit.ncc
+    assert fit.evidence > reg.MIN_RESONANT_EVIDENCE
     assert ff == pytest.approx(truth["field_fraction"], abs=0.051)
     assert ncc > 0.9
     # Truth: the specimen appears moved by hr_to_lr_shift_px LR px in the series; the registered
