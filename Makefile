@@ -11,7 +11,7 @@ DEMO := results
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
-	$(BIN)/python -m pip install --quiet -e ".[ml,workflow,test]"
+	$(BIN)/python -m pip install --quiet -e ".[ml,workflow,test,export]"
 	@touch $@
 
 venv: $(BIN)/.installed
