@@ -1187,11 +1187,56 @@ def _finalize(
     ]
     if not pixel_size:
         axes = [{key: value for key, value in a.items() if key != "unit"} for a in axes]
-    write_multiscales_metadata(root, datasets, fmt=FormatV05(), axes=axes, name=name)
+    omero = omero_metadata(root[keys[-1]], channels=provenance.get("channel") if axes[0]["name"] == "c" else None, name=name)
+    write_multiscales_metadata(root, datasets, fmt=FormatV05(), axes=axes, name=name, metadata={"omero": omero})
     root.attrs["fastscan"] = json.loads(json.dumps(provenance, default=str))
     with atomic_path(out) as tmp:
         os.replace(partial, tmp)
     remove(Path(out) / ".progress")
+
+
+#: OMERO colours of restored channels by channel index (the planes of an RGB slide show as red,
+#: green and blue); a single plane is white.
+OMERO_COLOURS = ("FF0000", "00FF00", "0000FF", "FF00FF", "00FFFF", "FFFF00")
+#: Most pixels per channel read to find a store's intensity range for the OMERO window.
+OMERO_SAMPLE_PIXELS = 1 << 22
+
+
+def omero_metadata(level: zarr.Array, *, channels: Sequence[int] | None, name: str) -> dict[str, Any]:
+    """OMERO rendering metadata of a restored store, so viewers open it with sensible contrast.
+
+    The display window is 0..1 of the model's normalised HR units, the range between the training
+    HR targets' low and high percentiles (``model.json`` ``normalisation.hr``); ``min`` and
+    ``max`` (the slider's range) span that and the values found in ``level`` (the smallest
+    pyramid level, sampled down to :data:`OMERO_SAMPLE_PIXELS` per channel).
+
+    Parameters
+    ----------
+    level : zarr.Array
+        ``(C, Y, X)`` with ``channels`` (one index per plane), else ``(Y, X)`` or ``(T, Y, X)``.
+    channels : sequence of int or None
+        Input channel of each plane of a ``c`` axis; None for one plane.
+    name : str
+    """
+    planes = list(channels) if channels is not None else [None]
+    step = max(1, math.ceil(math.sqrt(level.shape[-2] * level.shape[-1] / OMERO_SAMPLE_PIXELS)))
+    out = []
+    for i, ch in enumerate(planes):
+        lead = (i,) if channels is not None else ((0,) if level.ndim == 3 else ())
+        sample = np.asarray(level[lead + (slice(None, None, step), slice(None, None, step))], dtype=np.float32)
+        finite = sample[np.isfinite(sample)]
+        lo = min(0.0, float(finite.min())) if finite.size else 0.0
+        hi = max(1.0, float(finite.max())) if finite.size else 1.0
+        out.append({
+            "label": "restored" if ch is None else f"channel {ch}",
+            "color": "FFFFFF" if ch is None else OMERO_COLOURS[int(ch) % len(OMERO_COLOURS)],
+            "active": True,
+            "inverted": False,
+            "coefficient": 1.0,
+            "family": "linear",
+            "window": {"min": lo, "max": hi, "start": 0.0, "end": 1.0},
+        })
+    return {"name": name, "channels": out, "rdefs": {"model": "greyscale" if channels is None else "color", "defaultT": 0, "defaultZ": 0}}
 
 
 def _versions() -> dict[str, str]:
