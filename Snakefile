@@ -17,6 +17,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/restore.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/finetune.smk"
+include: "workflow/rules/export.smk"
 
 
 rule all:
@@ -24,6 +25,7 @@ rule all:
         get_aggregates,
         get_all_slides,
         get_all_series,
+        get_all_exports,
     default_target: True
 
 

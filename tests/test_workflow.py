@@ -3,6 +3,7 @@
 import os
 import shutil
 import subprocess
+import zipfile
 
 import pandas as pd
 import pytest
@@ -43,6 +44,8 @@ TINY_CONFIG = {
         "gan": {"epochs": 1},
     },
     "restore": {"model": "mito", "frames": 1, "tile": 64, "overlap": 16, "region": 64, "pyramid_levels": 2},
+    # The package's bioimage.io test and ONNX weights are proven in test_export on the same kind of model.
+    "export": {"test": False, "onnx": False},
 }
 
 ROWS = [("fov01", "train"), ("fov02", "train"), ("fov03", "val"), ("fov04", "test")]
@@ -177,6 +180,7 @@ def test_user_config_with_one_model_plans_ingest_to_report(root, bin_dir, tmp_pa
         "train_gan": 1,
         "restore_fov": 1,
         "restore_slide": 1,
+        "export_model": 1,
         "metrics": 1,
         "report": 1,
         "all": 1,
@@ -230,6 +234,11 @@ def test_tiny_workflow_end_to_end(root, bin_dir, tmp_path):
     scale = node.metadata["coordinateTransformations"][0][0]["scale"]
     assert scale == pytest.approx([0.2, 0.2], rel=1e-3)  # pixel size halved from 0.4 µm
 
+    package = work / "results/models/mito/mito.bioimageio.zip"
+    with zipfile.ZipFile(package) as z:
+        assert {"rdf.yaml", "generator.pth", "generator.torchscript.pt", "test_input.npy", "README.md"} <= set(z.namelist())
+        assert "| gan |" in z.read("README.md").decode()  # the model's metrics table
+
     report = work / "results/report.html"
     snakemake(bin_dir, work, "--configfile", "config/tiny/config.yaml", "--report", str(report))
     html = report.read_text(errors="replace")
@@ -249,6 +258,7 @@ def test_tiny_workflow_end_to_end(root, bin_dir, tmp_path):
         "registration_qc": 1,
         "restore_fov": 1,
         "metrics": 1,
+        "export_model": 1,  # its README carries the metrics
         "report": 1,
         "all": 1,
     }

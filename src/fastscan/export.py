@@ -436,7 +436,7 @@ def _rdf_name(name: str) -> str:
     allowed = set(string.ascii_letters + string.digits + "_+- ()")
     clean = "".join(c if c in allowed else "-" for c in name)
     clean = re.sub(r"-{2,}", "-", clean).strip("- ")[:128]
-    return clean or "fastscan model"
+    return clean if len(clean) >= 5 else f"fastscan {clean}".strip()  # the spec wants 5 characters or more
 
 
 def export_model(
@@ -501,6 +501,8 @@ def export_model(
     model_dir = Path(model_dir)
     out = Path(out)
     _check_output_path(out)
+    if sample is not None and not isinstance(sample, np.ndarray) and not Path(sample).is_file():
+        raise ExportError(f"{sample}: the sample image does not exist")
     model, meta = load_generator(model_dir, device="cpu")
     kwargs = architecture_kwargs(meta, model_dir / "model.json")
     scale = int(meta["scale"])
@@ -541,7 +543,7 @@ def export_model(
         )
 
     defaults = EXPORT_DEFAULTS
-    name = _rdf_name(name or model_dir.name)
+    name = _rdf_name(name or f"fastscan {model_dir.name}")
     authors = list(authors) if authors else list(defaults["authors"])
     license = license or defaults["license"]
     tags = list(tags) if tags else list(defaults["tags"])

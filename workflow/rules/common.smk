@@ -221,6 +221,11 @@ def get_all_models(wildcards):
     return [f"results/models/{m}/generator.pth" for m in config["models"]]
 
 
+def get_all_exports(wildcards):
+    """The bioimage.io package of every trained model (rule export_model)."""
+    return [f"results/models/{m}/{m}.bioimageio.zip" for m in config["models"]]
+
+
 def get_slide_channel(wildcards):
     """A channel index, or a list / ``all`` (as written in the sheet) for several planes."""
     return SLIDES.loc[wildcards.slide, "channel"]

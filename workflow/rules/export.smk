@@ -1,0 +1,24 @@
+# bioimage.io package of each trained model, for Fiji (deepImageJ), napari and ilastik.
+
+
+rule export_model:
+    input:
+        weights="results/models/{model}/generator.pth",
+        meta="results/models/{model}/model.json",
+        metrics="results/report/metrics.tsv",
+    output:
+        "results/models/{model}/{model}.bioimageio.zip",
+    log:
+        "logs/export/{model}.log",
+    benchmark:
+        "benchmarks/export/{model}.tsv"
+    params:
+        export=config["export"],
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    conda:
+        "../../envs/fastscan-ml.yaml"
+    script:
+        "../scripts/export_model.py"
