@@ -292,6 +292,9 @@ class TileDataset:
     max_memory_mb : float
         A split smaller than this is read into memory once; a larger one is read tile by tile
         from the store (one chunk per tile), so memory does not grow with the dataset.
+    frames : int, optional
+        Temporal context (odd): each LR input holds the tile of this many neighbouring frames of
+        its FOV as channels, the target frame in the middle (see :func:`temporal_windows`).
     """
 
     def __init__(
@@ -306,6 +309,7 @@ class TileDataset:
         max_contrast: float = 0.2,
         seed: int = 0,
         max_memory_mb: float = 2048.0,
+        frames: int = 1,
     ) -> None:
         g, table, attrs = read_dataset(path)
         self.attrs = attrs
@@ -318,6 +322,7 @@ class TileDataset:
         if len(idx) == 0:
             raise DatasetError(f"dataset {path} has no {split!r} tiles")
         self.table = table.iloc[idx].reset_index(drop=True)
+        self.window = temporal_windows(self.table, frames)
         self.norm = attrs["normalisation"]
         self.tile = tile
         self.index = idx
@@ -337,15 +342,18 @@ class TileDataset:
         return len(self.index)
 
     def _crop(self, i: int, y: int, x: int) -> tuple[np.ndarray, np.ndarray]:
+        """LR crop of the tile's temporal window ``(frames, size, size)`` and its HR crop."""
         s, size = self.scale, self.size
+        window = self.window[i]
         if self.in_memory:
             return (
-                self.lr[i, y : y + size, x : x + size].copy(),
+                self.lr[window, y : y + size, x : x + size],
                 self.hr[i, s * y : s * (y + size), s * x : s * (x + size)].copy(),
             )
         j = int(self.index[i])
+        lr = np.stack([self.lr[int(self.index[w]), y : y + size, x : x + size] for w in window])
         return (
-            normalise(self.lr[j, y : y + size, x : x + size], *self.norm["lr"]),
+            normalise(lr, *self.norm["lr"]),
             normalise(self.hr[j, s * y : s * (y + size), s * x : s * (x + size)], *self.norm["hr"]),
         )
 
@@ -360,7 +368,7 @@ class TileDataset:
         else:
             y = x = (t - size) // 2
         lr_np, hr_np = self._crop(i, int(y), int(x))
-        lr, hr = torch.from_numpy(lr_np)[None], torch.from_numpy(hr_np)[None]
+        lr, hr = torch.from_numpy(lr_np), torch.from_numpy(hr_np)[None]
         if self.augment:
             zoom = self.rng.uniform(1.0, self.max_zoom)
             crop = int(round(size / zoom))
@@ -377,6 +385,55 @@ class TileDataset:
         return lr, hr
 
 
+def temporal_windows(table: pd.DataFrame, frames: int) -> np.ndarray:
+    """Row indices of each tile's temporal window: the same position in neighbouring frames.
+
+    Parameters
+    ----------
+    table : DataFrame
+        Tile table of one split (``sample, session, fov, frame, y, x``), in row order.
+    frames : int
+        Window length, odd. Row ``i`` of frame ``f`` gets the rows of frames
+        ``f - frames // 2 ... f + frames // 2`` at the same FOV and position.
+
+    Returns
+    -------
+    ndarray, shape (len(table), frames), int
+        At the ends of a series the frames are reflected (``-1 -> 1``), as restoration does; a
+        frame the store does not hold (a ``max_frames`` or ``max_tiles`` cut, a one-frame FOV)
+        is replaced by the centre frame, so a window never mixes positions or FOVs.
+    """
+    frames = int(frames)
+    if frames < 1 or frames % 2 == 0:
+        raise DatasetError(f"temporal window must be an odd number of frames, got {frames}")
+    n = len(table)
+    centre = np.arange(n)
+    if frames == 1:
+        return centre[:, None]
+    keys = list(zip(table["sample"], table["session"], table["fov"], table["y"], table["x"]))
+    frame = table["frame"].to_numpy().astype(int)
+    where = {(*k, int(f)): i for i, (k, f) in enumerate(zip(keys, frame))}
+    last: dict[tuple, int] = {}
+    for k, f in zip(keys, frame):
+        last[k] = max(last.get(k, 0), int(f))
+    out = np.empty((n, frames), dtype=np.int64)
+    half = frames // 2
+    for i, (k, f) in enumerate(zip(keys, frame)):
+        for j, d in enumerate(range(-half, half + 1)):
+            out[i, j] = where.get((*k, reflect_frame(int(f) + d, last[k] + 1)), i)
+    return out
+
+
+def reflect_frame(t: int, n: int) -> int:
+    """Frame index ``t`` reflected into ``0 .. n - 1`` about the end frames (``-1 -> 1``,
+    ``n -> n - 2``), numpy's ``reflect`` padding mode; 0 for a one-frame series."""
+    if n <= 1:
+        return 0
+    period = 2 * (n - 1)
+    t = abs(t) % period
+    return period - t if t >= n else t
+
+
 def make_dataloaders(
     path: str | os.PathLike,
     *,
@@ -387,17 +444,19 @@ def make_dataloaders(
     augment: dict | None = None,
     num_workers: int = 0,
     max_memory_mb: float = 2048.0,
+    frames: int = 1,
 ):
     """fastai ``DataLoaders`` over the train and val splits of a dataset store.
 
     ``augment`` holds the :class:`TileDataset` augmentation limits; ``max_memory_mb`` is its
-    threshold between reading a split into memory and reading tile by tile.
+    threshold between reading a split into memory and reading tile by tile; ``frames`` the
+    generator's temporal window.
     """
     from fastai.data.core import DataLoaders
 
     aug = augment or {}
-    train = TileDataset(path, "train", size=size, augment=True, seed=seed, max_memory_mb=max_memory_mb, **aug)
-    valid = TileDataset(path, "val", size=size, augment=False, seed=seed, max_memory_mb=max_memory_mb)
+    train = TileDataset(path, "train", size=size, augment=True, seed=seed, max_memory_mb=max_memory_mb, frames=frames, **aug)
+    valid = TileDataset(path, "val", size=size, augment=False, seed=seed, max_memory_mb=max_memory_mb, frames=frames)
     # fastai shuffles and drops the last partial batch of the first (training) loader only; a
     # training split smaller than one batch must keep its partial batch or nothing is trained.
     return DataLoaders.from_dsets(

@@ -32,7 +32,7 @@ import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import zarr
@@ -295,13 +295,15 @@ def receptive_radius(
     # needed 32 px of overlap to restore within 1e-2 of the whole image).
     texture = ndi.gaussian_filter(np.random.default_rng(seed).random((size, size)), 2.0)
     texture = (texture - texture.min()) / (texture.max() - texture.min())
-    probe = torch.from_numpy(texture.astype(np.float32))[None, None].to(device)
+    # A generator with temporal context sees the same texture in every frame of its window.
+    frames = input_frames(model)
+    probe = torch.from_numpy(texture.astype(np.float32))[None, None].expand(1, frames, size, size).to(device)
     with torch.inference_mode(False), torch.enable_grad():
         x = probe.clone().requires_grad_(True)
         y = model(x)
         cy, cx = y.shape[-2] // 2, y.shape[-1] // 2
         (grad,) = torch.autograd.grad(y[0, 0, cy, cx].float(), x)
-    mass = grad[0, 0].abs().double().cpu().numpy()
+    mass = grad[0].abs().sum(dim=0).double().cpu().numpy()
     total = mass.sum()
     if not np.isfinite(total) or total <= 0:
         log.warning("receptive field probe gave no gradient; assuming %d px", size // 4)
@@ -314,6 +316,51 @@ def receptive_radius(
         # Normal for generators with self-attention (see AUTO_OVERLAP), hence not a warning.
         log.info("the generator's receptive field reaches the edge of the %d px probe", size)
     return radius
+
+
+def temporal_stack(
+    series: np.ndarray, indices: Iterable[int], *, frames: int = 1, total: int | None = None, offset: int = 0
+) -> np.ndarray:
+    """The generator inputs for frames ``indices`` of a series: the frames, or temporal windows.
+
+    Parameters
+    ----------
+    series : ndarray, shape (M, Y, X)
+        Consecutive frames ``offset .. offset + M - 1`` of the series, including every frame a
+        window reaches.
+    indices : iterable of int
+        Frames to restore (indices in the whole series).
+    frames : int
+        Window length of the generator (odd); 1 returns the frames themselves.
+    total : int, optional
+        Length of the whole series (default ``offset + M``). Windows are reflected at its ends
+        (:func:`fastscan.dataset.reflect_frame`), as in training.
+
+    Returns
+    -------
+    ndarray, shape (N, Y, X) or (N, frames, Y, X)
+    """
+    from fastscan.dataset import reflect_frame
+
+    indices = list(indices)
+    total = offset + len(series) if total is None else int(total)
+    if frames == 1:
+        return series[[t - offset for t in indices]]
+    half = frames // 2
+    rows = [[reflect_frame(t + d, total) - offset for d in range(-half, half + 1)] for t in indices]
+    if any(r < 0 or r >= len(series) for row in rows for r in row):
+        raise ValueError(f"temporal windows of frames {indices[0]}..{indices[-1]} reach outside the frames {offset}..{offset + len(series) - 1} given")
+    return series[np.asarray(rows)]
+
+
+def input_frames(model: torch.nn.Module) -> int:
+    """Input channels of a generator: the frames of its temporal window (1 for single frames)."""
+    import torch
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            return int(m.in_channels)
+    return 1
 
 
 _RADIUS_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -532,11 +579,13 @@ class TileEngine:
         return fit_tile(shape[0], self.tile, self.overlap), fit_tile(shape[1], self.tile, self.overlap)
 
     def predict(self, image: np.ndarray) -> np.ndarray:
-        """Restore one normalised ``(Y, X)`` image; returns ``(scale*Y, scale*X)`` float32."""
+        """Restore one normalised ``(Y, X)`` image, or the ``(frames, Y, X)`` temporal window of
+        a generator with temporal context; returns ``(scale*Y, scale*X)`` float32."""
         return self.predict_stack(np.asarray(image, dtype=np.float32)[None])[0]
 
     def predict_stack(self, images: np.ndarray) -> np.ndarray:
-        """Restore ``(N, Y, X)`` normalised frames; their tiles share batches.
+        """Restore ``(N, Y, X)`` normalised frames (or ``(N, frames, Y, X)`` temporal windows);
+        their tiles share batches.
 
         Returns
         -------
@@ -544,9 +593,11 @@ class TileEngine:
         """
         images = np.asarray(images, dtype=np.float32)
         o = self.overlap
-        blocks = [_pad(f, ((o, o), (o, o))) for f in images]
-        out = self.predict_blocks(blocks, tile_shape=self.tile_shape(images.shape[1:]))
-        return np.stack(out) if out else np.zeros((0, self.scale * images.shape[1], self.scale * images.shape[2]), np.float32)
+        lead = ((0, 0),) * (images.ndim - 3)
+        blocks = [_pad(f, (*lead, (o, o), (o, o))) for f in images]
+        ny, nx = images.shape[-2:]
+        out = self.predict_blocks(blocks, tile_shape=self.tile_shape((ny, nx)))
+        return np.stack(out) if out else np.zeros((0, self.scale * ny, self.scale * nx), np.float32)
 
     def predict_blocks(self, blocks: Sequence[np.ndarray], *, tile_shape: tuple[int, int] | None = None) -> list[np.ndarray]:
         """Restore blocks that already carry a halo of ``overlap`` px of context on every side.
@@ -554,7 +605,8 @@ class TileEngine:
         Parameters
         ----------
         blocks : sequence of ndarray, each (Y + 2*overlap, X + 2*overlap)
-            Normalised LR blocks; sizes may differ.
+            Normalised LR blocks; sizes may differ. A generator with temporal context takes
+            ``(frames, Y + 2*overlap, X + 2*overlap)`` windows, the restored frame in the middle.
         tile_shape : (int, int), optional
             LR tile size to use for every block (default: fitted to the largest block). Whole
             slides pass the size fitted to a full region, so all regions share one tile shape.
@@ -570,17 +622,18 @@ class TileEngine:
         if not blocks:
             return []
         if tile_shape is None:
-            tile_shape = self.tile_shape((max(b.shape[0] for b in blocks) - 2 * o, max(b.shape[1] for b in blocks) - 2 * o))
+            tile_shape = self.tile_shape((max(b.shape[-2] for b in blocks) - 2 * o, max(b.shape[-1] for b in blocks) - 2 * o))
         ty, tx = tile_shape
         bs = self.batch_size or default_batch_size(self.device, tile_shape, s, input_scale=self.input_scale)
         padded, grids, accs = [], [], []
         for b in blocks:
-            if b.shape[0] <= 2 * o or b.shape[1] <= 2 * o:
+            if b.shape[-2] <= 2 * o or b.shape[-1] <= 2 * o:
                 raise ValueError(f"block {b.shape} has no interior inside its {o}-px halo")
-            sy, sx = tile_starts(b.shape[0], ty, o), tile_starts(b.shape[1], tx, o)
+            sy, sx = tile_starts(b.shape[-2], ty, o), tile_starts(b.shape[-1], tx, o)
             # The last tile may reach past the halo; what it sees there only feeds discarded pixels.
-            extra = (sy[-1] + ty - b.shape[0], sx[-1] + tx - b.shape[1])
-            padded.append(_pad(np.asarray(b, dtype=np.float32), ((0, max(0, extra[0])), (0, max(0, extra[1])))))
+            extra = (sy[-1] + ty - b.shape[-2], sx[-1] + tx - b.shape[-1])
+            lead = ((0, 0),) * (b.ndim - 2)
+            padded.append(_pad(np.asarray(b, dtype=np.float32), (*lead, (0, max(0, extra[0])), (0, max(0, extra[1])))))
             grids.append((sy, sx))
             accs.append(self._buffer(len(accs), (s * (sy[-1] + ty), s * (sx[-1] + tx))))
         wy = torch.from_numpy(blend_window(s * ty, s * o)).to(self.device)
@@ -590,7 +643,9 @@ class TileEngine:
         cuda = self.device.type == "cuda"
 
         def assemble(batch: list[tuple[int, int, int]]) -> torch.Tensor:
-            arr = np.stack([padded[i][y : y + ty, x : x + tx] for i, y, x in batch])[:, None]
+            arr = np.stack([padded[i][..., y : y + ty, x : x + tx] for i, y, x in batch])
+            if arr.ndim == 3:  # single frames: one input channel
+                arr = arr[:, None]
             t = torch.from_numpy(arr)
             return t.pin_memory() if cuda else t
 
@@ -625,7 +680,7 @@ class TileEngine:
                 sum_y[s * y : s * (y + ty)] += wy
             for x in sx:
                 sum_x[s * x : s * (x + tx)] += wx
-            ny, nx = b.shape[0] - 2 * o, b.shape[1] - 2 * o
+            ny, nx = b.shape[-2] - 2 * o, b.shape[-1] - 2 * o
             interior = acc[s * o : s * (o + ny), s * o : s * (o + nx)]
             interior = interior / (sum_y[s * o : s * (o + ny), None] * sum_x[None, s * o : s * (o + nx)])
             out.append(interior.cpu().numpy())
@@ -734,18 +789,24 @@ def restore_fov(
     scale = int(next(iter(loaded.values()))[1]["scale"])
     geometries = {name: model_geometry(meta) is not None for name, (_, meta) in loaded.items()}
     reg = attrs.get("registration", {})
-    raw = np.asarray(g["lr"][:n], dtype=np.float32)
-    lr = normalise(raw, *norm["lr"])
+    total = g["lr"].shape[0]
+    # Generators with temporal context also read the frames after the last restored one.
+    windows = {name: int(meta.get("architecture", {}).get("frames", 1)) for name, (_, meta) in loaded.items()}
+    read = min(total, n + max(windows.values()) // 2)
+    raw_all = np.asarray(g["lr"][:read], dtype=np.float32)
+    raw = raw_all[:n]
+    lr_all = normalise(raw_all, *norm["lr"])
+    lr = lr_all[:n]
     hr = normalise(g["hr"][...], *norm["hr"])
     # The networks see the frames in the geometry they were trained on; this FOV's own fitted
     # scan model is used, as for the classical cascade. ``lr`` keeps the scan geometry: it is
     # the input of the interpolation baselines.
-    corrected = None
+    corrected_all = None
     if any(geometries.values()):
         from fastscan.geometry import correct_frames
 
-        corrected = normalise(
-            correct_frames(raw, line_phase_px=float(reg.get("line_phase_px", 0.0)), field_fraction=float(reg.get("field_fraction", 0.0))),
+        corrected_all = normalise(
+            correct_frames(raw_all, line_phase_px=float(reg.get("line_phase_px", 0.0)), field_fraction=float(reg.get("field_fraction", 0.0))),
             *norm["lr"],
         )
     meta = {
@@ -776,7 +837,8 @@ def restore_fov(
             og.create_array("classical", data=pred, chunks=(1,) + pred.shape[1:])
         for name, (model, _) in loaded.items():
             t0 = time.time()
-            inputs = corrected if geometries[name] else lr
+            source = corrected_all if geometries[name] else lr_all
+            inputs = temporal_stack(source, range(n), frames=windows[name], total=total)
             # One engine for all frames: tiling, buffers (and any low-precision weights) once.
             engine = TileEngine(
                 model.eval(), scale=scale, tile=tile, overlap=overlap, batch_size=batch_size, device=device,
@@ -1362,6 +1424,13 @@ def _setup_slide(
     channels = parse_channels(channel)
     planes, chans, smeta = _open_planes(path, channels, level)
     model, meta, desc = _load_model(model_dir, generator, device=device)
+    window = int(meta.get("architecture", {}).get("frames", 1))
+    if window > 1:
+        raise RestoreError(
+            f"model {desc['path'] or type(model).__name__} restores each frame from a window of {window} frames of a "
+            f"video-rate series; a slide ({path}) has no neighbouring frames. Restore series with it (fastscan restore "
+            "--series), and slides with a single-frame model (train.architecture.frames: 1)"
+        )
     partial = _partial(out)
     old = _read_plan(partial)
     same_work = old is not None and old.get("model", {}).get("digest") == desc["digest"] and old.get("input") == _input_fingerprint(path)
@@ -1778,11 +1847,16 @@ def _restore_series(
     tile_shape = tuple(plan["tile_shape"])
     o = engine.overlap
 
+    # A generator with temporal context restores each frame from its window of neighbours,
+    # reflected at the ends of the series as in training.
+    window = int(meta.get("architecture", {}).get("frames", 1))
+    lead = ((0, 0),) if window > 1 else ()
+
     def read(key: tuple[int]) -> np.ndarray:
-        return frames[key[0] * fpc : (key[0] + 1) * fpc]
+        return temporal_stack(frames, range(key[0] * fpc, min(n_t, (key[0] + 1) * fpc)), frames=window)
 
     def compute(batch: np.ndarray) -> np.ndarray:
-        return np.stack(engine.predict_blocks([_pad(f, ((o, o), (o, o))) for f in batch], tile_shape=tile_shape))
+        return np.stack(engine.predict_blocks([_pad(f, (*lead, (o, o), (o, o))) for f in batch], tile_shape=tile_shape))
 
     def write(key: tuple[int], hr: np.ndarray) -> None:
         level0[key[0] * fpc : key[0] * fpc + hr.shape[0]] = hr

@@ -48,6 +48,9 @@ DEFAULT_ARCHITECTURE: dict[str, Any] = {
     # Channels of the low-resolution variant's HR head; None: 16 for ``lowres``, 0 (none) for
     # ``faithful``, whose U-Net already ends at HR resolution.
     "hr_head": None,
+    # Temporal context: the generator sees this many registered neighbouring frames of a series
+    # as input channels (odd; the restored frame in the middle). 1 is the paper's single frame.
+    "frames": 1,
 }
 
 #: Generator variants: ``faithful`` is the paper's network (the U-Net runs on the LR tile resized
@@ -106,7 +109,7 @@ class UpsampledUnet(nn.Module):
         # scale*i .. scale*i+scale-1, which is how the registered HR target is defined.
         up = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
         out = self.unet(_unet_input(self.unet, up))
-        return up + out.to(up.dtype) if self.residual else out.to(up.dtype)
+        return _centre(up) + out.to(up.dtype) if self.residual else out.to(up.dtype)
 
 
 class LowResUnet(nn.Module):
@@ -160,10 +163,19 @@ class LowResUnet(nn.Module):
         out = self.shuffle(self.unet(_unet_input(self.unet, x)))
         if self.head is None and not self.residual:
             return out.to(x.dtype)
-        up = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        up = F.interpolate(_centre(x), scale_factor=self.scale, mode="bilinear", align_corners=False)
         if self.head is not None:
             out = self.head(torch.cat([out, up.to(dtype)], dim=1))
         return up + out.to(x.dtype) if self.residual else out.to(x.dtype)
+
+
+def _centre(x: torch.Tensor) -> torch.Tensor:
+    """The restored frame of a temporal window ``(N, frames, h, w)``: its middle channel.
+
+    The residual base is the bilinear upsampling of that frame alone: the neighbours are context
+    that the U-Net may use, never added to the output (a moving structure would be doubled)."""
+    k = x.shape[1]
+    return x if k == 1 else x[:, k // 2 : k // 2 + 1]
 
 
 def _unet_dtype(unet: nn.Module, x: torch.Tensor) -> torch.dtype:
@@ -293,6 +305,13 @@ def resolve_architecture(overrides: dict[str, Any] | None = None) -> dict[str, A
         arch["hr_head"] = LOWRES_HR_HEAD if arch["variant"] == "lowres" else 0
     if arch["hr_head"] and arch["variant"] != "lowres":
         raise ModelError(f"hr_head {arch['hr_head']} applies to the lowres variant only, not to {arch['variant']!r}")
+    frames = arch["frames"]
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1 or frames % 2 == 0:
+        raise ModelError(f"architecture frames must be an odd number of 1 or more (the restored frame and its neighbours), got {frames!r}")
+    # The frames of the window are the input channels.
+    if arch["n_in"] not in (1, frames):
+        raise ModelError(f"architecture n_in {arch['n_in']} contradicts frames {frames}: a temporal window feeds one channel per frame")
+    arch["n_in"] = frames
     return arch
 
 

@@ -347,7 +347,8 @@ def train_generator(
         if ckpt and (ckpt["phase"] > phase or (ckpt["phase"] == phase and ckpt["epoch"] >= epochs)):
             continue  # finished before the interruption
         dls = make_dataloaders(
-            dataset, size=size, batch_size=cfg["batch_size"], seed=seed, device=device, augment=cfg["augment"], num_workers=cfg["num_workers"]
+            dataset, size=size, batch_size=cfg["batch_size"], seed=seed, device=device, augment=cfg["augment"], num_workers=cfg["num_workers"],
+            frames=int(meta["architecture"]["frames"]),
         )
         if learn is None:
             learn = _generator_learner(dls, model, lr_wd=gen["wd"])
@@ -436,7 +437,8 @@ def train_critic(
     generator, gen_meta = load_generator(generator_dir, device=device)
     sets = []
     for split in ("train", "val"):
-        real, fake = _generate(generator, TileDataset(dataset, split, seed=seed), device=device, batch_size=cfg["batch_size"])
+        tiles = TileDataset(dataset, split, seed=seed, frames=int(gen_meta["architecture"].get("frames", 1)))
+        real, fake = _generate(generator, tiles, device=device, batch_size=cfg["batch_size"])
         sets.append(_CriticData(real, fake))
     del generator
     bs = cfg["batch_size"]
@@ -491,7 +493,10 @@ def train_gan(
     crit_meta = read_model_json(critic_dir)
     critic = build_critic(nf=int(crit_meta["critic"]["nf"]))
     critic.load_state_dict(load_state_dict(Path(critic_dir) / "critic.pth"))
-    dls = make_dataloaders(dataset, batch_size=cfg["batch_size"], seed=seed, device=device, augment=cfg["augment"], num_workers=cfg["num_workers"])
+    dls = make_dataloaders(
+        dataset, batch_size=cfg["batch_size"], seed=seed, device=device, augment=cfg["augment"], num_workers=cfg["num_workers"],
+        frames=int(gen_meta["architecture"].get("frames", 1)),
+    )
     learn_gen = _generator_learner(dls, generator, lr_wd=cfg["generator"]["wd"])
     learn_crit = _critic_learner(dls, critic)
     gcfg = cfg["gan"]
