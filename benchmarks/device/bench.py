@@ -12,8 +12,9 @@ Sections, in the order they run (the fragile ``torch.compile`` last):
 ``inference``
     The bare generators (faithful and lowres, see ``fastscan.models``; randomly initialised, norms
     folded as ``prepare_generator`` does) on LR tiles of 64/128/256/512 px at the engine's
-    automatic batch (``default_batch_size``): fp32, bf16 autocast, bf16 + channels_last, the
-    latter replayed as a CUDA graph, and (last) ``torch.compile`` with and without CUDA graphs.
+    automatic batch (``default_batch_size``): fp32, bf16 autocast, bf16 + channels_last, and late
+    in the run (``graphs``, ``compile``) the latter replayed as a CUDA graph and under
+    ``torch.compile`` with and without CUDA graphs.
     Output megapixels per second (HR pixels), timed with CUDA events after a warm-up, and peak
     GPU memory.
 ``end_to_end``
@@ -78,7 +79,7 @@ FULL = {
     "train_s": 5.0,
     "loader_s": 3.0,
     "e2e_tile": None,  # automatic tiling, as users get it
-    "budget": {"inference": 115, "end_to_end": 80, "training": 60, "loader": 15},
+    "budget": {"inference": 90, "end_to_end": 80, "training": 60, "loader": 15, "graphs": 25},
 }
 SMOKE = {
     "tiles": [32],
@@ -95,9 +96,10 @@ SMOKE = {
     "train_s": 0.0,
     "loader_s": 0.0,
     "e2e_tile": (32, 8),
-    "budget": {"inference": 60, "end_to_end": 60, "training": 60, "loader": 30},
+    "budget": {"inference": 60, "end_to_end": 60, "training": 60, "loader": 30, "graphs": 10},
 }
 GENERATORS = ("faithful", "lowres")
+SECTIONS = ("inference", "end_to_end", "training", "loader", "graphs", "compile")
 
 
 # --------------------------------------------------------------------------------------------
@@ -426,16 +428,17 @@ def measure_variant(report, *, name, gen, tile, model, device, scale, input_scal
     return report.add("inference", row)
 
 
-def inference_section(report, models, device, cfg, budget) -> None:
-    section = budget.section(cfg["budget"]["inference"])
-    variants = [("fp32", False, False, False), ("bf16", True, False, False), ("bf16+cl", True, True, False), ("bf16+cl+graph", True, True, True)]
+def inference_section(report, models, device, cfg, budget, *, graphs: bool = False) -> None:
+    """The eager variants, or (``graphs``) bf16 + channels_last replayed as a CUDA graph: a failed
+    capture can leave the CUDA context unusable, so the graphs run after everything but compile."""
+    section = budget.section(cfg["budget"]["graphs" if graphs else "inference"])
+    variants = [("fp32", False, False, False), ("bf16", True, False, False), ("bf16+cl", True, True, False)]
+    if graphs:
+        variants = [("bf16+cl+graph", True, True, True)]
     for gen in GENERATORS:
         base, arch, _ = models[gen]
         scale, input_scale = int(arch["scale"]), int(base.input_scale)
         for name, bf16, cl, graph in variants:
-            if graph and device.type != "cuda":
-                report.skip(f"inference {gen} {name}", "CUDA graphs need a CUDA device")
-                continue
             model = on_device(base, device, channels_last=cl)
             for tile in cfg["tiles"]:
                 measure_variant(report, name=name, gen=gen, tile=tile, model=model, device=device, scale=scale, input_scale=input_scale,
@@ -495,8 +498,13 @@ def _compile_section(report, models, device, cfg, budget, *, backend: str) -> No
         plan = plan[:1]
     compiled = {}
     last_compile = 0.0
+    worked, failed = set(), set()
     for gen, tile, name, mode in plan:
         what = f"inference {gen} tile {tile} {name}"
+        if mode in failed:
+            # The compiler is missing or broken: every other shape would fail the same way.
+            report.skip(what, "the first torch.compile of this mode failed")
+            continue
         if section.left() < 1.5 * last_compile + cfg["variant_s"]:
             report.skip(what, f"{section.left():.0f} s left, the last compile took {last_compile:.0f} s")
             continue
@@ -513,14 +521,7 @@ def _compile_section(report, models, device, cfg, budget, *, backend: str) -> No
             row["compile_backend"] = backend
             report.save()
             last_compile = float(row.get("compile_s") or last_compile)
-            if row.get("status") == "error" and not row.get("compile_s"):
-                # The compiler itself is missing or broken: every other shape would fail the same way.
-                for g2, t2, n2, m2 in plan[plan.index((gen, tile, name, mode)) + 1 :]:
-                    if m2 == mode:
-                        report.skip(f"inference {g2} tile {t2} {n2}", "the first torch.compile of this mode failed")
-                plan = [p for p in plan if p[3] != mode]
-                if not plan:
-                    break
+            (worked if row.get("status") == "ok" else failed if mode not in worked else set()).add(mode)
 
 
 # --------------------------------------------------------------------------------------------
@@ -579,11 +580,14 @@ def end_to_end_section(report, models, device, cfg, budget, work: Path, engine_r
         if gen not in engines:
             _, arch, state = models[gen]
             mdir = write_model_dir(work / f"model_{gen}", state, arch)
+            # What every restore_* call pays before its first tile: load, fold, measure the tiling.
+            t0 = time.perf_counter()
             model, meta = load_generator(mdir)
             model = prepare_generator(model, device=device)
             tile, overlap = cfg["e2e_tile"] or (None, None)
             engine = TileEngine(model, scale=int(meta["scale"]), tile=tile, overlap=overlap, device=device, context=training_context(meta))
-            engines[gen] = (engine, mdir, meta)
+            sync(device)
+            engines[gen] = (engine, mdir, meta, time.perf_counter() - t0)
         return engines[gen]
 
     def slide(gen, region):
@@ -593,8 +597,8 @@ def end_to_end_section(report, models, device, cfg, budget, work: Path, engine_r
             return
         row = {"kind": "slide", "generator": gen, "region": region, "status": "ok"}
         try:
-            engine, mdir, meta = engine_for(gen)
-            row.update(tile=engine.tile, overlap=engine.overlap)
+            engine, mdir, meta, setup_s = engine_for(gen)
+            row.update(tile=engine.tile, overlap=engine.overlap, setup_s=setup_s)
             size = cfg["slide"]
             if cfg is FULL:
                 # The engine's rate on a smaller slide first, to size the full one to the budget:
@@ -651,7 +655,8 @@ def end_to_end_section(report, models, device, cfg, budget, work: Path, engine_r
         frames, size = cfg["series"]
         row = {"kind": "series", "generator": gen, "frames": frames, "lr_size": size, "status": "ok"}
         try:
-            engine, mdir, meta = engine_for(gen)
+            engine, mdir, meta, setup_s = engine_for(gen)
+            row["setup_s"] = setup_s
             raw = synthetic_image(size, 3, frames=frames)
             lr = work / f"series_{gen}.ome.tif"
             tifffile.imwrite(lr, raw, metadata={"axes": "TYX", "PhysicalSizeX": 0.4, "PhysicalSizeY": 0.4}, ome=True)
@@ -782,10 +787,21 @@ def training_section(report, device, cfg, budget, work: Path, step_rates: dict) 
     size = cfg["train_tile"]
     smoke_arch = {"img_size": [64, 64]} if cfg is SMOKE else {}
 
+    modules = {}
+
     def generator():
+        """One generator and one critic serve every stage: building a ResNet34 U-Net costs more
+        than a few steps, and the weights a stage leaves do not change the next one's speed."""
         from fastscan.models import build_generator
 
-        return build_generator(smoke_arch, pretrained=False)
+        if "generator" not in modules:
+            modules["generator"] = build_generator(smoke_arch, pretrained=False)
+        return modules["generator"].train().requires_grad_(True)  # the GAN stage freezes them in turn
+
+    def critic():
+        if "critic" not in modules:
+            modules["critic"] = build_critic(nf=128)
+        return modules["critic"].train().requires_grad_(True)
 
     def learner(stage, bs):
         from functools import partial
@@ -803,13 +819,13 @@ def training_section(report, device, cfg, budget, work: Path, step_rates: dict) 
             fake = real + np.random.default_rng(0).normal(0, 0.05, real.shape).astype(np.float32)
             data = tr._CriticData(real, fake)
             dls = DataLoaders.from_dsets(data, data, bs=bs, drop_last=(len(data) > bs, False), device=dev)
-            return tr._critic_learner(dls, build_critic(nf=128))
+            return tr._critic_learner(dls, critic())
         dls = make_dataloaders(dataset, size=size, batch_size=bs, device=dev)
         gen_learn = tr._generator_learner(dls, generator(), lr_wd=1e-3)
         if stage == "mse":
             return gen_learn
         # As train_gan: the generator and critic learners joined with the adaptive switcher.
-        crit_learn = tr._critic_learner(dls, build_critic(nf=128))
+        crit_learn = tr._critic_learner(dls, critic())
         return GANLearner.from_learners(
             gen_learn, crit_learn, weights_gen=(1.0, 50.0), switcher=AdaptiveGANSwitcher(critic_thresh=0.65), show_img=False,
             opt_func=partial(Adam, mom=0.0), metrics=[tr.valid_psnr],
@@ -966,7 +982,8 @@ def table(data: dict) -> str:
             lines.append(f"  {r['kind']} {r['generator']}: {r.get('error', 'error')[:150]}")
         elif r["kind"] == "slide":
             lines.append(f"  slide  {r['generator']:8s} {r['lr_size']}^2 LR region {r['region']:5d} tile {r['tile']}/{r['overlap']}: "
-                         f"{_fmt(r['mpx_per_s'])} MP/s ({_fmt(r['restore_s'])} s), engine {_fmt(r['engine_mpx_s'])} MP/s, ratio {_fmt(r['over_engine'], '.2f')}")
+                         f"{_fmt(r['mpx_per_s'])} MP/s ({_fmt(r['restore_s'])} s), engine {_fmt(r['engine_mpx_s'])} MP/s, ratio {_fmt(r['over_engine'], '.2f')}, "
+                         f"model load+tiling {_fmt(r.get('setup_s'), '.2f')} s")
         else:
             lines.append(f"  series {r['generator']:8s} {r['frames']} x {r['lr_size']}^2 tile {r['tile']}/{r['overlap']}: {_fmt(r['fps'])} frames/s = "
                          f"{_fmt(r['over_realtime'])}x real time, {_fmt(r['mpx_per_s'])} MP/s, engine {_fmt(r['engine_fps'])} frames/s, ratio {_fmt(r['over_engine'], '.2f')}")
@@ -1006,7 +1023,7 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: the code paths, not the numbers")
     ap.add_argument("--device", default=None, help="cuda (default when available) or cpu")
     ap.add_argument("--budget", type=float, default=None, help="seconds for the whole run (default 330, smoke 240)")
-    ap.add_argument("--sections", default="inference,end_to_end,training,loader,compile")
+    ap.add_argument("--sections", default=",".join(SECTIONS))
     ap.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor; smoke: eager)")
     ap.add_argument("--table", type=Path, help="print the table of an existing device.json and exit")
     args = ap.parse_args(argv)
@@ -1037,24 +1054,32 @@ def main(argv=None) -> int:
         print(json.dumps(report.data["env"], indent=1), flush=True)
 
         models = {gen: generator_state(gen, args.smoke) for gen in GENERATORS}
-        if "inference" in sections:
-            print("== inference (bare generator)", flush=True)
-            inference_section(report, models, device, cfg, budget)
         engine_rates: dict = {}
-        if "end_to_end" in sections:
-            print("== end to end", flush=True)
-            end_to_end_section(report, models, device, cfg, budget, work, engine_rates)
         step_rates: dict = {}
         dataset = None
-        if "training" in sections:
-            print("== training", flush=True)
-            dataset = training_section(report, device, cfg, budget, work, step_rates)
-        if "loader" in sections:
-            print("== data loader", flush=True)
-            loader_section(report, device, cfg, budget, dataset, step_rates)
-        if "compile" in sections:
-            print("== inference with torch.compile", flush=True)
-            compile_section(report, models, device, cfg, budget, backend=args.compile_backend or ("eager" if args.smoke else "inductor"))
+        report.data["sections_s"] = {}
+        for name in SECTIONS:
+            if name not in sections:
+                continue
+            print(f"== {name}", flush=True)
+            t0 = time.monotonic()
+            if name == "inference":
+                inference_section(report, models, device, cfg, budget)
+            elif name == "end_to_end":
+                end_to_end_section(report, models, device, cfg, budget, work, engine_rates)
+            elif name == "training":
+                dataset = training_section(report, device, cfg, budget, work, step_rates)
+            elif name == "loader":
+                loader_section(report, device, cfg, budget, dataset, step_rates)
+            elif name == "graphs":
+                if device.type == "cuda":
+                    inference_section(report, models, device, cfg, budget, graphs=True)
+                else:
+                    report.skip("inference bf16+cl+graph", "CUDA graphs need a CUDA device")
+            else:
+                compile_section(report, models, device, cfg, budget, backend=args.compile_backend or ("eager" if args.smoke else "inductor"))
+            report.data["sections_s"][name] = round(time.monotonic() - t0, 1)
+            report.save()
         report.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     except BaseException as exc:  # noqa: BLE001  (a timeout's SIGTERM included: keep what was measured)
         report.error("run", exc)

@@ -80,6 +80,8 @@ case "$MODE" in
         PYFLAGS=(-S)
         ;;
     own)
+        (( SMOKE )) || (( have_wheels )) || [[ -n "${DEVICE_SITE:-}" ]] ||
+            echo "no cp$PYVER wheels in $WHEELS: using $PYTHON's own packages (run prepare.sh where there is network)" | tee -a "$LOG"
         export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
         ;;
     *)
@@ -92,11 +94,11 @@ echo "packages: $MODE" | tee -a "$LOG"
 # Hard stop a minute after the budget: bench.py saves device.json after every measurement.
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::FutureWarning,ignore::DeprecationWarning}"
 timeout --signal=TERM --kill-after=15 $(( ${BUDGET%.*} + 60 )) \
-    "$PYTHON" "${PYFLAGS[@]}" "$HERE/bench.py" --out "$OUT" --budget "$BUDGET" "${ARGS[@]}" 2>&1 | tee -a "$LOG"
+    "$PYTHON" ${PYFLAGS[@]+"${PYFLAGS[@]}"} "$HERE/bench.py" --out "$OUT" --budget "$BUDGET" ${ARGS[@]+"${ARGS[@]}"} 2>&1 | tee -a "$LOG"
 rc=${PIPESTATUS[0]}
 if (( rc == 124 || rc == 137 )); then
     echo "bench.py was stopped at its time limit (rc $rc); device.json holds what was measured:" | tee -a "$LOG"
-    "$PYTHON" "${PYFLAGS[@]}" "$HERE/bench.py" --table "$OUT/device.json" 2>&1 | tee -a "$LOG"
+    "$PYTHON" ${PYFLAGS[@]+"${PYFLAGS[@]}"} "$HERE/bench.py" --table "$OUT/device.json" 2>&1 | tee -a "$LOG"
 fi
 echo "run.sh: rc $rc, $(( $(date +%s) - t_start )) s in all; results in $OUT/device.json, log in $LOG" | tee -a "$LOG"
 exit "$rc"
