@@ -249,7 +249,10 @@ def results_table(metrics: pd.DataFrame, train_s: dict[str, float]) -> pd.DataFr
 
 
 def margins(tab: pd.DataFrame, train_s: dict[str, float]) -> pd.DataFrame:
-    """Per sample: fastscan (mse, gan) minus CARE, against >= +1 dB PSNR, >= 0 SSIM, <= CARE's time."""
+    """Per sample: fastscan (mse, gan) minus CARE, against >= +1 dB PSNR, >= 0 SSIM, <= CARE's time.
+
+    ``train_s`` maps a method to its training seconds: ``mse`` its stage, ``gan`` all three.
+    """
     rows = []
     for sample, t in tab.groupby("sample", sort=False):
         by = t.set_index("method")
@@ -262,9 +265,9 @@ def margins(tab: pd.DataFrame, train_s: dict[str, float]) -> pd.DataFrame:
             d_ssim = by.loc[m, "ssim_mean"] - by.loc["care", "ssim_mean"]
             rows.append({
                 "sample": sample, "method": m, "d_psnr": d_psnr, "d_ssim": d_ssim,
-                "fastscan_train_s": train_s.get("fastscan"), "care_train_s": train_s.get("care"),
+                "fastscan_train_s": train_s.get(m), "care_train_s": train_s.get("care"),
                 "psnr_target_met": bool(d_psnr >= 1.0), "ssim_target_met": bool(d_ssim >= 0.0),
-                "time_target_met": bool(train_s.get("fastscan", np.inf) <= train_s.get("care", 0.0)),
+                "time_target_met": bool(train_s.get(m, np.inf) <= train_s.get("care", 0.0)),
             })
     return pd.DataFrame(rows)
 
@@ -481,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics.to_csv(out / "metrics.tsv", sep="\t", index=False)
     timer.step("metrics", t)
 
-    train_s = {"mse": times["mse"], "gan": times["total"], "fastscan": times["total"], **{p: r["train_s"] for p, r in results.items()}}
+    train_s = {"mse": times["mse"], "gan": times["total"], **{p: r["train_s"] for p, r in results.items()}}
     tab = results_table(metrics, train_s)
     tab.to_csv(out / "table.tsv", sep="\t", index=False)
     print(f"\nData: {source}; {manifest['counts']['train']} train / {manifest['counts']['val']} val tile pairs "
