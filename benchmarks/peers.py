@@ -275,7 +275,7 @@ def margins(tab: pd.DataFrame, train_s: dict[str, float]) -> pd.DataFrame:
 def wins(metrics: pd.DataFrame) -> pd.DataFrame:
     """Per sample and metric: how many test frames each method scores best on."""
     rows = []
-    for (sample, key), g in metrics.groupby(["sample", "fov"], sort=False):
+    for (sample, _session, _fov), g in metrics.groupby(["sample", "session", "fov"], sort=False):
         for frame, f in g.groupby("frame"):
             for metric in ("psnr", "ssim"):
                 best = f.loc[f[metric].idxmax(), "method"]
