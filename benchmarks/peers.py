@@ -284,12 +284,34 @@ def wins(metrics: pd.DataFrame) -> pd.DataFrame:
     return df.groupby(["sample", "metric", "method"]).size().rename("frames_won").reset_index()
 
 
+def noise_kept(store: str | os.PathLike, net_input_up: np.ndarray) -> dict[str, float]:
+    """Per method: the fraction of the input's noise left in the background of its output.
+
+    Background: HR pixels at or below the HR median. The input's noise there is the bilinear upsampling
+    of the frames the networks saw minus HR; the fraction is the least-squares slope of each
+    method's error (output minus HR) on it, over all frames: 1 passes the noise through, 0
+    removes it. A diagnostic of why SSIM differs, not a metric of the benchmark.
+    """
+    import zarr
+
+    g = zarr.open_group(str(store), mode="r")
+    hr = np.asarray(g["hr"][...], dtype=np.float64)
+    bg = hr <= np.median(hr)
+    noise = (np.asarray(net_input_up, dtype=np.float64) - hr)[:, bg]
+    out = {}
+    for m in g.attrs["fastscan"].get("methods", []):
+        err = (np.asarray(g[m][...], dtype=np.float64) - hr)[:, bg]
+        out[m] = float((err * noise).sum() / max((noise * noise).sum(), 1e-12))
+    return out
+
+
 def show(tab: pd.DataFrame, title: str) -> None:
     print(f"\n{title}")
-    print(f"{'method':>10} |  n | PSNR (dB)      | SSIM          | train (s)")
+    print(f"{'method':>10} |  n | PSNR (dB)      | SSIM          | train (s) | background noise kept")
     for _, r in tab.iterrows():
         ts = "" if pd.isna(r["train_s"]) else f"{r['train_s']:.0f}"
-        print(f"{r['method']:>10} | {int(r['n']):2d} | {r['psnr_mean']:6.2f} ± {r['psnr_sd']:4.2f} | {r['ssim_mean']:.3f} ± {r['ssim_sd']:.3f} | {ts:>9}")
+        nk = "" if pd.isna(r.get("noise_kept", np.nan)) else f"{r['noise_kept']:.2f}"
+        print(f"{r['method']:>10} | {int(r['n']):2d} | {r['psnr_mean']:6.2f} ± {r['psnr_sd']:4.2f} | {r['ssim_mean']:.3f} ± {r['ssim_sd']:.3f} | {ts:>9} | {nk:>5}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -486,12 +508,19 @@ def main(argv: list[str] | None = None) -> int:
 
     train_s = {"mse": times["mse"], "gan": times["total"], **{p: r["train_s"] for p, r in results.items()}}
     tab = results_table(metrics, train_s)
+    kept = pd.DataFrame([
+        {"sample": t["sample"], "method": m, "noise_kept": v}
+        for t in tests
+        for m, v in noise_kept(out / "scored" / f"{t['key']}.zarr", np.load(export / "test" / f"{t['key']}_up.npy")).items()
+    ])
+    tab = tab.merge(kept.groupby(["sample", "method"], as_index=False)["noise_kept"].mean(), on=["sample", "method"], how="left")
     tab.to_csv(out / "table.tsv", sep="\t", index=False)
     print(f"\nData: {source}; {manifest['counts']['train']} train / {manifest['counts']['val']} val tile pairs "
           f"({manifest['tile']} px LR tiles, x{manifest['scale']}); same tiles, split, test frames and metric code for every method.")
     print(f"fastscan training: MSE {times['mse']:.0f} s + critic {times['critic']:.0f} s + GAN {times['gan']:.0f} s = {times['total']:.0f} s "
           f"(load average {times.get('loadavg_start', float('nan')):.1f} -> {times.get('loadavg_end', float('nan')):.1f}); peer budget {budget:.0f} s each.")
     print("train (s): mse = stage 1 only; gan = all three stages (the GAN needs them); peers = their own training, data set-up included.")
+    print("background noise kept: slope of the output's error on the input's noise where HR is at or below its median (1 = passed through, 0 = removed).")
     for sample, t_ in tab.groupby("sample", sort=False):
         n_fovs = len({x["fov"] for x in tests if x["sample"] == sample})
         show(t_, f"Sample {sample}: {int(t_['n'].iloc[0])} frames of {n_fovs} test FOV(s), PSNR/SSIM on the normalised HR scale (data_range 1)")

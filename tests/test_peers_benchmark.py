@@ -125,3 +125,19 @@ def test_fov_table_needs_every_split(tmp_path):
     pd.DataFrame([{"path": p, "sample": "m", "session": "s", "fov": p[:2], "split": "train"} for p, _ in rows]).to_csv(tsv, sep="\t", index=False)
     with pytest.raises(SystemExit, match="no val FOV"):
         peers.read_fov_table(tsv)
+
+
+def test_noise_kept_tells_passed_noise_from_removed(tmp_path):
+    rng = np.random.default_rng(5)
+    hr = np.zeros((32, 32), np.float32)
+    hr[8:24, 8:24] = 1.0
+    noisy = hr + rng.normal(0, 0.05, (2, 32, 32)).astype(np.float32)
+    g = zarr.open_group(str(tmp_path / "r.zarr"), mode="w")
+    g.create_array("lr", data=np.zeros((2, 16, 16), np.float32))
+    g.create_array("hr", data=hr)
+    g.create_array("passed", data=hr + 0.5 * (noisy - hr))
+    g.create_array("clean", data=np.broadcast_to(hr, (2, 32, 32)).copy())
+    g.attrs["fastscan"] = {"methods": ["passed", "clean"], "scale": 2}
+    kept = peers.noise_kept(tmp_path / "r.zarr", noisy)
+    assert kept["passed"] == pytest.approx(0.5, abs=1e-6)
+    assert kept["clean"] == pytest.approx(0.0, abs=1e-9)
