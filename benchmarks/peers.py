@@ -297,10 +297,13 @@ def noise_kept(store: str | os.PathLike, net_input_up: np.ndarray) -> dict[str, 
     g = zarr.open_group(str(store), mode="r")
     hr = np.asarray(g["hr"][...], dtype=np.float64)
     bg = hr <= np.median(hr)
+    # Centred per frame: an intensity offset between the LR and HR scales is not noise.
     noise = (np.asarray(net_input_up, dtype=np.float64) - hr)[:, bg]
+    noise -= noise.mean(axis=1, keepdims=True)
     out = {}
     for m in g.attrs["fastscan"].get("methods", []):
         err = (np.asarray(g[m][...], dtype=np.float64) - hr)[:, bg]
+        err -= err.mean(axis=1, keepdims=True)
         out[m] = float((err * noise).sum() / max((noise * noise).sum(), 1e-12))
     return out
 
