@@ -15,6 +15,13 @@ Opt-in targets:
   then fine-tuned on two numbers of sample-B pairs.
 - ``--raw-geometry``: also trains a stage-1 generator on the raw scan geometry (the paper's input,
   ``dataset.correct_geometry: false``) to show what the input-geometry correction is worth.
+- ``--temporal 1 3 5``: temporal context (``train.architecture.frames``). Stage-1 generators for
+  each window length, trained on the same FOVs simulated with ``--temporal-frames`` frames (the
+  schedule's epochs scaled so that every generator takes as many steps as the default target),
+  evaluated on the held-out registered FOVs (static) and on a held-out series whose specimen
+  drifts by ``--temporal-drift`` µm per frame, restored from the raw file by
+  :func:`fastscan.infer.restore_series` (moving: each frame scored against the HR target moved
+  onto it).
 
 Everything is written under ``--out`` (tables as TSV too). The budget of the default target is
 60 minutes on 2 CPU cores; the script prints the time of every step, and never asserts on it.
@@ -203,6 +210,87 @@ def inference_speed(model_dirs: dict[str, Path], *, size: int = 256, rounds: int
     }
 
 
+def moving_series(out: Path, models: dict[int, Path], *, frames: int, drift_um: float, seed: int) -> pd.DataFrame:
+    """Restore a drifting, unregistered series with each window length and score every frame.
+
+    The HR target is moved onto each frame by phase correlation with that frame's bilinear
+    upsampling, the same target for every method, so a method that smears the motion over its
+    window loses against one that restores the frame it was given.
+    """
+    import tifffile
+    from skimage.registration import phase_cross_correlation
+
+    from fastscan.baselines import upsample
+    from fastscan.dataset import normalise
+    from fastscan.geometry import prepare_frames
+    from fastscan.infer import restore_series
+    from fastscan.metrics import psnr, ssim
+    from fastscan.models import read_model_json
+    from fastscan.register import apply_shifts
+    from fastscan.simulate import write_fov
+    import zarr
+
+    base = out / "simulated" / "moving" / "fov01"
+    truth = write_fov(
+        lr_path=f"{base}_lr.ome.tif", hr_path=f"{base}_hr.ome.tif", truth_path=f"{base}_truth.json",
+        specimen=SAMPLE_A[1], seed=seed, params={"lr": {"frames": frames, "drift_um_per_frame": drift_um}},
+    )
+    drift = np.asarray(truth["drift_px"])
+    _log(f"moving series: drift steps rms {np.sqrt(np.mean(np.sum(np.diff(drift, axis=0) ** 2, axis=1))):.2f} LR px per frame")
+    meta = read_model_json(next(iter(models.values())))
+    raw = tifffile.imread(f"{base}_lr.ome.tif").astype(np.float32)
+    lr = normalise(prepare_frames(raw, meta), *meta["normalisation"]["lr"])
+    hr = normalise(tifffile.imread(f"{base}_hr.ome.tif").astype(np.float32), *meta["normalisation"]["hr"])
+    restored = {}
+    for k, d in models.items():
+        dest = out / "restored" / "moving" / f"frames{k}.ome.zarr"
+        restore_series(f"{base}_lr.ome.tif", dest, model_dir=d, pyramid_levels=1, precision="float32", threads=2, overwrite=True)
+        restored[k] = np.asarray(zarr.open_group(str(dest), mode="r")["0"][...])
+    rows = []
+    c = 16  # HR px left out at the borders, where the moved target is reflected
+    inner = (slice(c, -c), slice(c, -c))
+    for t in range(len(lr)):
+        bil = upsample(lr[t], scale=2, order=1)
+        shift, _, _ = phase_cross_correlation(bil, hr, upsample_factor=20, normalization=None)
+        target = apply_shifts(hr[None], np.asarray(shift)[None])[0]
+        preds = {"bilinear": bil, **{f"frames {k}": restored[k][t] for k in models}}
+        for name, pred in preds.items():
+            rows.append({"frame": t, "method": name, "psnr": psnr(pred[inner], target[inner]), "ssim": ssim(pred[inner], target[inner])})
+    return pd.DataFrame(rows)
+
+
+def temporal_experiment(args, out: Path, timer: Timer) -> None:
+    """Table: stage-1 generators with temporal windows of ``args.temporal`` frames, static and moving."""
+    t = time.perf_counter()
+    splits = ["train"] * args.train_fovs + ["val"] + ["test"] * args.test_fovs
+    fovs = prepare_sample(out / "temporal", *SAMPLE_A, splits, frames=args.temporal_frames, seed=11)
+    dataset = build(fovs, out / "temporal" / "dataset.zarr")
+    timer.step("temporal: simulate + register + dataset", t)
+    # As many optimiser steps as the default target's schedule on --frames frames.
+    ratio = args.frames / args.temporal_frames
+    gen = {**TRAIN["generator"], "epochs": [max(1, round(e * ratio)) for e in TRAIN["generator"]["epochs"]]}
+    print(f"temporal stage-1 schedule: {json.dumps(gen)} on {args.temporal_frames} frames per FOV")
+    models, static = {}, []
+    for k in args.temporal:
+        cfg = {**TRAIN, "generator": gen, "architecture": {"variant": "faithful", "frames": k}}
+        d = train_all(dataset, out / "temporal" / "models" / f"frames{k}", cfg, timer=timer, label=f"frames {k}", stages=("mse",))
+        models[k] = d["mse"]
+        t = time.perf_counter()
+        df = evaluate({"mse": d["mse"]}, fovs, out / "temporal" / "restored" / f"frames{k}", model=f"frames{k}", frames=args.eval_frames, classical=False)
+        df["method"] = df["method"].where(df["method"] != "mse", f"frames {k}")
+        static.append(df if k == args.temporal[0] else df[df["method"] == f"frames {k}"])
+        timer.step(f"frames {k}: restore + metrics", t)
+    tab = table(pd.concat(static, ignore_index=True), by=["method"])
+    tab.to_csv(out / "temporal_static.tsv", sep="\t", index=False)
+    show(tab, f"Temporal context, static: registered held-out FOVs ({args.eval_frames} frames each), stage-1 generators")
+    t = time.perf_counter()
+    moving = moving_series(out / "temporal", models, frames=args.temporal_frames, drift_um=args.temporal_drift, seed=77)
+    tab = table(moving, by=["method"])
+    tab.to_csv(out / "temporal_moving.tsv", sep="\t", index=False)
+    show(tab, f"Temporal context, moving: one unregistered series drifting {args.temporal_drift} µm/frame (rms step), restored by restore_series")
+    timer.step("temporal: moving series", t)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="benchmarks/quality", help="work and output folder")
@@ -215,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finetune", action="store_true", help="Table IV: sample A's GAN on sample B, then fine-tuned")
     ap.add_argument("--finetune-pairs", type=int, nargs=2, default=[40, 160])
     ap.add_argument("--raw-geometry", action="store_true", help="also train on the raw scan geometry (the paper's input)")
+    ap.add_argument("--temporal", type=int, nargs="+", default=None, help="temporal context: window lengths to compare, e.g. 1 3 5")
+    ap.add_argument("--temporal-frames", type=int, default=8, help="frames simulated per FOV for --temporal")
+    ap.add_argument("--temporal-drift", type=float, default=0.4, help="µm per frame (rms step) of the moving series of --temporal")
+    ap.add_argument("--only-temporal", action="store_true", help="run the --temporal experiment alone")
     ap.add_argument("--smoke", action="store_true", help="one short epoch per stage: checks the script, measures nothing")
     args = ap.parse_args(argv)
     if args.smoke:
@@ -229,6 +321,11 @@ def main(argv: list[str] | None = None) -> int:
     timer = Timer()
     print(f"fastscan quality benchmark: {os.cpu_count()} CPU(s), torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"training schedule: {json.dumps(TRAIN)}")
+
+    if args.only_temporal:
+        temporal_experiment(args, out, timer)
+        print(f"total: {(time.perf_counter() - timer.t0) / 60:.1f} min; tables in {out}")
+        return 0
 
     t = time.perf_counter()
     splits = ["train"] * args.train_fovs + ["val"] + ["test"] * args.test_fovs
@@ -348,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
         tab4.to_csv(out / "table_iv.tsv", sep="\t", index=False)
         show(tab4, "Table IV (scaled down): sample-A GAN on sample B, then fine-tuned on sample-B pairs")
         timer.step("fine-tune experiment", t)
+
+    if args.temporal:
+        temporal_experiment(args, out, timer)
 
     print("\nstep times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timer.steps.items()))
     print(f"total: {(time.perf_counter() - timer.t0) / 60:.1f} min; tables in {out}")

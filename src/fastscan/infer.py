@@ -319,7 +319,13 @@ def receptive_radius(
 
 
 def temporal_stack(
-    series: np.ndarray, indices: Iterable[int], *, frames: int = 1, total: int | None = None, offset: int = 0
+    series: np.ndarray,
+    indices: Iterable[int],
+    *,
+    frames: int = 1,
+    total: int | None = None,
+    offset: int = 0,
+    drift: np.ndarray | None = None,
 ) -> np.ndarray:
     """The generator inputs for frames ``indices`` of a series: the frames, or temporal windows.
 
@@ -335,6 +341,10 @@ def temporal_stack(
     total : int, optional
         Length of the whole series (default ``offset + M``). Windows are reflected at its ends
         (:func:`fastscan.dataset.reflect_frame`), as in training.
+    drift : ndarray, shape (total, 2), optional
+        Drift of every frame of the series (:func:`fastscan.register.estimate_drift`). Each
+        neighbour is then moved onto the restored frame's position, as the registered frames
+        of training were: a drifting specimen does not appear doubled in the window.
 
     Returns
     -------
@@ -350,7 +360,18 @@ def temporal_stack(
     rows = [[reflect_frame(t + d, total) - offset for d in range(-half, half + 1)] for t in indices]
     if any(r < 0 or r >= len(series) for row in rows for r in row):
         raise ValueError(f"temporal windows of frames {indices[0]}..{indices[-1]} reach outside the frames {offset}..{offset + len(series) - 1} given")
-    return series[np.asarray(rows)]
+    out = series[np.asarray(rows)]
+    if drift is not None:
+        from fastscan.register import apply_shifts
+
+        drift = np.asarray(drift, dtype=np.float64)
+        for i, (t, row) in enumerate(zip(indices, rows)):
+            # apply_shifts(frame, drift[n]) registers frame n to the reference; subtracting
+            # drift[t] puts it where frame t has the specimen.
+            shifts = drift[[r + offset for r in row]] - drift[t]
+            if np.any(shifts):
+                out[i] = apply_shifts(out[i], shifts).astype(out.dtype, copy=False)
+    return out
 
 
 def input_frames(model: torch.nn.Module) -> int:
@@ -1851,9 +1872,18 @@ def _restore_series(
     # reflected at the ends of the series as in training.
     window = int(meta.get("architecture", {}).get("frames", 1))
     lead = ((0, 0),) if window > 1 else ()
+    drift = None
+    if window > 1 and n_t > 1:
+        from fastscan.register import estimate_drift
+
+        # Training windows came from registered frames: the neighbours are moved onto each
+        # restored frame the same way (a rigid drift of the whole field; what moves within the
+        # field stays for the network, which learnt to restore the centre frame).
+        drift = estimate_drift(frames, iterations=1)
+        log.info("%s: drift of the series for its %d-frame windows: rms %.2f px", lr, window, float(np.sqrt(np.mean(np.sum(drift**2, axis=1)))))
 
     def read(key: tuple[int]) -> np.ndarray:
-        return temporal_stack(frames, range(key[0] * fpc, min(n_t, (key[0] + 1) * fpc)), frames=window)
+        return temporal_stack(frames, range(key[0] * fpc, min(n_t, (key[0] + 1) * fpc)), frames=window, drift=drift)
 
     def compute(batch: np.ndarray) -> np.ndarray:
         return np.stack(engine.predict_blocks([_pad(f, (*lead, (o, o), (o, o))) for f in batch], tile_shape=tile_shape))
@@ -1883,6 +1913,7 @@ def _restore_series(
         "input_pixel_size_um": px,
         "pixel_size_um": [p / s for p in px] if px else None,
         "geometry": model_geometry(meta),
+        "temporal_window": window,
         "tile": engine.tile,
         "overlap": engine.overlap,
         "tile_shape": plan["tile_shape"],
