@@ -13,7 +13,7 @@ import yaml
 
 from fastscan.cli import main
 from fastscan.dataset import normalise
-from fastscan.export import export_model
+from fastscan.export import ARCH_KWARGS, export_model
 from fastscan.infer import predict_image
 from fastscan.models import build_generator, load_generator, resolve_architecture, save_state_dict, write_model_json
 from fastscan.torch_generator import FastscanGenerator
@@ -68,12 +68,15 @@ def package(model_dir, tmp_path_factory):
         {"variant": "lowres", "img_size": [64, 64]},  # U-Net on the LR tile, pixel shuffle, HR head
         # Models written before the residual connection (sigmoid output range), without HR head.
         {"variant": "lowres", "residual": False, "hr_head": 0, "img_size": [64, 64]},
+        # A smoothed residual base (architecture.base_sigma), both variants.
+        {"img_size": [64, 64], "base_sigma": 1.5},
+        {"variant": "lowres", "img_size": [64, 64], "base_sigma": 1.0},
     ],
 )
 def test_plain_torch_architecture_loads_the_state_dict_and_gives_the_same_output(overrides):
     model = _generator(overrides).eval()
     arch = resolve_architecture(overrides)
-    plain = FastscanGenerator(**{k: arch[k] for k in ("variant", "scale", "n_in", "n_out", "blur", "self_attention", "norm_type", "y_range", "residual", "hr_head")})
+    plain = FastscanGenerator(**{k: arch[k] for k in ARCH_KWARGS})
     plain.load_state_dict(model.state_dict(), strict=True)  # every key, same names and shapes
     x = torch.rand(2, 1, 32, 64, generator=torch.Generator().manual_seed(1))
     if arch["variant"] == "faithful":

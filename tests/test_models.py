@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -179,3 +180,18 @@ def test_channels_last_generator_keeps_its_last_block_channels_last(variant):
     assert seen == [True]
     torch.testing.assert_close(y, expected, atol=1e-4, rtol=1e-4)
     assert y.is_contiguous()  # the NCHW base of the residual sum decides the output layout
+
+
+@pytest.mark.parametrize("sigma", [1.0, 2.0])
+def test_residual_base_lowpass_is_a_gaussian_blur(sigma):
+    """The smoothed residual base (architecture.base_sigma) is scipy's Gaussian filter with
+    torch's reflect padding (scipy's 'mirror') truncated at 3 sigma."""
+    from scipy import ndimage as ndi
+
+    from fastscan.torch_generator import lowpass
+
+    x = np.random.default_rng(0).random((1, 1, 24, 20)).astype(np.float32)
+    got = lowpass(torch.from_numpy(x), sigma)[0, 0].numpy()
+    want = ndi.gaussian_filter(x[0, 0].astype(np.float64), sigma, mode="mirror", truncate=3.0)
+    np.testing.assert_allclose(got, want, atol=1e-5)  # float32 sums of about 13 taps
+    assert lowpass(torch.from_numpy(x), 0.0) is not None and np.allclose(lowpass(torch.from_numpy(x), 0.0).numpy(), x)

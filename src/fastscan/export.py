@@ -62,7 +62,7 @@ EXPORT_DEFAULTS: dict[str, Any] = {
 }
 
 #: Architecture keys of ``model.json`` that :class:`fastscan.torch_generator.FastscanGenerator` takes.
-ARCH_KWARGS = ("variant", "scale", "n_in", "n_out", "blur", "self_attention", "norm_type", "y_range", "residual", "hr_head")
+ARCH_KWARGS = ("variant", "scale", "n_in", "n_out", "blur", "self_attention", "norm_type", "y_range", "residual", "hr_head", "base_sigma")
 
 #: Largest LR test tile: the test tensors only show and check the model, the user's tiles may be larger.
 MAX_TEST_TILE = 128
@@ -97,6 +97,7 @@ def architecture_kwargs(meta: Mapping[str, Any], path: str | os.PathLike = "mode
     # As fastscan.models.load_generator: models written before these keys existed had neither.
     arch.setdefault("residual", False)
     arch.setdefault("hr_head", 0)
+    arch.setdefault("base_sigma", 0.0)
     arch = resolve_architecture(arch)
     if arch["arch"] != "resnet34":
         raise ExportError(f"{path}: architecture.arch {arch['arch']!r} cannot be exported (only resnet34 is implemented)")

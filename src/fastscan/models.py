@@ -48,6 +48,9 @@ DEFAULT_ARCHITECTURE: dict[str, Any] = {
     # Channels of the low-resolution variant's HR head; None: 16 for ``lowres``, 0 (none) for
     # ``faithful``, whose U-Net already ends at HR resolution.
     "hr_head": None,
+    # Gaussian blur (LR px) of the frame whose bilinear upsampling is the residual base; 0: the
+    # plain bilinear upsampling (see fastscan.torch_generator.lowpass).
+    "base_sigma": 0.0,
     # Temporal context: the generator sees this many registered neighbouring frames of a series
     # as input channels (odd; the restored frame in the middle). 1 is the paper's single frame.
     "frames": 1,
@@ -87,11 +90,12 @@ class UpsampledUnet(nn.Module):
         HR pixels per LR pixel.
     """
 
-    def __init__(self, unet: nn.Module, *, scale: int, residual: bool = False) -> None:
+    def __init__(self, unet: nn.Module, *, scale: int, residual: bool = False, base_sigma: float = 0.0) -> None:
         super().__init__()
         self.scale = int(scale)
         self.unet = unet
         self.residual = bool(residual)
+        self.base_sigma = float(base_sigma)
         if self.residual:
             _shrink_last_conv(unet)
 
@@ -109,7 +113,9 @@ class UpsampledUnet(nn.Module):
         # scale*i .. scale*i+scale-1, which is how the registered HR target is defined.
         up = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
         out = self.unet(_unet_input(self.unet, up))
-        return _centre(up) + out.to(up.dtype) if self.residual else out.to(up.dtype)
+        if not self.residual:
+            return out.to(up.dtype)
+        return _base(x, up, self.scale, self.base_sigma) + out.to(up.dtype)
 
 
 class LowResUnet(nn.Module):
@@ -141,8 +147,9 @@ class LowResUnet(nn.Module):
     #: The U-Net runs on the LR grid (see ``UpsampledUnet.input_scale``).
     input_scale = 1
 
-    def __init__(self, unet: nn.Module, *, scale: int, residual: bool = False, hr_head: int = 0) -> None:
+    def __init__(self, unet: nn.Module, *, scale: int, residual: bool = False, hr_head: int = 0, base_sigma: float = 0.0) -> None:
         super().__init__()
+        self.base_sigma = float(base_sigma)
         self.scale = int(scale)
         self.unet = unet
         self.residual = bool(residual)
@@ -166,7 +173,18 @@ class LowResUnet(nn.Module):
         up = F.interpolate(_centre(x), scale_factor=self.scale, mode="bilinear", align_corners=False)
         if self.head is not None:
             out = self.head(torch.cat([out, up.to(dtype)], dim=1))
-        return up + out.to(x.dtype) if self.residual else out.to(x.dtype)
+        if not self.residual:
+            return out.to(x.dtype)
+        return _base(x, up, self.scale, self.base_sigma) + out.to(x.dtype)
+
+
+def _base(x: torch.Tensor, up: torch.Tensor, scale: int, sigma: float) -> torch.Tensor:
+    """Residual base: the bilinear upsampling of the centre frame, smoothed by ``sigma`` LR px."""
+    if sigma <= 0:
+        return _centre(up) if up.shape[1] > 1 else up
+    from fastscan.torch_generator import lowpass
+
+    return F.interpolate(lowpass(_centre(x), sigma), scale_factor=scale, mode="bilinear", align_corners=False)
 
 
 def _centre(x: torch.Tensor) -> torch.Tensor:
@@ -356,8 +374,8 @@ def build_generator(
         y_range=y_range,
     )
     if lowres:
-        return LowResUnet(unet, scale=scale, residual=bool(arch["residual"]), hr_head=int(arch["hr_head"]))
-    return UpsampledUnet(unet, scale=scale, residual=bool(arch["residual"]))
+        return LowResUnet(unet, scale=scale, residual=bool(arch["residual"]), hr_head=int(arch["hr_head"]), base_sigma=float(arch["base_sigma"]))
+    return UpsampledUnet(unet, scale=scale, residual=bool(arch["residual"]), base_sigma=float(arch["base_sigma"]))
 
 
 def generator_splitter(model: UpsampledUnet | LowResUnet) -> list:
@@ -596,6 +614,7 @@ def load_generator(model_dir: str | os.PathLike, *, device: str | torch.device =
     # Models written before the residual connection existed were trained without it.
     arch.setdefault("residual", False)
     arch.setdefault("hr_head", 0)
+    arch.setdefault("base_sigma", 0.0)
     model = build_generator(arch, pretrained=False)
     state = load_state_dict(Path(model_dir) / "generator.pth")
     try:

@@ -22,7 +22,26 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["FastscanGenerator"]
+__all__ = ["FastscanGenerator", "lowpass"]
+
+
+def lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``(N, C, y, x)`` by ``sigma`` px, reflected at the borders.
+
+    The residual base of a generator with ``base_sigma``: the bilinear upsampling of a smoothed
+    LR frame carries little of the frame's shot noise, so the network adds detail to it instead
+    of having to cancel the noise pixel by pixel.
+    """
+    if sigma <= 0:
+        return x
+    r = max(1, int(-(-3.0 * sigma // 1)))
+    t = torch.arange(-r, r + 1, dtype=torch.float32, device=x.device)
+    k = torch.exp(-0.5 * (t / float(sigma)) ** 2)
+    k = (k / k.sum()).to(x.dtype)
+    c = x.shape[1]
+    x = F.pad(x, (r, r, r, r), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, 2 * r + 1), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, 2 * r + 1, 1), groups=c)
 
 #: fastai NormType names this file implements (``model.json``'s ``architecture.norm_type``).
 NORM_TYPES = (None, "Weight", "Spectral", "Batch", "BatchZero", "Instance", "InstanceZero")
@@ -300,6 +319,7 @@ class FastscanGenerator(nn.Module):
         y_range: list[float] | None = None,
         residual: bool = True,
         hr_head: int = 0,
+        base_sigma: float = 0.0,
     ) -> None:
         super().__init__()
         if variant not in ("faithful", "lowres"):
@@ -307,6 +327,7 @@ class FastscanGenerator(nn.Module):
         self.variant = variant
         self.scale = int(scale)
         self.residual = bool(residual)
+        self.base_sigma = float(base_sigma)
         lowres = variant == "lowres"
         unet_out = self.scale**2 * (int(hr_head) or int(n_out)) if lowres else int(n_out)
         y = None if residual or y_range is None else (float(y_range[0]), float(y_range[1]))
@@ -321,12 +342,13 @@ class FastscanGenerator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # align_corners=False: LR pixel i covers HR pixels scale*i .. scale*i + scale - 1.
         up = F.interpolate(x, scale_factor=float(self.scale), mode="bilinear", align_corners=False)
+        base = F.interpolate(lowpass(x, self.base_sigma), scale_factor=float(self.scale), mode="bilinear", align_corners=False) if self.base_sigma > 0 else up
         if self.variant == "faithful":
             out = self.unet(up)
-            return up + out if self.residual else out
+            return base + out if self.residual else out
         out = self.shuffle(self.unet(x))
         if self.head is not None:
             out = self.head(torch.cat([out, up], dim=1))
         elif not self.residual:
             return out
-        return up + out if self.residual else out
+        return base + out if self.residual else out
