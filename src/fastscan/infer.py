@@ -795,7 +795,7 @@ def restore_fov(
 
     from fastscan.dataset import normalise
     from fastscan.geometry import model_geometry
-    from fastscan.models import load_generator
+    from fastscan.models import load_generator, model_frames
 
     if threads:
         torch.set_num_threads(int(threads))
@@ -812,7 +812,7 @@ def restore_fov(
     reg = attrs.get("registration", {})
     total = g["lr"].shape[0]
     # Generators with temporal context also read the frames after the last restored one.
-    windows = {name: int(meta.get("architecture", {}).get("frames", 1)) for name, (_, meta) in loaded.items()}
+    windows = {name: model_frames(meta) for name, (_, meta) in loaded.items()}
     read = min(total, n + max(windows.values()) // 2)
     raw_all = np.asarray(g["lr"][:read], dtype=np.float32)
     raw = raw_all[:n]
@@ -1440,12 +1440,14 @@ def _setup_slide(
 ) -> tuple[dict[str, Any], TileEngine, list, dict[str, Any], Path, bool]:
     import torch
 
+    from fastscan.models import model_frames
+
     if threads:
         torch.set_num_threads(int(threads))
     channels = parse_channels(channel)
     planes, chans, smeta = _open_planes(path, channels, level)
     model, meta, desc = _load_model(model_dir, generator, device=device)
-    window = int(meta.get("architecture", {}).get("frames", 1))
+    window = model_frames(meta)
     if window > 1:
         raise RestoreError(
             f"model {desc['path'] or type(model).__name__} restores each frame from a window of {window} frames of a "
@@ -1813,6 +1815,7 @@ def _restore_series(
     from fastscan.dataset import normalise
     from fastscan.geometry import model_geometry, prepare_frames
     from fastscan.io import read_series
+    from fastscan.models import model_frames
 
     if threads:
         torch.set_num_threads(int(threads))
@@ -1870,7 +1873,7 @@ def _restore_series(
 
     # A generator with temporal context restores each frame from its window of neighbours,
     # reflected at the ends of the series as in training.
-    window = int(meta.get("architecture", {}).get("frames", 1))
+    window = model_frames(meta)
     lead = ((0, 0),) if window > 1 else ()
     drift = None
     if window > 1 and n_t > 1:

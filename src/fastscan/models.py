@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fastscan.torch_generator import lowpass
+
 log = logging.getLogger(__name__)
 
 #: torchvision's file name for the ImageNet ResNet34 weights in the torch hub cache.
@@ -181,9 +183,7 @@ class LowResUnet(nn.Module):
 def _base(x: torch.Tensor, up: torch.Tensor, scale: int, sigma: float) -> torch.Tensor:
     """Residual base: the bilinear upsampling of the centre frame, smoothed by ``sigma`` LR px."""
     if sigma <= 0:
-        return _centre(up) if up.shape[1] > 1 else up
-    from fastscan.torch_generator import lowpass
-
+        return _centre(up)
     return F.interpolate(lowpass(_centre(x), sigma), scale_factor=scale, mode="bilinear", align_corners=False)
 
 
@@ -308,6 +308,12 @@ def _resnet_body(*, arch: str, n_in: int, pretrained: bool, weights: str | None)
     # create_body sums the RGB filters of the first convolution for a single-channel input,
     # which keeps the pretrained response to intensity.
     return create_body(model, n_in=n_in, pretrained=pretrained, cut=-2)
+
+
+def model_frames(meta: dict[str, Any]) -> int:
+    """Temporal window of a model (``architecture.frames`` of its ``model.json``; 1 for models
+    written before the key existed, and for generators given without an architecture)."""
+    return int((meta.get("architecture") or {}).get("frames", 1))
 
 
 def resolve_architecture(overrides: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -326,7 +326,7 @@ def train_generator(
     Returns the ``model.json`` content.
     """
     from fastscan.dataset import make_dataloaders
-    from fastscan.models import build_generator, save_state_dict
+    from fastscan.models import build_generator, model_frames, save_state_dict
 
     cfg, device, dataset, out_dir = _start_stage(config, seed=seed, threads=threads, dataset=dataset, out_dir=out_dir)
     meta = _base_meta(stage="mse", dataset=dataset, config=cfg, seed=seed, device=device)
@@ -348,7 +348,7 @@ def train_generator(
             continue  # finished before the interruption
         dls = make_dataloaders(
             dataset, size=size, batch_size=cfg["batch_size"], seed=seed, device=device, augment=cfg["augment"], num_workers=cfg["num_workers"],
-            frames=int(meta["architecture"]["frames"]),
+            frames=model_frames(meta),
         )
         if learn is None:
             learn = _generator_learner(dls, model, lr_wd=gen["wd"])
@@ -431,13 +431,13 @@ def train_critic(
     from fastai.data.core import DataLoaders
 
     from fastscan.dataset import TileDataset
-    from fastscan.models import build_critic, load_generator, save_state_dict
+    from fastscan.models import build_critic, load_generator, model_frames, save_state_dict
 
     cfg, device, dataset, out_dir = _start_stage(config, seed=seed, threads=threads, dataset=dataset, out_dir=out_dir)
     generator, gen_meta = load_generator(generator_dir, device=device)
     sets = []
     for split in ("train", "val"):
-        tiles = TileDataset(dataset, split, seed=seed, frames=int(gen_meta["architecture"].get("frames", 1)))
+        tiles = TileDataset(dataset, split, seed=seed, frames=model_frames(gen_meta))
         real, fake = _generate(generator, tiles, device=device, batch_size=cfg["batch_size"])
         sets.append(_CriticData(real, fake))
     del generator
@@ -485,7 +485,7 @@ def train_gan(
     from fastai.vision.gan import AdaptiveGANSwitcher, GANLearner
 
     from fastscan.dataset import make_dataloaders
-    from fastscan.models import build_critic, load_generator, load_state_dict, read_model_json, save_state_dict
+    from fastscan.models import build_critic, load_generator, model_frames, load_state_dict, read_model_json, save_state_dict
 
     cfg, device, dataset, out_dir = _start_stage(config, seed=seed, threads=threads, dataset=dataset, out_dir=out_dir)
     generator, gen_meta = load_generator(generator_dir, device=device)
@@ -495,7 +495,7 @@ def train_gan(
     critic.load_state_dict(load_state_dict(Path(critic_dir) / "critic.pth"))
     dls = make_dataloaders(
         dataset, batch_size=cfg["batch_size"], seed=seed, device=device, augment=cfg["augment"], num_workers=cfg["num_workers"],
-        frames=int(gen_meta["architecture"].get("frames", 1)),
+        frames=model_frames(gen_meta),
     )
     learn_gen = _generator_learner(dls, generator, lr_wd=cfg["generator"]["wd"])
     learn_crit = _critic_learner(dls, critic)
