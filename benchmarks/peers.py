@@ -276,7 +276,7 @@ def wins(metrics: pd.DataFrame) -> pd.DataFrame:
     """Per sample and metric: how many test frames each method scores best on."""
     rows = []
     for (sample, _session, _fov), g in metrics.groupby(["sample", "session", "fov"], sort=False):
-        for frame, f in g.groupby("frame"):
+        for _frame, f in g.groupby("frame"):
             for metric in ("psnr", "ssim"):
                 best = f.loc[f[metric].idxmax(), "method"]
                 rows.append({"sample": sample, "metric": metric, "method": best})

@@ -161,10 +161,9 @@ def _max_ssim_win(hr_res: int) -> int:
 
 def run_pssr2(data: Path, out: Path, manifest: dict, *, budget: float, batch_size: int, seed: int, smoke: bool, t0: float) -> dict:
     import random
-
-    import torch
     from importlib.metadata import version
 
+    import torch
     from pssr.models import ResUNet
     from pssr.train import train_paired
     from pssr.util import SSIMLoss

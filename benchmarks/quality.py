@@ -218,6 +218,7 @@ def moving_series(out: Path, models: dict[int, Path], *, frames: int, drift_um: 
     window loses against one that restores the frame it was given.
     """
     import tifffile
+    import zarr
     from skimage.registration import phase_cross_correlation
 
     from fastscan.baselines import upsample
@@ -228,7 +229,6 @@ def moving_series(out: Path, models: dict[int, Path], *, frames: int, drift_um: 
     from fastscan.models import read_model_json
     from fastscan.register import apply_shifts
     from fastscan.simulate import write_fov
-    import zarr
 
     base = out / "simulated" / "moving" / "fov01"
     truth = write_fov(

@@ -31,10 +31,10 @@ import pytest
 import tifffile
 import yaml
 import zarr
+from conftest import write_registered
 from scipy import ndimage
 from zarr.storage import LocalStore
 
-from conftest import write_registered
 from fastscan.dataset import FovEntry, build_dataset, read_dataset
 from fastscan.io import InputError, ingest_fov, open_slide, read_fov, read_series
 from fastscan.register import read_qc, register_fov

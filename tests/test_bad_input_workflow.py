@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import tifffile
-
 from test_workflow import make_workdir, sheet_row, snakemake
 
 DATA = Path(__file__).resolve().parent / "data"

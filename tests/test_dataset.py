@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
-
 from conftest import write_registered
+
 from fastscan.dataset import DatasetError, FovEntry, TileDataset, build_dataset, read_dataset, tile_origins
 
 
@@ -132,7 +132,7 @@ def test_max_tiles_draws_a_fixed_subset_of_training_pairs(tmp_path):
     entries = _three_fovs(tmp_path)
     full = build_dataset(entries, tmp_path / "full.zarr", tile=16, stride=16)
     a = build_dataset(entries, tmp_path / "a.zarr", tile=16, stride=16, max_tiles=10, seed=4)
-    b = build_dataset(entries, tmp_path / "b.zarr", tile=16, stride=16, max_tiles=10, seed=4)
+    build_dataset(entries, tmp_path / "b.zarr", tile=16, stride=16, max_tiles=10, seed=4)
     assert full["counts"]["train"] > 10 and a["counts"]["train"] == 10
     assert a["counts"]["val"] == full["counts"]["val"]  # validation is never subsampled
     ga, ta, _ = read_dataset(tmp_path / "a.zarr")

@@ -4,8 +4,7 @@ data-size ablation (Table III), on the tiny simulated project."""
 import pandas as pd
 import pytest
 import yaml
-
-from test_workflow import ROWS, TINY_CONFIG, make_workdir, planned_jobs, sheet_row, snakemake
+from test_workflow import TINY_CONFIG, make_workdir, planned_jobs, sheet_row, snakemake
 
 TISSUE = [("fov11", "train"), ("fov12", "val"), ("fov13", "test")]
 

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
-
 from conftest import ROOT, write_registered
 
 sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from conftest import DATA
 from test_infer import ConvStack
 
 from fastscan.infer import (
@@ -17,8 +18,6 @@ from fastscan.infer import (
     prepare_slide,
     restore_slide,
 )
-
-from conftest import DATA
 
 SVS = DATA / "cmu1_small_region_he.svs"
 #: model.json content of the stand-in generator: 8-bit brightfield mapped to [0, 1].

@@ -5,9 +5,8 @@ import pytest
 import tifffile
 import yaml
 import zarr
-from test_workflow import make_workdir, planned_jobs, snakemake
-
 from conftest import DATA, assert_same_restoration
+from test_workflow import make_workdir, planned_jobs, snakemake
 
 SVS = DATA / "cmu1_small_region_he.svs"
 

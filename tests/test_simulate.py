@@ -139,9 +139,10 @@ def test_resonant_pixel_coordinates_approach_linear_grid() -> None:
 
 def test_undistort_x_inverts_the_resonant_sampling() -> None:
     n, ff, phase = 128, 0.8, 0.6
-    truth = lambda x: np.sin(2 * np.pi * x / 41.0) + 0.3 * np.cos(
-        2 * np.pi * x / 19.0
-    )  # noqa: E731
+
+    def truth(x):
+        return np.sin(2 * np.pi * x / 41.0) + 0.3 * np.cos(2 * np.pi * x / 19.0)
+
     even = truth(sim.resonant_pixel_coordinates(n, field_fraction=ff))
     odd = truth(sim.resonant_pixel_coordinates(n, field_fraction=ff, phase_px=-phase))
     image = np.stack([even, odd] * 4)

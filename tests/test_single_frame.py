@@ -19,9 +19,9 @@ import pandas as pd
 import pytest
 import tifffile
 import zarr
+from conftest import DATA, write_registered
 from scipy import ndimage
 
-from conftest import DATA, write_registered
 from fastscan.dataset import FovEntry, build_dataset, read_dataset
 from fastscan.infer import restore_fov
 from fastscan.io import ingest_fov, read_fov, read_series

@@ -17,10 +17,9 @@ import pytest
 import tifffile
 import yaml
 import zarr
+from conftest import assert_same_restoration
 from test_restore_workflow import SVS, place_model
 from test_workflow import TINY_CONFIG, make_workdir, snakemake
-
-from conftest import assert_same_restoration
 
 # Two FOVs: the jobs of each stage run side by side on the node, and the QC gathers more than one.
 # Both held out: registering a training FOV in the same run would rebuild the dataset behind the

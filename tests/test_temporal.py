@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 import tifffile
 import zarr
-
 from conftest import write_registered
 
 TINY = {
@@ -74,10 +73,10 @@ def test_tile_dataset_feeds_the_window_as_channels(tmp_path):
 
 
 def test_temporal_generator_trains_restores_series_and_refuses_slides(tmp_path, tiny_dataset):
-    from fastscan.infer import RestoreError, TileEngine, restore_fov, restore_series, restore_slide, temporal_stack
     import torch
 
     from fastscan.geometry import prepare_frames
+    from fastscan.infer import RestoreError, TileEngine, restore_fov, restore_series, restore_slide, temporal_stack
     from fastscan.models import load_generator
     from fastscan.register import estimate_drift
     from fastscan.train import train_critic, train_gan, train_generator

@@ -172,7 +172,7 @@ class Budget:
     def left(self) -> float:
         return self.total - (time.monotonic() - self.t0)
 
-    def section(self, seconds: float) -> "Section":
+    def section(self, seconds: float) -> Section:
         return Section(self, seconds)
 
 
@@ -468,7 +468,6 @@ def torch_as_subclass():
 
 def compile_section(report, models, device, cfg, budget, *, backend: str) -> None:
     """``torch.compile`` (default mode, then with CUDA graphs) at the engine's default tiles first."""
-    import torch
 
     with torch_as_subclass():
         _compile_section(report, models, device, cfg, budget, backend=backend)
@@ -563,7 +562,6 @@ def synthetic_image(size: int, seed: int = 0, *, frames: int | None = None):
 
 
 def end_to_end_section(report, models, device, cfg, budget, work: Path, engine_rates: dict) -> None:
-    import numpy as np
     import tifffile
     import zarr
 

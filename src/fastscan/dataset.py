@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -136,7 +137,7 @@ def build_dataset(
     train = [u for u in usable if u[0].split == "train"]
     if not train:
         raise DatasetError("no training FOV passed registration QC: the dataset would be empty")
-    scales = {int(a.get("scale", round(h.shape[0] / l.shape[1]))) for _, l, h, a in usable}
+    scales = {int(a.get("scale", round(h.shape[0] / lr.shape[1]))) for _, lr, h, a in usable}
     if len(scales) != 1:
         raise DatasetError(f"FOVs disagree on the HR/LR scale: {sorted(scales)}")
     scale = scales.pop()

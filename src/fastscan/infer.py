@@ -30,9 +30,10 @@ import sys
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
@@ -287,7 +288,6 @@ def receptive_radius(
     int
     """
     import torch
-
     from scipy import ndimage as ndi
 
     # A smooth random texture in [0, 1] resembles normalised images; white noise would understate
@@ -815,7 +815,6 @@ def restore_fov(
     windows = {name: model_frames(meta) for name, (_, meta) in loaded.items()}
     read = min(total, n + max(windows.values()) // 2)
     raw_all = np.asarray(g["lr"][:read], dtype=np.float32)
-    raw = raw_all[:n]
     lr_all = normalise(raw_all, *norm["lr"])
     lr = lr_all[:n]
     hr = normalise(g["hr"][...], *norm["hr"])

@@ -717,7 +717,7 @@ def plot_training_curves(
     extra_colours: dict[str, str] = {}
     stages_seen: list[str] = []
     any_nonpositive = False
-    for i, (df, label) in enumerate(zip(tables, labels, strict=True)):
+    for i, (df, _label) in enumerate(zip(tables, labels, strict=True)):
         marker = _MARKERS[i % len(_MARKERS)]
         offset = 0
         for stage in sorted(df["stage"].dropna().unique(), key=_stage_rank):

@@ -485,7 +485,7 @@ def train_gan(
     from fastai.vision.gan import AdaptiveGANSwitcher, GANLearner
 
     from fastscan.dataset import make_dataloaders
-    from fastscan.models import build_critic, load_generator, model_frames, load_state_dict, read_model_json, save_state_dict
+    from fastscan.models import build_critic, load_generator, load_state_dict, model_frames, read_model_json, save_state_dict
 
     cfg, device, dataset, out_dir = _start_stage(config, seed=seed, threads=threads, dataset=dataset, out_dir=out_dir)
     generator, gen_meta = load_generator(generator_dir, device=device)
