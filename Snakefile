@@ -21,12 +21,12 @@ include: "workflow/rules/export.smk"
 
 
 rule all:
+    default_target: True
     input:
         get_aggregates,
         get_all_slides,
         get_all_series,
         get_all_exports,
-    default_target: True
 
 
 rule train_all:

@@ -133,8 +133,14 @@ def rss_children(args, crop: np.ndarray, tile: int, overlap: int, workdir: Path)
         script = workdir / f"child{factor}.py"
         script.write_text(
             CHILD.format(
-                root=str(ROOT), threads=torch.get_num_threads(), model=args.model, slide=str(slide),
-                out=str(workdir / f"rss{factor}.ome.zarr"), tile=tile, overlap=overlap, region=args.region,
+                root=str(ROOT),
+                threads=torch.get_num_threads(),
+                model=args.model,
+                slide=str(slide),
+                out=str(workdir / f"rss{factor}.ome.zarr"),
+                tile=tile,
+                overlap=overlap,
+                region=args.region,
             )
         )
         proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
@@ -154,14 +160,17 @@ def precision_quality(args, workdir: Path) -> None:
     scores = {}
     for precision in ("float32", "auto"):
         out = workdir / f"fov_{precision}.zarr"
-        restore_fov(args.fov, out, models={"model": args.model}, frames=args.fov_frames, tile=None, overlap=None,
-                    batch_size=None, classical=False, precision=precision)
+        restore_fov(
+            args.fov, out, models={"model": args.model}, frames=args.fov_frames, tile=None, overlap=None, batch_size=None, classical=False, precision=precision
+        )
         df = evaluate_restored(out, model="model", sample="", session="", fov=Path(args.fov).name)
         scores[precision] = df[df["method"] == "model"][["psnr", "ssim"]].to_numpy()
     f, a = scores["float32"], scores["auto"]
-    print(f"held-out frames of {args.fov} ({len(f)}), against the HR target: float32 PSNR {f[:, 0].mean():.3f} dB, "
-          f"SSIM {f[:, 1].mean():.4f}; auto ({auto}) PSNR {a[:, 0].mean():.3f} dB, SSIM {a[:, 1].mean():.4f}; "
-          f"difference per frame: PSNR {np.abs(a[:, 0] - f[:, 0]).max():.4f} dB, SSIM {np.abs(a[:, 1] - f[:, 1]).max():.5f} at most")
+    print(
+        f"held-out frames of {args.fov} ({len(f)}), against the HR target: float32 PSNR {f[:, 0].mean():.3f} dB, "
+        f"SSIM {f[:, 1].mean():.4f}; auto ({auto}) PSNR {a[:, 0].mean():.3f} dB, SSIM {a[:, 1].mean():.4f}; "
+        f"difference per frame: PSNR {np.abs(a[:, 0] - f[:, 0]).max():.4f} dB, SSIM {np.abs(a[:, 1] - f[:, 1]).max():.5f} at most"
+    )
 
 
 def main() -> None:
@@ -206,8 +215,17 @@ def main() -> None:
         tifffile.imwrite(slide, crop, tile=(256, 256))
 
         def end_to_end():
-            restore_slide(slide, tmp / "crop.ome.zarr", generator=(fast, meta), tile=engine.tile, overlap=engine.overlap,
-                          batch_size=args.batch_size, region=args.region, pyramid_levels=3, progress=False)
+            restore_slide(
+                slide,
+                tmp / "crop.ome.zarr",
+                generator=(fast, meta),
+                tile=engine.tile,
+                overlap=engine.overlap,
+                batch_size=args.batch_size,
+                region=args.region,
+                pyramid_levels=3,
+                progress=False,
+            )
 
         runs = {
             "naive fastai": lambda: naive_fastai(learn, image, tile=args.naive_tile, scale=scale),
@@ -228,24 +246,31 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t0)
         best = {k: min(v) for k, v in times.items()}
 
-        print(f"device: cpu, {torch.get_num_threads()} threads; model: {args.model or 'untrained generator'}; "
-              f"slide: SVS crop {args.size}x{args.size} LR -> {scale * args.size}x{scale * args.size} HR")
-        print(f"naive: tiles of {args.naive_tile} px, batch 1, fp32, no overlap; engine: tiles up to {engine.tile} px "
-              f"(fitted: {engine.tile_shape((min(args.region, args.size),) * 2)}), overlap {engine.overlap} px, "
-              f"batch {engine.batch_size or 'auto'}, precision {str(engine.dtype).removeprefix('torch.')}")
+        print(
+            f"device: cpu, {torch.get_num_threads()} threads; model: {args.model or 'untrained generator'}; "
+            f"slide: SVS crop {args.size}x{args.size} LR -> {scale * args.size}x{scale * args.size} HR"
+        )
+        print(
+            f"naive: tiles of {args.naive_tile} px, batch 1, fp32, no overlap; engine: tiles up to {engine.tile} px "
+            f"(fitted: {engine.tile_shape((min(args.region, args.size),) * 2)}), overlap {engine.overlap} px, "
+            f"batch {engine.batch_size or 'auto'}, precision {str(engine.dtype).removeprefix('torch.')}"
+        )
         print(f"{'variant':14s} {'time s':>8s} {'out Mpx/s':>10s} {'vs fastai':>10s} {'vs loop':>8s}")
         for name in runs:
-            print(f"{name:14s} {best[name]:8.2f} {out_mpx / best[name]:10.3f} {best['naive fastai'] / best[name]:9.2f}x "
-                  f"{best['naive loop'] / best[name]:7.2f}x")
+            print(
+                f"{name:14s} {best[name]:8.2f} {out_mpx / best[name]:10.3f} {best['naive fastai'] / best[name]:9.2f}x {best['naive loop'] / best[name]:7.2f}x"
+            )
         borders = [scale * x for x in range(args.naive_tile, args.size, args.naive_tile)]
         # The engine's blend zones, centred half an overlap before each tile start past the halo.
         o = engine.overlap
         starts = tile_starts(args.size + 2 * o, engine.tile_shape((args.size, args.size))[1], o)
         blends = [scale * (x - o // 2) for x in starts[1:]]
         other = TileEngine(fast, scale=scale, tile=engine.tile // 2 + 8 + o, overlap=o, batch_size=args.batch_size).predict(image)
-        print(f"seams (|d/dx| where tiles meet / same columns of a restoration tiled elsewhere, 1 = none): "
-              f"naive {seam_contrast(outputs['naive loop'], outputs['engine'], borders):.2f} at its tile borders, "
-              f"engine {seam_contrast(outputs['engine'], other, blends):.2f} at its blend zones")
+        print(
+            f"seams (|d/dx| where tiles meet / same columns of a restoration tiled elsewhere, 1 = none): "
+            f"naive {seam_contrast(outputs['naive loop'], outputs['engine'], borders):.2f} at its tile borders, "
+            f"engine {seam_contrast(outputs['engine'], other, blends):.2f} at its blend zones"
+        )
         diff = np.abs(outputs["naive loop"] - outputs["engine"])
         print(f"naive vs engine: max |diff| {diff.max():.3f}, mean {diff.mean():.4f} (normalised units)")
         diff = np.abs(outputs["engine"] - outputs["engine fp32"])

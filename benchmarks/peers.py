@@ -93,9 +93,18 @@ PEER_ENVS: dict[str, dict[str, Any]] = {
     "care": {
         "no_deps": ["careamics==0.3.5"],
         "deps": [
-            "bioimageio-core>=0.9.0,<=0.11.0", "lightning>=2.2,<=2.6.6,!=2.6.2,!=2.6.3", "matplotlib<=3.11.2",
-            "microssim<=0.0.5", "numpy>=1.21,<=2.4.6", "pillow<=13.0.0", "psutil<=7.2.2", "pydantic>=2.11,<=2.14.1",
-            "pyyaml!=6.0.0,<=6.0.3", "scikit-image<=0.26.0", "tifffile<=2026.3.3", "torchmetrics>0.7.0,<1.9.0",
+            "bioimageio-core>=0.9.0,<=0.11.0",
+            "lightning>=2.2,<=2.6.6,!=2.6.2,!=2.6.3",
+            "matplotlib<=3.11.2",
+            "microssim<=0.0.5",
+            "numpy>=1.21,<=2.4.6",
+            "pillow<=13.0.0",
+            "psutil<=7.2.2",
+            "pydantic>=2.11,<=2.14.1",
+            "pyyaml!=6.0.0,<=6.0.3",
+            "scikit-image<=0.26.0",
+            "tifffile<=2026.3.3",
+            "torchmetrics>0.7.0,<1.9.0",
             "zarr>=3.0.0,<4.0.0",
         ],
         "check": "import careamics, torch; from careamics.config import create_advanced_care_config; print('careamics', careamics.__version__, 'torch', torch.__version__)",
@@ -263,12 +272,19 @@ def margins(tab: pd.DataFrame, train_s: dict[str, float]) -> pd.DataFrame:
                 continue
             d_psnr = by.loc[m, "psnr_mean"] - by.loc["care", "psnr_mean"]
             d_ssim = by.loc[m, "ssim_mean"] - by.loc["care", "ssim_mean"]
-            rows.append({
-                "sample": sample, "method": m, "d_psnr": d_psnr, "d_ssim": d_ssim,
-                "fastscan_train_s": train_s.get(m), "care_train_s": train_s.get("care"),
-                "psnr_target_met": bool(d_psnr >= 1.0), "ssim_target_met": bool(d_ssim >= 0.0),
-                "time_target_met": bool(train_s.get(m, np.inf) <= train_s.get("care", 0.0)),
-            })
+            rows.append(
+                {
+                    "sample": sample,
+                    "method": m,
+                    "d_psnr": d_psnr,
+                    "d_ssim": d_ssim,
+                    "fastscan_train_s": train_s.get(m),
+                    "care_train_s": train_s.get("care"),
+                    "psnr_target_met": bool(d_psnr >= 1.0),
+                    "ssim_target_met": bool(d_ssim >= 0.0),
+                    "time_target_met": bool(train_s.get(m, np.inf) <= train_s.get("care", 0.0)),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -314,7 +330,9 @@ def show(tab: pd.DataFrame, title: str) -> None:
     for _, r in tab.iterrows():
         ts = "" if pd.isna(r["train_s"]) else f"{r['train_s']:.0f}"
         nk = "" if pd.isna(r.get("noise_kept", np.nan)) else f"{r['noise_kept']:.2f}"
-        print(f"{r['method']:>10} | {int(r['n']):2d} | {r['psnr_mean']:6.2f} ± {r['psnr_sd']:4.2f} | {r['ssim_mean']:.3f} ± {r['ssim_sd']:.3f} | {ts:>9} | {nk:>5}")
+        print(
+            f"{r['method']:>10} | {int(r['n']):2d} | {r['psnr_mean']:6.2f} ± {r['psnr_sd']:4.2f} | {r['ssim_mean']:.3f} ± {r['ssim_sd']:.3f} | {ts:>9} | {nk:>5}"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,8 +389,7 @@ def train_fastscan(dataset: Path, out: Path, config: dict, timer: Timer) -> tupl
     before = dict(timer.steps)
     load0 = os.getloadavg()[0]
     train_all(dataset, out, config, timer=timer, label="fastscan")
-    times = {s: timer.steps[f"fastscan: train_{n}"] - before.get(f"fastscan: train_{n}", 0.0)
-             for s, n in zip(FASTSCAN_STAGES, ("generator", "critic", "gan"))}
+    times = {s: timer.steps[f"fastscan: train_{n}"] - before.get(f"fastscan: train_{n}", 0.0) for s, n in zip(FASTSCAN_STAGES, ("generator", "critic", "gan"))}
     times["total"] = sum(times.values())
     times["loadavg_start"], times["loadavg_end"] = load0, os.getloadavg()[0]
     times["schedule"] = config
@@ -388,8 +405,15 @@ def restore_tests(tests: list[dict], models: dict[str, Path], out: Path, *, fram
         if store.is_dir():
             continue
         restore_fov(
-            t["path"], store, models={k: str(v) for k, v in models.items()}, frames=frames,
-            tile=None, overlap=None, batch_size=None, threads=2, classical=True,
+            t["path"],
+            store,
+            models={k: str(v) for k, v in models.items()},
+            frames=frames,
+            tile=None,
+            overlap=None,
+            batch_size=None,
+            threads=2,
+            classical=True,
         )
 
 
@@ -399,8 +423,22 @@ def run_peer(peer: str, python: Path, data: Path, out: Path, *, budget: float, b
         res = json.loads(result.read_text())
         _log(f"{peer}: predictions of an earlier run ({res['train_s']:.0f} s of training)")
         return res
-    cmd = [str(python), str(HERE / "peers_worker.py"), "--peer", peer, "--data", str(data), "--out", str(out),
-           "--budget", f"{budget:.1f}", "--batch-size", str(batch_size), "--threads", "2"]
+    cmd = [
+        str(python),
+        str(HERE / "peers_worker.py"),
+        "--peer",
+        peer,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--budget",
+        f"{budget:.1f}",
+        "--batch-size",
+        str(batch_size),
+        "--threads",
+        "2",
+    ]
     if smoke:
         cmd.append("--smoke")
     env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
@@ -426,8 +464,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=4, help="video-rate frames simulated per FOV")
     ap.add_argument("--eval-frames", type=int, default=4, help="frames restored per test FOV")
     ap.add_argument("--budget", type=float, default=None, help="peer training seconds (default: fastscan's measured training time)")
-    ap.add_argument("--schedule", choices=sorted(SCHEDULES), default="quality",
-                    help="fastscan's training schedule: quality.py's TRAIN, or 'short' (half its epochs, for a loaded machine)")
+    ap.add_argument(
+        "--schedule",
+        choices=sorted(SCHEDULES),
+        default="quality",
+        help="fastscan's training schedule: quality.py's TRAIN, or 'short' (half its epochs, for a loaded machine)",
+    )
     ap.add_argument("--smoke", action="store_true", help="tiny data, one short epoch per stage: checks every code path, measures nothing")
     args = ap.parse_args(argv)
 
@@ -493,8 +535,10 @@ def main(argv: list[str] | None = None) -> int:
         results[peer] = run_peer(peer, pythons[peer], export, out / "peers" / peer, budget=budget, batch_size=int(config["batch_size"]), smoke=args.smoke)
         timer.step(f"{peer}: train + predict", t)
         r = results[peer]
-        _log(f"  {peer}: {r['package']}, {r['train_s']:.0f} s of training ({r['epochs']} whole epochs), "
-             f"load average {r.get('loadavg_start') or float('nan'):.1f} -> {r.get('loadavg_end') or float('nan'):.1f}")
+        _log(
+            f"  {peer}: {r['package']}, {r['train_s']:.0f} s of training ({r['epochs']} whole epochs), "
+            f"load average {r.get('loadavg_start') or float('nan'):.1f} -> {r.get('loadavg_end') or float('nan'):.1f}"
+        )
 
     from fastscan.metrics import evaluate_many
 
@@ -503,25 +547,39 @@ def main(argv: list[str] | None = None) -> int:
     for test in tests:
         preds = {p: np.load(out / "peers" / p / "pred" / f"{test['key']}.npy") for p in args.peers}
         scored = add_methods(out / "restored" / f"{test['key']}.zarr", out / "scored" / f"{test['key']}.zarr", preds)
-        stores.append({"restored": str(scored), "model": "peers", "sample": test["sample"], "session": test["session"], "fov": test["fov"],
-                       "pairs": {p: manifest["counts"]["train"] for p in args.peers}})
+        stores.append(
+            {
+                "restored": str(scored),
+                "model": "peers",
+                "sample": test["sample"],
+                "session": test["session"],
+                "fov": test["fov"],
+                "pairs": {p: manifest["counts"]["train"] for p in args.peers},
+            }
+        )
     metrics = evaluate_many(stores)
     metrics.to_csv(out / "metrics.tsv", sep="\t", index=False)
     timer.step("metrics", t)
 
     train_s = {"mse": times["mse"], "gan": times["total"], **{p: r["train_s"] for p, r in results.items()}}
     tab = results_table(metrics, train_s)
-    kept = pd.DataFrame([
-        {"sample": t["sample"], "method": m, "noise_kept": v}
-        for t in tests
-        for m, v in noise_kept(out / "scored" / f"{t['key']}.zarr", np.load(export / "test" / f"{t['key']}_up.npy")).items()
-    ])
+    kept = pd.DataFrame(
+        [
+            {"sample": t["sample"], "method": m, "noise_kept": v}
+            for t in tests
+            for m, v in noise_kept(out / "scored" / f"{t['key']}.zarr", np.load(export / "test" / f"{t['key']}_up.npy")).items()
+        ]
+    )
     tab = tab.merge(kept.groupby(["sample", "method"], as_index=False)["noise_kept"].mean(), on=["sample", "method"], how="left")
     tab.to_csv(out / "table.tsv", sep="\t", index=False)
-    print(f"\nData: {source}; {manifest['counts']['train']} train / {manifest['counts']['val']} val tile pairs "
-          f"({manifest['tile']} px LR tiles, x{manifest['scale']}); same tiles, split, test frames and metric code for every method.")
-    print(f"fastscan training: MSE {times['mse']:.0f} s + critic {times['critic']:.0f} s + GAN {times['gan']:.0f} s = {times['total']:.0f} s "
-          f"(load average {times.get('loadavg_start', float('nan')):.1f} -> {times.get('loadavg_end', float('nan')):.1f}); peer budget {budget:.0f} s each.")
+    print(
+        f"\nData: {source}; {manifest['counts']['train']} train / {manifest['counts']['val']} val tile pairs "
+        f"({manifest['tile']} px LR tiles, x{manifest['scale']}); same tiles, split, test frames and metric code for every method."
+    )
+    print(
+        f"fastscan training: MSE {times['mse']:.0f} s + critic {times['critic']:.0f} s + GAN {times['gan']:.0f} s = {times['total']:.0f} s "
+        f"(load average {times.get('loadavg_start', float('nan')):.1f} -> {times.get('loadavg_end', float('nan')):.1f}); peer budget {budget:.0f} s each."
+    )
     print("train (s): mse = stage 1 only; gan = all three stages (the GAN needs them); peers = their own training, data set-up included.")
     print("background noise kept: slope of the output's error on the input's noise where HR is at or below its median (1 = passed through, 0 = removed).")
     for sample, t_ in tab.groupby("sample", sort=False):
@@ -532,9 +590,11 @@ def main(argv: list[str] | None = None) -> int:
     mg.to_csv(out / "margins.tsv", sep="\t", index=False)
     print("\nTarget (reported, not asserted): fastscan >= CARE + 1 dB PSNR and >= CARE's SSIM, at no more training time")
     for _, r in mg.iterrows():
-        print(f"  {r['sample']}: {r['method']} - care: PSNR {r['d_psnr']:+.2f} dB ({'met' if r['psnr_target_met'] else 'NOT met'}), "
-              f"SSIM {r['d_ssim']:+.3f} ({'met' if r['ssim_target_met'] else 'NOT met'}); training {r['fastscan_train_s']:.0f} s vs CARE "
-              f"{r['care_train_s']:.0f} s ({'met' if r['time_target_met'] else 'NOT met'})")
+        print(
+            f"  {r['sample']}: {r['method']} - care: PSNR {r['d_psnr']:+.2f} dB ({'met' if r['psnr_target_met'] else 'NOT met'}), "
+            f"SSIM {r['d_ssim']:+.3f} ({'met' if r['ssim_target_met'] else 'NOT met'}); training {r['fastscan_train_s']:.0f} s vs CARE "
+            f"{r['care_train_s']:.0f} s ({'met' if r['time_target_met'] else 'NOT met'})"
+        )
     wn = wins(metrics)
     wn.to_csv(out / "wins.tsv", sep="\t", index=False)
     print("\nFrames on which each method scores best:")

@@ -190,8 +190,15 @@ def run_pssr2(data: Path, out: Path, manifest: dict, *, budget: float, batch_siz
     while epochs < max_epochs and time.perf_counter() < deadline:
         try:
             _, val = train_paired(
-                model=model, dataset=ds, batch_size=batch_size, loss_fn=loss_fn, optim=optim, epochs=1,
-                scheduler=scheduler, log_frequency=50, callbacks=[stop_when_spent],
+                model=model,
+                dataset=ds,
+                batch_size=batch_size,
+                loss_fn=loss_fn,
+                optim=optim,
+                epochs=1,
+                scheduler=scheduler,
+                log_frequency=50,
+                callbacks=[stop_when_spent],
             )
         except _Stop:
             stopped_mid_epoch = True

@@ -143,8 +143,15 @@ def evaluate(models: dict[str, Path], fovs: list[dict], out: Path, *, model: str
         restored = out / f"{f['sample']}_{f['fov']}.zarr"
         # Automatic tiling (training crops or receptive field), as the workflow's restore.tile/overlap: null.
         restore_fov(
-            f["path"], restored, models={k: str(v) for k, v in models.items()}, frames=frames,
-            tile=None, overlap=None, batch_size=None, threads=2, classical=classical,
+            f["path"],
+            restored,
+            models={k: str(v) for k, v in models.items()},
+            frames=frames,
+            tile=None,
+            overlap=None,
+            batch_size=None,
+            threads=2,
+            classical=classical,
         )
         stores.append({"restored": str(restored), "model": model, "sample": f["sample"], "session": f["session"], "fov": f["fov"]})
     return evaluate_many(stores)
@@ -204,8 +211,14 @@ def inference_speed(model_dirs: dict[str, Path], *, size: int = 256, rounds: int
             times[k].append(time.perf_counter() - t)
     first = np.asarray(times[next(iter(engines))])
     return {
-        k: {"s": float(np.median(v)), "speedup": float(np.median(first / np.asarray(v))), "s_all": [round(x, 4) for x in v],
-            "tile": engines[k].tile_shape((size, size)), "overlap": engines[k].overlap, "precision": str(engines[k].dtype).removeprefix("torch.")}
+        k: {
+            "s": float(np.median(v)),
+            "speedup": float(np.median(first / np.asarray(v))),
+            "s_all": [round(x, 4) for x in v],
+            "tile": engines[k].tile_shape((size, size)),
+            "overlap": engines[k].overlap,
+            "precision": str(engines[k].dtype).removeprefix("torch."),
+        }
         for k, v in times.items()
     }
 
@@ -232,8 +245,12 @@ def moving_series(out: Path, models: dict[int, Path], *, frames: int, drift_um: 
 
     base = out / "simulated" / "moving" / "fov01"
     truth = write_fov(
-        lr_path=f"{base}_lr.ome.tif", hr_path=f"{base}_hr.ome.tif", truth_path=f"{base}_truth.json",
-        specimen=SAMPLE_A[1], seed=seed, params={"lr": {"frames": frames, "drift_um_per_frame": drift_um}},
+        lr_path=f"{base}_lr.ome.tif",
+        hr_path=f"{base}_hr.ome.tif",
+        truth_path=f"{base}_truth.json",
+        specimen=SAMPLE_A[1],
+        seed=seed,
+        params={"lr": {"frames": frames, "drift_um_per_frame": drift_um}},
     )
     drift = np.asarray(truth["drift_px"])
     _log(f"moving series: drift steps rms {np.sqrt(np.mean(np.sum(np.diff(drift, axis=0) ** 2, axis=1))):.2f} LR px per frame")
@@ -349,8 +366,12 @@ def main(argv: list[str] | None = None) -> int:
         dirs[variant] = train_all(dataset, out / "models" / variant, cfg, timer=timer, label=variant)
         t = time.perf_counter()
         df = evaluate(
-            {"mse": dirs[variant]["mse"], "gan": dirs[variant]["gan"]}, fovs_a, out / "restored" / variant,
-            model=variant, frames=args.eval_frames, classical=True,
+            {"mse": dirs[variant]["mse"], "gan": dirs[variant]["gan"]},
+            fovs_a,
+            out / "restored" / variant,
+            model=variant,
+            frames=args.eval_frames,
+            classical=True,
         )
         df["variant"] = variant
         results.append(df)
@@ -410,7 +431,13 @@ def main(argv: list[str] | None = None) -> int:
         for frac in (1.0, 0.25, 0.0625):
             n = max(8, int(round(n_all * frac)))
             ds = dataset if frac == 1.0 else build(fovs_a, out / f"dataset_a_{n}.zarr", max_tiles=n, seed=0)
-            d = dirs[first] if frac == 1.0 else train_all(ds, out / "models" / f"ablation_{n}", {**TRAIN, "architecture": {"variant": first}}, timer=timer, label=f"ablation {n}", stages=("mse",))
+            d = (
+                dirs[first]
+                if frac == 1.0
+                else train_all(
+                    ds, out / "models" / f"ablation_{n}", {**TRAIN, "architecture": {"variant": first}}, timer=timer, label=f"ablation {n}", stages=("mse",)
+                )
+            )
             df = evaluate({"mse": d["mse"]}, fovs_a, out / "restored" / f"ablation_{n}", model=f"ablation_{n}", frames=args.eval_frames, classical=False)
             df["pairs"] = n
             rows.append(df)
@@ -434,8 +461,13 @@ def main(argv: list[str] | None = None) -> int:
             ft = out / "models" / f"finetune_{n}"
             t1 = time.perf_counter()
             train_gan(
-                dataset=ds, generator_dir=dirs[first]["gan"], critic_dir=dirs[first]["gan"], out_dir=ft,
-                config={**TRAIN, "gan": {**TRAIN["gan"], "epochs": 2}}, seed=0, threads=2,
+                dataset=ds,
+                generator_dir=dirs[first]["gan"],
+                critic_dir=dirs[first]["gan"],
+                out_dir=ft,
+                config={**TRAIN, "gan": {**TRAIN["gan"], "epochs": 2}},
+                seed=0,
+                threads=2,
             )
             timer.step(f"fine-tune on {n} pairs", t1)
             models[f"finetune_{n}"] = ft

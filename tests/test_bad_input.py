@@ -107,9 +107,7 @@ def _refused(exc_type: type[Exception], call: Callable[[], object], *needles: st
 
 def _ingest(tmp_path: Path, lr: Path | str, hr: Path | str, **kwargs) -> Callable[[], object]:
     """Ingestion of ``lr``/``hr`` into ``_out(tmp_path)``, ready to call."""
-    return functools.partial(
-        ingest_fov, lr=lr, hr=hr, out=_out(tmp_path), sample="mito", session="s1", fov="fov", **kwargs
-    )
+    return functools.partial(ingest_fov, lr=lr, hr=hr, out=_out(tmp_path), sample="mito", session="s1", fov="fov", **kwargs)
 
 
 def _out(tmp_path: Path) -> Path:
@@ -184,8 +182,7 @@ def test_slide_sheet_columns(tmp_path: Path, text: str, needle: str) -> None:
 )
 def test_sample_sheet_wrong_values_name_row_and_column(tmp_path: Path, column: str, value: str, needle: str) -> None:
     columns = ["sample", "session", "fov", "lr", "hr", "channel", "lr_pixel_size_um", "hr_pixel_size_um"]
-    good = {"sample": "mito", "session": "s1", "fov": "f1", "lr": "a.tif", "hr": "b.tif", "channel": "0",
-            "lr_pixel_size_um": "0.4", "hr_pixel_size_um": "0.2"}
+    good = {"sample": "mito", "session": "s1", "fov": "f1", "lr": "a.tif", "hr": "b.tif", "channel": "0", "lr_pixel_size_um": "0.4", "hr_pixel_size_um": "0.2"}
     bad = {**good, "fov": "f2", column: value}
     lines = ["\t".join(columns)] + ["\t".join(row[c] for c in columns) for row in (good, bad)]
     path = _sheet(tmp_path, "\n".join(lines) + "\n")
@@ -275,8 +272,7 @@ def test_truncated_and_corrupt_tiffs(tmp_path: Path) -> None:
 
     # A damaged compressed strip: the header and page structure are intact, the pixels are not.
     packed = tmp_path / "packed.tif"
-    tifffile.imwrite(packed, np.arange(5 * 32 * 32, dtype=np.uint16).reshape(5, 32, 32), compression="zlib",
-                     photometric="minisblack")
+    tifffile.imwrite(packed, np.arange(5 * 32 * 32, dtype=np.uint16).reshape(5, 32, 32), compression="zlib", photometric="minisblack")
     with tifffile.TiffFile(packed) as tf:
         page = tf.pages.first
         offset, count = page.dataoffsets[0], page.databytecounts[0]
@@ -625,8 +621,7 @@ def test_disk_full_while_writing_registered_store(tmp_path: Path, monkeypatch: p
 
 def test_disk_full_while_writing_dataset_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     entries = [
-        FovEntry(str(write_registered(tmp_path / f"reg{i}.zarr", seed=i)), "mito", "s1", f"f{i}", split)
-        for i, split in enumerate(["train", "train", "val"])
+        FovEntry(str(write_registered(tmp_path / f"reg{i}.zarr", seed=i)), "mito", "s1", f"f{i}", split) for i, split in enumerate(["train", "train", "val"])
     ]
     out = tmp_path / "dataset" / "mito.zarr"
     full = _DiskFull(monkeypatch, after=5)

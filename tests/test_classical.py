@@ -100,9 +100,7 @@ def test_unwarp_restores_simulated_geometry(line_phase):
     specimen = _specimen(params)
     raw = simulate.lr_signal(specimen, params=params)[0]
     truth = _block_mean(simulate.hr_signal(specimen, params=params))
-    restored = unwarp_resonant(
-        register.correct_line_phase(raw, line_phase, symmetric=True), field_fraction=FIELD_FRACTION
-    )
+    restored = unwarp_resonant(register.correct_line_phase(raw, line_phase, symmetric=True), field_fraction=FIELD_FRACTION)
 
     # The symmetric convention: every row lands on the nominal position of display column
     # j - line_phase / 2, i.e. the truth moved onto that geometry (what the registered HR is).
@@ -115,9 +113,7 @@ def test_unwarp_restores_simulated_geometry(line_phase):
     midway_x = np.interp(
         display,
         np.arange(n),
-        simulate.resonant_pixel_coordinates(
-            n, field_fraction=FIELD_FRACTION, phase_px=-0.5 * line_phase
-        ),
+        simulate.resonant_pixel_coordinates(n, field_fraction=FIELD_FRACTION, phase_px=-0.5 * line_phase),
     )
     coords = np.stack(np.meshgrid(np.arange(n, dtype=np.float64), midway_x, indexing="ij"))
     midway = ndi.map_coordinates(truth, coords, order=3, mode="nearest")
@@ -126,10 +122,7 @@ def test_unwarp_restores_simulated_geometry(line_phase):
     ncc_before = register.normalised_cross_correlation(raw[inner], midway[inner])
     ncc_after = register.normalised_cross_correlation(restored[inner], midway[inner])
     ncc_truth = register.normalised_cross_correlation(restored[inner], truth[inner])
-    print(
-        f"line phase {line_phase}: NCC raw {ncc_before:.3f}, corrected+unwarped {ncc_after:.3f} "
-        f"(against the unshifted truth {ncc_truth:.3f})"
-    )
+    print(f"line phase {line_phase}: NCC raw {ncc_before:.3f}, corrected+unwarped {ncc_after:.3f} (against the unshifted truth {ncc_truth:.3f})")
     assert ncc_after > 0.97
     assert ncc_after > ncc_before + 0.2
 
@@ -162,9 +155,7 @@ def test_estimate_noise_sigma():
 
 def test_cascade_beats_bicubic_on_noisy_frame():
     """On a photon-limited simulated frame the cascade beats bicubic of the raw frame in PSNR."""
-    params = simulate.resolve_params(
-        {"field_of_view_um": 51.2, "hr": {"pixels": 256}, "lr": {"pixels": 128, "frames": 1}}
-    )
+    params = simulate.resolve_params({"field_of_view_um": 51.2, "hr": {"pixels": 256}, "lr": {"pixels": 128, "frames": 1}})
     specimen = _specimen(params, seed=3)
     rng = np.random.default_rng(3)
     hr = simulate.acquire_hr(specimen, params=params, rng=rng).astype(np.float32)
@@ -174,9 +165,7 @@ def test_cascade_beats_bicubic_on_noisy_frame():
     # The HR target as the registration delivers it: translated (not warped) onto the LR grid.
     # The noise-free signal stands in for the drift-corrected mean of a long series.
     clean = simulate.lr_signal(specimen, params=params)[0]
-    shift = register.align_hr_to_lr(
-        hr, clean, line_phase_px=line_phase, field_fraction=field_fraction, iterations=3
-    )
+    shift = register.align_hr_to_lr(hr, clean, line_phase_px=line_phase, field_fraction=field_fraction, iterations=3)
     target = _normalise(register.apply_shifts(hr[None], shift[None])[0])
     frame = _normalise(lr[0])
 
@@ -186,19 +175,10 @@ def test_cascade_beats_bicubic_on_noisy_frame():
         return peak_signal_noise_ratio(target[inner], image[inner], data_range=1.0)
 
     bicubic = psnr(baselines.upsample(frame, order=3))
-    unwarped = psnr(
-        restore_classical(
-            frame, line_phase_px=line_phase, field_fraction=field_fraction, denoise="none"
-        )
-    )
-    cascade_image = restore_classical(
-        frame, line_phase_px=line_phase, field_fraction=field_fraction
-    )
+    unwarped = psnr(restore_classical(frame, line_phase_px=line_phase, field_fraction=field_fraction, denoise="none"))
+    cascade_image = restore_classical(frame, line_phase_px=line_phase, field_fraction=field_fraction)
     cascade = psnr(cascade_image)
-    print(
-        f"PSNR vs HR target: bicubic of raw {bicubic:.2f} dB, cascade without denoising "
-        f"{unwarped:.2f} dB, full cascade (NLM) {cascade:.2f} dB"
-    )
+    print(f"PSNR vs HR target: bicubic of raw {bicubic:.2f} dB, cascade without denoising {unwarped:.2f} dB, full cascade (NLM) {cascade:.2f} dB")
     assert cascade_image.shape == target.shape and cascade_image.dtype == np.float32
     assert cascade > bicubic + 1.0
     assert cascade > unwarped
@@ -256,9 +236,7 @@ def test_bm3d_missing_gives_clear_error(monkeypatch):
 def test_bm3d_when_installed():
     pytest.importorskip("bm3d")
     rng = np.random.default_rng(0)
-    out = restore_classical(
-        rng.random((2, 32, 32)), line_phase_px=0.6, field_fraction=0.8, denoise="bm3d"
-    )
+    out = restore_classical(rng.random((2, 32, 32)), line_phase_px=0.6, field_fraction=0.8, denoise="bm3d")
     assert out.shape == (2, 64, 64) and out.dtype == np.float32
 
 
@@ -298,18 +276,14 @@ def test_variance_stabilised_denoising_beats_the_fixed_strength(kind):
     line_phase, field_fraction = truth["line_phase_px"], truth["field_fraction"]
     clean_hr = simulate.acquire_hr(specimen, params=params, rng=rng, noise=False).astype(np.float32)
     clean_lr = simulate.lr_signal(specimen, params=params)[0]
-    shift = register.align_hr_to_lr(
-        clean_hr, clean_lr, line_phase_px=line_phase, field_fraction=field_fraction, iterations=3
-    )
+    shift = register.align_hr_to_lr(clean_hr, clean_lr, line_phase_px=line_phase, field_fraction=field_fraction, iterations=3)
     target = _normalise(register.apply_shifts(clean_hr[None], shift[None])[0])
     # The frames as restore_fov hands them over: normalised, with the range to undo it.
     low, high = np.percentile(lr, [1.0, 99.8])
     frames = ((lr[:3].astype(np.float64) - low) / (high - low)).astype(np.float32)
     common = {"line_phase_px": line_phase, "field_fraction": field_fraction}
     fixed = restore_classical(frames, **common)
-    stabilised = restore_classical(
-        frames, **common, calibration=calibration.summary(), normalisation=(low, high)
-    )
+    stabilised = restore_classical(frames, **common, calibration=calibration.summary(), normalisation=(low, high))
     inner = (slice(8, -8), slice(8, -8))
     psnr_fixed = np.mean([_psnr_fitted(target[inner], f[inner]) for f in fixed])
     psnr_vst = np.mean([_psnr_fitted(target[inner], f[inner]) for f in stabilised])
@@ -328,14 +302,11 @@ def test_without_a_calibration_the_fixed_path_is_kept():
     one_frame = calibrate_series(frame)  # one frame: not measurable
     assert not one_frame.measurable
     np.testing.assert_array_equal(restore_classical(frame, **common, calibration=one_frame), fixed)
-    np.testing.assert_array_equal(
-        restore_classical(frame, **common, calibration=one_frame.summary()), fixed
-    )
+    np.testing.assert_array_equal(restore_classical(frame, **common, calibration=one_frame.summary()), fixed)
     measured = {"gain_adu_per_photon": 1.0, "variance_intercept_adu2": 0.0, "frames": 10}
     # The stabilised path is unit-consistent: ADU frames, or normalised ones with their range.
     adu = restore_classical(frame, **common, calibration=measured)
-    normalised = restore_classical((frame - 10.0) / 40.0, **common, calibration=measured,
-                                   normalisation=(10.0, 50.0))
+    normalised = restore_classical((frame - 10.0) / 40.0, **common, calibration=measured, normalisation=(10.0, 50.0))
     assert not np.allclose(adu, fixed)
     np.testing.assert_allclose(normalised * 40.0 + 10.0, adu, rtol=1e-4, atol=1e-3)
     with pytest.raises(ValueError, match="normalisation"):

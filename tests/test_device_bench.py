@@ -64,8 +64,9 @@ def test_smoke_run_measures_every_section(tmp_path):
 
 
 def test_package_lists_are_consistent():
-    proc = subprocess.run(["bash", str(DEVICE / "prepare.sh"), "--check"], env={**os.environ, "PYTHON": sys.executable},
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        ["bash", str(DEVICE / "prepare.sh"), "--check"], env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "pinned wheels" in proc.stdout
 

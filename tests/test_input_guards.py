@@ -257,8 +257,7 @@ def test_ingest_script_sets_the_job_limit_from_mem_mb(tmp_path: Path) -> None:
     """The rule's script passes snakemake.resources.mem_mb on; the refusal names the rule."""
     lr, hr = _gray_pair(tmp_path / "raw")
     huge = _huge_tiff(tmp_path / "huge.tif")
-    fov = {"lr": str(huge), "hr": str(hr), "channel": None, "lr_pixel_size_um": 0.4,
-           "hr_pixel_size_um": None, "scale": 2}
+    fov = {"lr": str(huge), "hr": str(hr), "channel": None, "lr_pixel_size_um": 0.4, "hr_pixel_size_um": None, "scale": 2}
     out = tmp_path / "results" / "f1.zarr"
     fake = SimpleNamespace(
         log=[str(tmp_path / "ingest.log")],
@@ -316,8 +315,7 @@ def test_multichannel_lr_with_gray_hr_needs_the_channel(tmp_path: Path) -> None:
     with pytest.raises(InputError) as err:
         _ingest(lr, hr, out)
     assert str(err.value) == (
-        f"{lr}: the LR series has 2 channels but the HR target {hr} has 1; say which LR channel to use in "
-        "the sample sheet's 'channel' column (0..1)"
+        f"{lr}: the LR series has 2 channels but the HR target {hr} has 1; say which LR channel to use in the sample sheet's 'channel' column (0..1)"
     )
     assert not out.exists()
     attrs = _ingest(lr, hr, out, channel=1)

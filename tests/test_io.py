@@ -37,9 +37,7 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _write_ome(
-    path: Path, data: np.ndarray, *, axes: str, pixel_size: float | None, unit: str = "µm"
-) -> Path:
+def _write_ome(path: Path, data: np.ndarray, *, axes: str, pixel_size: float | None, unit: str = "µm") -> Path:
     metadata: dict = {"axes": axes}
     if pixel_size is not None:
         metadata.update(
@@ -156,9 +154,7 @@ def test_ome_tiff_pixel_size_with_units(tmp_path: Path) -> None:
 def test_ome_tiff_channel_selection_and_significant_bits(tmp_path: Path) -> None:
     data = np.stack([np.full((4, 6, 7), c + 1, np.uint16) for c in range(2)], axis=1)  # TCYX
     path = tmp_path / "tc.ome.tif"
-    tifffile.imwrite(
-        path, data, ome=True, metadata={"axes": "TCYX", "SignificantBits": 12, "PhysicalSizeX": 0.3}
-    )
+    tifffile.imwrite(path, data, ome=True, metadata={"axes": "TCYX", "SignificantBits": 12, "PhysicalSizeX": 0.3})
     frames, meta = read_series(path, channel=1)
     assert frames.shape == (4, 6, 7)
     assert (frames == 2).all()
@@ -338,9 +334,7 @@ def test_ingest_replaces_existing_store_and_clears_stale_tmp(tmp_path: Path) -> 
 def test_ingest_plain_tiff_uses_explicit_pixel_size(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     lr_path, hr_path = tmp_path / "lr.tif", tmp_path / "hr.tif"
-    tifffile.imwrite(
-        lr_path, rng.integers(1, 4095, (3, 16, 16), dtype=np.uint16), photometric="minisblack"
-    )
+    tifffile.imwrite(lr_path, rng.integers(1, 4095, (3, 16, 16), dtype=np.uint16), photometric="minisblack")
     tifffile.imwrite(hr_path, rng.integers(1, 4095, (32, 32), dtype=np.uint16))
     out = tmp_path / "fov.zarr"
 
@@ -356,14 +350,10 @@ def test_ingest_plain_tiff_uses_explicit_pixel_size(tmp_path: Path) -> None:
     assert attrs["hr_pixel_size_um"] == [0.1, 0.1]
 
 
-def test_ingest_metadata_wins_and_disagreement_warns(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_ingest_metadata_wins_and_disagreement_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     lr_path, hr_path = _pair(tmp_path)
     with caplog.at_level(logging.WARNING, logger="fastscan.io"):
-        attrs = _ingest(
-            lr_path, hr_path, tmp_path / "fov.zarr", lr_pixel_size_um=0.5, hr_pixel_size_um=0.2
-        )
+        attrs = _ingest(lr_path, hr_path, tmp_path / "fov.zarr", lr_pixel_size_um=0.5, hr_pixel_size_um=0.2)
     assert attrs["lr_pixel_size_um"] == pytest.approx([0.4, 0.4])
     assert any("lr_pixel_size_um" in r.getMessage() for r in caplog.records)
     assert not any("hr_pixel_size_um" in r.getMessage() for r in caplog.records)
@@ -409,9 +399,7 @@ def test_ingest_failures_name_the_file_and_keep_existing_output(tmp_path: Path) 
     nan_path = _write_ome(tmp_path / "nan.ome.tif", nan_hr, axes="YX", pixel_size=0.2)
     _assert_failure_keeps_store(out, good, nan_path.name, lr=lr_path, hr=nan_path)
 
-    zero = _write_ome(
-        tmp_path / "zero.ome.tif", np.zeros((4, 32, 40), np.uint16), axes="TYX", pixel_size=0.4
-    )
+    zero = _write_ome(tmp_path / "zero.ome.tif", np.zeros((4, 32, 40), np.uint16), axes="TYX", pixel_size=0.4)
     _assert_failure_keeps_store(out, good, zero.name, lr=zero, hr=hr_path)
 
     cut = tmp_path / "cut.ome.tif"
@@ -420,9 +408,7 @@ def test_ingest_failures_name_the_file_and_keep_existing_output(tmp_path: Path) 
     _assert_failure_keeps_store(out, good, cut.name, lr=cut, hr=hr_path)
 
 
-def test_ingest_write_failure_leaves_no_tmp(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_ingest_write_failure_leaves_no_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     lr_path, hr_path = _pair(tmp_path)
     out = tmp_path / "fov1.zarr"
     _ingest(lr_path, hr_path, out)
@@ -561,9 +547,7 @@ def test_open_slide_bad_paths(tmp_path: Path) -> None:
     junk.write_bytes(b"\x00" * 64)
     with pytest.raises(InputError, match="unknown image format"):
         open_slide(junk)
-    stack = _write_ome(
-        tmp_path / "stack.ome.tif", np.ones((3, 8, 8), np.uint16), axes="TYX", pixel_size=0.2
-    )
+    stack = _write_ome(tmp_path / "stack.ome.tif", np.ones((3, 8, 8), np.uint16), axes="TYX", pixel_size=0.2)
     with pytest.raises(InputError, match="single 2-D plane"):
         open_slide(stack)
 

@@ -88,9 +88,7 @@ def test_lr_pixel_centre_lands_on_hr_centre() -> None:
 def test_bilinear_matches_torch() -> None:
     torch = pytest.importorskip("torch")
     stack = np.random.default_rng(2).random((3, 10, 12)).astype(np.float32)
-    want = torch.nn.functional.interpolate(
-        torch.from_numpy(stack)[:, None], scale_factor=2, mode="bilinear", align_corners=False
-    )[:, 0].numpy()
+    want = torch.nn.functional.interpolate(torch.from_numpy(stack)[:, None], scale_factor=2, mode="bilinear", align_corners=False)[:, 0].numpy()
     np.testing.assert_allclose(upsample(stack, scale=2, order=1), want, atol=1e-6)
 
 

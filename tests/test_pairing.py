@@ -46,8 +46,7 @@ def ome(path: Path, shape, *, px: float, stage=None, when: str | None = None) ->
     meta: dict = {"axes": "TYX" if len(shape) == 3 else "YX", "PhysicalSizeX": px, "PhysicalSizeY": px}
     planes = shape[0] if len(shape) == 3 else 1
     if stage is not None:
-        meta["Plane"] = {"PositionX": [stage[0]] * planes, "PositionXUnit": ["µm"] * planes,
-                         "PositionY": [stage[1]] * planes, "PositionYUnit": ["µm"] * planes}
+        meta["Plane"] = {"PositionX": [stage[0]] * planes, "PositionXUnit": ["µm"] * planes, "PositionY": [stage[1]] * planes, "PositionYUnit": ["µm"] * planes}
     if when is not None:
         meta["AcquisitionDate"] = when
     tifffile.imwrite(path, np.zeros(shape, np.uint16), ome=True, metadata=meta)
@@ -64,12 +63,17 @@ def session(tmp_path_factory) -> Path:
     shutil.copy(OIB, cell / "Cell 1 mitoEGFP.oib")
     olympus_target(cell, when="2012-07-26 15:14:20")
     # Zoom 3.5: twice the OIB's pixels at its pixel size, i.e. twice its field.
-    tifffile.imwrite(cell / "Cell 1 mitoEGFP zoom3.5.tif", np.zeros((512, 512), np.uint16),
-                     resolution=(1e4 / 0.177, 1e4 / 0.177), resolutionunit="CENTIMETER")
+    tifffile.imwrite(cell / "Cell 1 mitoEGFP zoom3.5.tif", np.zeros((512, 512), np.uint16), resolution=(1e4 / 0.177, 1e4 / 0.177), resolutionunit="CENTIMETER")
     sim = root / "sim"
     for i in (1, 2, 3):
-        write_fov(lr_path=sim / f"fov0{i}_lr.ome.tif", hr_path=sim / f"fov0{i}_hr.ome.tif",
-                  truth_path=sim / f"fov0{i}_truth.json", specimen="mitochondria", seed=i, params=TINY)
+        write_fov(
+            lr_path=sim / f"fov0{i}_lr.ome.tif",
+            hr_path=sim / f"fov0{i}_hr.ome.tif",
+            truth_path=sim / f"fov0{i}_truth.json",
+            specimen="mitochondria",
+            seed=i,
+            params=TINY,
+        )
     (sim / "fov04_lr.ome.tif").write_bytes((sim / "fov01_lr.ome.tif").read_bytes()[:300])
     (sim / "notes.txt").write_text("session notes\n")
     stage = root / "stage"
@@ -127,8 +131,13 @@ def test_session_folder_is_paired_reviewed_and_written(session: Path, tmp_path: 
     assert any("stage position" in n for n in oib.notes)  # said, not silently skipped
     left = {u.entry.path.name: u for u in proposal.unpaired}
     assert set(left) == {
-        "Cell 1 mitoEGFP zoom3.5.tif", "Image0007.ome.tif", "fov04_lr.ome.tif", "notes.txt",
-        "fov01_truth.json", "fov02_truth.json", "fov03_truth.json",
+        "Cell 1 mitoEGFP zoom3.5.tif",
+        "Image0007.ome.tif",
+        "fov04_lr.ome.tif",
+        "notes.txt",
+        "fov01_truth.json",
+        "fov02_truth.json",
+        "fov03_truth.json",
     }
     assert left["Cell 1 mitoEGFP zoom3.5.tif"].role == "HR target"
     assert "another field: 90.62 µm wide" in left["Cell 1 mitoEGFP zoom3.5.tif"].reason
@@ -152,8 +161,14 @@ def test_session_folder_is_paired_reviewed_and_written(session: Path, tmp_path: 
 
 def _entry(name: str, size: int, *, px=None, zoom=None, stage=None, when=None, frames=1, folder="/s") -> Entry:
     header = {
-        "size_yx": [size, size], "pixel_size_um": [px, px] if px else None, "zoom": zoom, "stage_um": stage,
-        "focus_um": None, "acquired": when, "frames": frames, "channels": 1,
+        "size_yx": [size, size],
+        "pixel_size_um": [px, px] if px else None,
+        "zoom": zoom,
+        "stage_um": stage,
+        "focus_um": None,
+        "acquired": when,
+        "frames": frames,
+        "channels": 1,
     }
     return Entry(Path(folder) / name, Path(folder), header=header)
 
@@ -179,8 +194,7 @@ def test_target_fitting_series_at_different_positions_is_reported() -> None:
     b = _entry("b.tif", 64, px=0.4, stage=[-2.0, 0.0], frames=5)
     pairs, left = pair_entries([a, b, hr])
     assert pairs == []
-    assert all("also fits" in u.reason and "different or unrecorded stage positions" in u.reason
-               for u in left if u.entry in (a, b))
+    assert all("also fits" in u.reason and "different or unrecorded stage positions" in u.reason for u in left if u.entry in (a, b))
     # Two series at the same position share the target, and then share its split.
     b.header["stage_um"] = [2.0, 0.0]
     pairs, _ = pair_entries([a, b, hr])

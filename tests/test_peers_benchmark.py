@@ -100,10 +100,17 @@ def test_add_methods_refuses_a_prediction_off_the_hr_grid(tmp_path):
 
 
 def test_margins_against_the_target():
-    tab = pd.DataFrame({
-        "sample": ["a"] * 3, "method": ["care", "mse", "gan"], "n": [4] * 3,
-        "psnr_mean": [30.0, 31.5, 30.5], "psnr_sd": [0.1] * 3, "ssim_mean": [0.80, 0.81, 0.79], "ssim_sd": [0.01] * 3,
-    })
+    tab = pd.DataFrame(
+        {
+            "sample": ["a"] * 3,
+            "method": ["care", "mse", "gan"],
+            "n": [4] * 3,
+            "psnr_mean": [30.0, 31.5, 30.5],
+            "psnr_sd": [0.1] * 3,
+            "ssim_mean": [0.80, 0.81, 0.79],
+            "ssim_sd": [0.01] * 3,
+        }
+    )
     m = peers.margins(tab, {"mse": 40.0, "gan": 100.0, "care": 101.0}).set_index("method")
     assert m.loc["mse", "d_psnr"] == pytest.approx(1.5) and m.loc["mse", "psnr_target_met"] and m.loc["mse", "ssim_target_met"]
     assert not m.loc["gan", "psnr_target_met"] and not m.loc["gan", "ssim_target_met"]

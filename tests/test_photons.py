@@ -83,9 +83,7 @@ CASES = [
 
 @pytest.mark.parametrize(("kind", "overrides"), CASES)
 def test_calibration_recovers_the_simulated_detector(kind, overrides):
-    series, params, spec, _ = simulated_series(
-        merged(overrides, {"lr": {"drift_um_per_frame": 0.0}}), kind=kind, seed=3
-    )
+    series, params, spec, _ = simulated_series(merged(overrides, {"lr": {"drift_um_per_frame": 0.0}}), kind=kind, seed=3)
     det = params["detector"]
     cal = calibrate_series(series, saturation=2 ** det["bits"] - 1)
     print(
@@ -103,9 +101,7 @@ def test_calibration_recovers_the_simulated_detector(kind, overrides):
     assert cal.r2 > 0.9 and cal.n_pixels_used > 0.8 * cal.n_pixels
 
     # Photons per pixel: the mean of the bright pixels against the simulator's expectation.
-    expected = (
-        sim.lr_signal(spec, params=params)[0] * det["photons_per_us"] + det["dark_counts_per_us"]
-    ) * params["lr"]["dwell_us"]
+    expected = (sim.lr_signal(spec, params=params)[0] * det["photons_per_us"] + det["dark_counts_per_us"]) * params["lr"]["dwell_us"]
     bright = expected >= np.quantile(expected, 0.9)
     measured = cal.photons(series.mean(axis=0))
     assert measured.shape == expected.shape
@@ -114,9 +110,7 @@ def test_calibration_recovers_the_simulated_detector(kind, overrides):
 
 def test_the_variance_floor_alone_overestimates_the_read_noise():
     """The zero-photon peak fit is needed: dark pixels hold 0.1 dark photons of 8 ADU each."""
-    series, params, _, _ = simulated_series(
-        {"lr": {"drift_um_per_frame": 0.0}}, kind="mitochondria", seed=3
-    )
+    series, params, _, _ = simulated_series({"lr": {"drift_um_per_frame": 0.0}}, kind="mitochondria", seed=3)
     cal = calibrate_series(series, saturation=4095)
     floor = math.sqrt(cal.variance(cal.dark_level_adu))  # what lambda = 0 would report
     truth = true_read_noise(params["detector"])
@@ -136,8 +130,14 @@ def test_registration_stores_the_calibration(tmp_path):
     group.create_array("lr", data=lr, chunks=(1, *lr.shape[1:]))
     group.create_array("hr", data=hr.astype(np.float32), chunks=hr.shape)
     group.attrs["fastscan"] = {
-        "kind": "fov", "sample": "mito", "session": "s01", "fov": "f1", "channel": 0, "scale": 2,
-        "lr_pixel_size_um": [0.4, 0.4], "hr_pixel_size_um": [0.2, 0.2],
+        "kind": "fov",
+        "sample": "mito",
+        "session": "s01",
+        "fov": "f1",
+        "channel": 0,
+        "scale": 2,
+        "lr_pixel_size_um": [0.4, 0.4],
+        "hr_pixel_size_um": [0.2, 0.2],
         "source": {"lr": {"path": "lr.tif", "significant_bits": 12}, "hr": {"path": "hr.tif"}},
     }
     out, qc = tmp_path / "f1.zarr", tmp_path / "f1.qc.tsv"
@@ -146,8 +146,18 @@ def test_registration_stores_the_calibration(tmp_path):
 
     assert list(row) == list(reg.QC_COLUMNS)
     assert list(reg.QC_COLUMNS[:12]) == [
-        "sample", "session", "fov", "frames", "ncc", "line_phase_px", "field_fraction",
-        "hr_shift_dy", "hr_shift_dx", "drift_rms_px", "residual_drift_px", "passed",
+        "sample",
+        "session",
+        "fov",
+        "frames",
+        "ncc",
+        "line_phase_px",
+        "field_fraction",
+        "hr_shift_dy",
+        "hr_shift_dx",
+        "drift_rms_px",
+        "residual_drift_px",
+        "passed",
     ]
     assert abs(relative_error(row["gain_adu_per_photon"], det["pmt_gain"])) < GAIN_TOLERANCE
     assert abs(row["offset_adu"] - det["offset_du"]) < 1.0
@@ -195,9 +205,7 @@ def _blinking_and_moving(kind: str, seed: int):
         for (y, x), (vy, vx) in zip(start, velocity, strict=True):
             cy, cx = (y + vy * k) % n, (x + vx * k) % n
             signal[k] += 0.8 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 1.5**2))
-    frames = sim.detect(
-        signal, dwell_us=params["lr"]["dwell_us"], detector=params["detector"], rng=rng
-    )
+    frames = sim.detect(signal, dwell_us=params["lr"]["dwell_us"], detector=params["detector"], rng=rng)
     return frames, params
 
 
@@ -326,14 +334,10 @@ def test_bad_arguments():
 
 def _binned_curve(series, edges):
     mean = series.mean(axis=0)
-    var = np.sum(np.diff(series.astype(np.float64), axis=0) ** 2, axis=0) / (
-        2 * (series.shape[0] - 1)
-    )
+    var = np.sum(np.diff(series.astype(np.float64), axis=0) ** 2, axis=0) / (2 * (series.shape[0] - 1))
     index = np.digitize(mean, edges)
     # NaN where a series has no pixel at that signal.
-    return np.array(
-        [var[index == k].mean() if np.any(index == k) else np.nan for k in range(1, len(edges))]
-    )
+    return np.array([var[index == k].mean() if np.any(index == k) else np.nan for k in range(1, len(edges))])
 
 
 def test_calibrated_simulator_reproduces_the_mean_variance_curve():
@@ -344,9 +348,7 @@ def test_calibrated_simulator_reproduces_the_mean_variance_curve():
     default detector does not.
     """
     hidden = {"pmt_gain": 5.5, "read_noise_du": 4.5, "offset_du": 60.0, "photons_per_us": 60.0}
-    measured, params, spec, _ = simulated_series(
-        {"detector": hidden, "lr": {"drift_um_per_frame": 0.0}}, kind="tissue", seed=8
-    )
+    measured, params, spec, _ = simulated_series({"detector": hidden, "lr": {"drift_um_per_frame": 0.0}}, kind="tissue", seed=8)
     cal = calibrate_series(measured, saturation=4095)
     fitted = {
         "pmt_gain": cal.gain_adu_per_photon,
@@ -356,9 +358,7 @@ def test_calibrated_simulator_reproduces_the_mean_variance_curve():
     }
 
     def resimulate(detector):
-        p = sim.resolve_params(
-            merged(MID, {"detector": detector, "lr": {"drift_um_per_frame": 0.0}})
-        )
+        p = sim.resolve_params(merged(MID, {"detector": detector, "lr": {"drift_um_per_frame": 0.0}}))
         return sim.acquire_lr_series(spec, params=p, rng=np.random.default_rng(99))[0]
 
     edges = np.quantile(measured.mean(axis=0), np.linspace(0.02, 0.98, 13))
@@ -368,10 +368,7 @@ def test_calibrated_simulator_reproduces_the_mean_variance_curve():
     err = np.abs(reproduced / target - 1)
     # The default detector (offset 100 ADU) has no pixel at the lowest signals: compare the rest.
     err_default = np.abs(default / target - 1)
-    print(
-        f"curve error: calibrated max {err.max():.3f}, default detector max "
-        f"{np.nanmax(err_default):.3f} over {np.isfinite(err_default).sum()} bins"
-    )
+    print(f"curve error: calibrated max {err.max():.3f}, default detector max {np.nanmax(err_default):.3f} over {np.isfinite(err_default).sum()} bins")
     assert np.isfinite(err).all() and err.max() < 0.10
     assert np.isfinite(err_default).sum() >= 3 and np.nanmax(err_default) > 0.3
 
@@ -382,8 +379,11 @@ def test_calibrated_simulator_reproduces_the_mean_variance_curve():
 
 def test_generalized_anscombe_stabilises_and_inverts_without_bias():
     cal = PhotonCalibration(
-        gain_adu_per_photon=8.0, offset_adu=100.0, read_noise_adu=3.0,
-        variance_intercept_adu2=9.0 - 8.0 * 100.0, frames=100,
+        gain_adu_per_photon=8.0,
+        offset_adu=100.0,
+        read_noise_adu=3.0,
+        variance_intercept_adu2=9.0 - 8.0 * 100.0,
+        frames=100,
     )
     rng = np.random.default_rng(2)
     for lam in (0.5, 2.0, 10.0, 50.0):
@@ -403,9 +403,7 @@ def test_generalized_anscombe_stabilises_and_inverts_without_bias():
         assert abs(algebraic - truth) > 2 * abs(unbiased - truth)
     # The same from the summary stored in the registration attributes.
     summary = cal.summary()
-    np.testing.assert_allclose(
-        generalized_anscombe([150.0], summary), generalized_anscombe([150.0], cal)
-    )
+    np.testing.assert_allclose(generalized_anscombe([150.0], summary), generalized_anscombe([150.0], cal))
     with pytest.raises(ValueError, match="no measured noise line"):
         generalized_anscombe([1.0], calibrate_series(np.zeros((1, 4, 4))))
 

@@ -72,9 +72,7 @@ def test_estimate_drift_recovers_planted_shifts(reference, seed):
     rng = np.random.default_rng(seed)
     base = texture((128, 128), seed=seed)
     planted = rng.uniform(-3, 3, (10, 2))
-    frames = np.stack(
-        [poisson(fshift(base, s), seed=seed * 100 + t) for t, s in enumerate(planted)]
-    )
+    frames = np.stack([poisson(fshift(base, s), seed=seed * 100 + t) for t, s in enumerate(planted)])
     drift = reg.estimate_drift(frames, reference=reference)
     assert drift.shape == (10, 2)
     assert drift.dtype == np.float64
@@ -245,9 +243,7 @@ def test_normalised_cross_correlation():
 # per-FOV store
 
 
-def write_canonical(
-    path: Path, lr: np.ndarray, hr: np.ndarray, *, fov: str, scale: int = 2
-) -> Path:
+def write_canonical(path: Path, lr: np.ndarray, hr: np.ndarray, *, fov: str, scale: int = 2) -> Path:
     """A canonical per-FOV store as docs/architecture.md describes it."""
     group = zarr.open_group(str(path), mode="w")
     group.create_array("lr", data=lr, chunks=(1, *lr.shape[1:]))
@@ -314,8 +310,18 @@ def test_register_fov_end_to_end(tmp_path, caplog):
     assert {k: attrs[k] for k in src_attrs} == dict(src_attrs)
     r = attrs["registration"]
     assert set(r) == {
-        "drift_px", "hr_shift_px", "line_phase_px", "field_fraction", "ncc", "residual_drift_px",
-        "passed", "min_ncc", "photons", "resonant_field_fraction", "resonant_evidence", "blur_sigma_px",
+        "drift_px",
+        "hr_shift_px",
+        "line_phase_px",
+        "field_fraction",
+        "ncc",
+        "residual_drift_px",
+        "passed",
+        "min_ncc",
+        "photons",
+        "resonant_field_fraction",
+        "resonant_evidence",
+        "blur_sigma_px",
     }
     # The frames are a linear scan: a resonant fit that only follows the noise is rejected.
     assert r["field_fraction"] == 0.0 and row["field_fraction"] == 0.0
@@ -379,9 +385,17 @@ def test_register_fov_rejects_mismatched_shapes(tmp_path):
 
 def qc_row(sample, session, fov, ncc=0.9):
     return {
-        "sample": sample, "session": session, "fov": fov, "frames": 10, "ncc": ncc,
-        "line_phase_px": 0.1, "hr_shift_dy": 0.0, "hr_shift_dx": 0.0, "drift_rms_px": 0.5,
-        "residual_drift_px": 0.02, "passed": ncc >= 0.3,
+        "sample": sample,
+        "session": session,
+        "fov": fov,
+        "frames": 10,
+        "ncc": ncc,
+        "line_phase_px": 0.1,
+        "hr_shift_dy": 0.0,
+        "hr_shift_dx": 0.0,
+        "drift_rms_px": 0.5,
+        "residual_drift_px": 0.02,
+        "passed": ncc >= 0.3,
     }
 
 

@@ -139,9 +139,7 @@ def registered(tmp_path_factory) -> dict[str, dict]:
     tmp = tmp_path_factory.mktemp("accuracy")
     results = {}
     for name, (specimen, seed, drift_um, offset_um) in CASES.items():
-        lr, hr, truth = simulate(
-            specimen, seed=seed, frames=FRAMES, drift_um=drift_um, offset_um=offset_um
-        )
+        lr, hr, truth = simulate(specimen, seed=seed, frames=FRAMES, drift_um=drift_um, offset_um=offset_um)
         src = write_canonical(tmp / f"{name}.zarr", lr, hr)
         out = tmp / "registered" / f"{name}.zarr"
         row = reg.register_fov(src, out)
@@ -308,9 +306,7 @@ def test_field_fraction_is_fitted(tmp_path, field_fraction, line_phase_px, speci
     result = {
         "lr": lr,
         "truth": truth,
-        "registration": zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs["fastscan"][
-            "registration"
-        ],
+        "registration": zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs["fastscan"]["registration"],
     }
     errors, _ = drift_errors(result)
     assert rms(errors) < 0.1

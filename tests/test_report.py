@@ -211,9 +211,7 @@ def test_write_report_figures(tmp_path: Path) -> None:
     stores = [_restored_store(tmp_path / "restore" / s / "s1" / "001.zarr", rng) for s in ("mito", "actin")]
     curves = [_curves(tmp_path / "train" / "demo" / "curves.tsv", rng)]
     out_dir = tmp_path / "report"
-    written = write_report_figures(
-        metrics_tsv=metrics, restored=stores, curves=curves, qc_tsv=_qc(tmp_path / "qc.tsv"), out_dir=out_dir
-    )
+    written = write_report_figures(metrics_tsv=metrics, restored=stores, curves=curves, qc_tsv=_qc(tmp_path / "qc.tsv"), out_dir=out_dir)
     assert [p.name for p in written] == list(REPORT_FILES)
     for path in written:
         if path.suffix == ".png":

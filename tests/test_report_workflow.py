@@ -33,9 +33,7 @@ def _model(work: Path, where: str, stage: str, tiles: int, curves: list[tuple]) 
     folder.mkdir(parents=True)
     meta = {"format": "fastscan-model/1", "stage": stage, "dataset": {"tiles_train": tiles}}
     (folder / "model.json").write_text(json.dumps(meta))
-    pd.DataFrame(curves, columns=["stage", "epoch", "train_loss", "valid_loss", "valid_psnr"]).to_csv(
-        folder / "curves.tsv", sep="\t", index=False
-    )
+    pd.DataFrame(curves, columns=["stage", "epoch", "train_loss", "valid_loss", "valid_psnr"]).to_csv(folder / "curves.tsv", sep="\t", index=False)
 
 
 def _restored_store(path: Path) -> None:
@@ -78,10 +76,7 @@ def _slide(path: Path) -> None:
         "multiscales": [
             {
                 "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
-                "datasets": [
-                    {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [s, s]}]}
-                    for i, s in ((0, 0.2), (1, 0.4))
-                ],
+                "datasets": [{"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [s, s]}]} for i, s in ((0, 0.2), (1, 0.4))],
             }
         ],
     }

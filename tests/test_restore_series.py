@@ -66,7 +66,9 @@ def test_resonant_geometry_changes_the_input_and_none_leaves_it(tmp_path):
     outs = {}
     for name, geometry in (("none", {"correct": False}), ("resonant", {"correct": True, "field_fraction": 0.8})):
         outs[name] = tmp_path / f"{name}.ome.zarr"
-        prov = restore_series(lr, outs[name], generator=(ConvStack(), {**META, "geometry": geometry}), tile=32, overlap=8, pyramid_levels=1, precision="float32")
+        prov = restore_series(
+            lr, outs[name], generator=(ConvStack(), {**META, "geometry": geometry}), tile=32, overlap=8, pyramid_levels=1, precision="float32"
+        )
         assert (prov["geometry"] is None) == (name == "none")
     plain = tmp_path / "plain.ome.zarr"
     restore_series(lr, plain, generator=(ConvStack(), META), tile=32, overlap=8, pyramid_levels=1, precision="float32")

@@ -148,9 +148,7 @@ def test_undistort_x_inverts_the_resonant_sampling() -> None:
     image = np.stack([even, odd] * 4)
     linear = sim.undistort_x(image, field_fraction=ff, line_phase_px=phase)
     inner = slice(2, n - 2)
-    np.testing.assert_allclose(
-        linear[:, inner], np.broadcast_to(truth(np.arange(n)), image.shape)[:, inner], atol=0.02
-    )
+    np.testing.assert_allclose(linear[:, inner], np.broadcast_to(truth(np.arange(n)), image.shape)[:, inner], atol=0.02)
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,9 +197,7 @@ def test_line_phase_between_even_and_odd_rows(line_phase: float) -> None:
     x = field_axis(fov)
     edge = 0.5 * (1 + np.tanh((x - 12.9) / 0.6))
     specimen = np.broadcast_to(edge, (x.size, x.size)).astype(np.float32)
-    series, truth = sim.acquire_lr_series(
-        specimen, params=params, rng=np.random.default_rng(0), noise=False
-    )
+    series, truth = sim.acquire_lr_series(specimen, params=params, rng=np.random.default_rng(0), noise=False)
     assert truth["line_phase_px"] == line_phase
     frame = series[0].astype(np.float64)
     level = 0.5 * (frame[:, :3].mean() + frame[:, -3:].mean())
@@ -234,23 +230,17 @@ def test_drift_in_truth_matches_measured_frame_shifts() -> None:
         },
     )
     specimen = blobs(fov, 2.8, count=40, seed=11)
-    series, truth = sim.acquire_lr_series(
-        specimen, params=params, rng=np.random.default_rng(11), noise=False
-    )
+    series, truth = sim.acquire_lr_series(specimen, params=params, rng=np.random.default_rng(11), noise=False)
     drift = np.asarray(truth["drift_px"])
     assert drift.shape == (4, 2)
     np.testing.assert_array_equal(drift[0], [0.0, 0.0])
     assert np.abs(drift[1:]).max() > 0.2  # large enough to be measured
-    linear = sim.undistort_x(
-        series, field_fraction=truth["field_fraction"], line_phase_px=truth["line_phase_px"]
-    )
+    linear = sim.undistort_x(series, field_fraction=truth["field_fraction"], line_phase_px=truth["line_phase_px"])
     for t in range(1, 4):
         # The shift that registers frame t onto frame 0 is minus the displacement of its content.
         # Plain cross-correlation: whitening would lock onto the row-parity pattern that the
         # interpolation of the odd rows leaves behind.
-        shift, _, _ = phase_cross_correlation(
-            linear[0], linear[t], upsample_factor=100, normalization=None
-        )
+        shift, _, _ = phase_cross_correlation(linear[0], linear[t], upsample_factor=100, normalization=None)
         np.testing.assert_allclose(-shift, drift[t], atol=0.1)
 
 
@@ -274,9 +264,7 @@ def test_lr_photon_levels_and_value_range() -> None:
     dark = signal < 0.005
     assert photons[:, dark].mean() < 0.5  # dark counts only: 0.1 per pixel
     # Poisson photoelectrons through a gain of 8 plus read noise: var = g^2 n + r^2
-    frames = sim.acquire_lr_series(
-        specimen, params=merged(params, {"lr": {"frames": 60}}), rng=rng
-    )[0]
+    frames = sim.acquire_lr_series(specimen, params=merged(params, {"lr": {"frames": 60}}), rng=rng)[0]
     du = frames[:, bright].astype(np.float64)
     mean_photons = (du.mean(axis=0) - det["offset_du"]) / det["pmt_gain"]
     expected_var = det["pmt_gain"] ** 2 * mean_photons + det["read_noise_du"] ** 2
@@ -293,10 +281,7 @@ def test_hr_levels_and_averaging() -> None:
     clean = sim.acquire_hr(specimen, params=params, rng=rng, noise=False).astype(np.float64)
     det = params["detector"]
     signal = sim.hr_signal(specimen, params=params)
-    expected = (
-        det["pmt_gain"] * (signal * det["photons_per_us"] + det["dark_counts_per_us"]) * 10.0
-        + det["offset_du"]
-    )
+    expected = det["pmt_gain"] * (signal * det["photons_per_us"] + det["dark_counts_per_us"]) * 10.0 + det["offset_du"]
     np.testing.assert_allclose(clean, expected, atol=0.5 + 1e-6)
     # averaging four frames halves the noise of one
     residual = hr - clean
@@ -306,9 +291,7 @@ def test_hr_levels_and_averaging() -> None:
 
 def test_detect_clips_to_the_bit_depth() -> None:
     det = sim.resolve_params({"detector": {"bits": 10}})["detector"]
-    out = sim.detect(
-        np.full((10, 10), 5.0), dwell_us=10.0, detector=det, rng=np.random.default_rng(0)
-    )
+    out = sim.detect(np.full((10, 10), 5.0), dwell_us=10.0, detector=det, rng=np.random.default_rng(0))
     assert out.dtype == np.uint16 and out.max() == 1023
 
 
@@ -329,21 +312,15 @@ def test_render_specimen_range_and_determinism(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", sim.SPECIMENS)
 def test_render_specimen_is_resolution_independent(kind: str) -> None:
-    fine = sim.render_specimen(
-        kind, shape=(800, 800), pixel_size_um=0.05, rng=np.random.default_rng(4)
-    )
-    coarse = sim.render_specimen(
-        kind, shape=(400, 400), pixel_size_um=0.1, rng=np.random.default_rng(4)
-    )
+    fine = sim.render_specimen(kind, shape=(800, 800), pixel_size_um=0.05, rng=np.random.default_rng(4))
+    coarse = sim.render_specimen(kind, shape=(400, 400), pixel_size_um=0.1, rng=np.random.default_rng(4))
     binned = fine.reshape(400, 2, 400, 2).mean(axis=(1, 3))
     assert np.corrcoef(binned.ravel(), coarse.ravel())[0, 1] > 0.95
 
 
 def test_render_specimen_rejects_unknown_kind() -> None:
     with pytest.raises(ValueError, match="mitochondria"):
-        sim.render_specimen(
-            "bacteria", shape=(10, 10), pixel_size_um=PS, rng=np.random.default_rng(0)
-        )
+        sim.render_specimen("bacteria", shape=(10, 10), pixel_size_um=PS, rng=np.random.default_rng(0))
 
 
 def test_scene_windows_join_seamlessly() -> None:

@@ -46,8 +46,18 @@ def _registration(store: Path) -> dict:
 #: The registration's QC columns, each measured (or, for the drift, known) for one frame too. The
 #: table's other columns (the photon calibration) are NaN where their own module cannot measure.
 REGISTRATION_QC = (
-    "sample", "session", "fov", "frames", "ncc", "line_phase_px", "field_fraction",
-    "hr_shift_dy", "hr_shift_dx", "drift_rms_px", "residual_drift_px", "passed",
+    "sample",
+    "session",
+    "fov",
+    "frames",
+    "ncc",
+    "line_phase_px",
+    "field_fraction",
+    "hr_shift_dy",
+    "hr_shift_dx",
+    "drift_rms_px",
+    "residual_drift_px",
+    "passed",
 )
 
 
@@ -64,8 +74,12 @@ def test_one_frame_tiff_ome_tiff_and_glob_ingest_and_register(tmp_path: Path) ->
 
     raw = tmp_path / "raw"
     truth = write_fov(
-        lr_path=raw / "lr.ome.tif", hr_path=raw / "hr.ome.tif", truth_path=raw / "truth.json",
-        specimen="mitochondria", seed=11, params=PARAMS,
+        lr_path=raw / "lr.ome.tif",
+        hr_path=raw / "hr.ome.tif",
+        truth_path=raw / "truth.json",
+        specimen="mitochondria",
+        seed=11,
+        params=PARAMS,
     )
     frame = tifffile.imread(raw / "lr.ome.tif")
     assert frame.shape in ((1, 128, 128), (128, 128))
@@ -125,7 +139,9 @@ def test_one_frame_oib_ingests_and_registers(tmp_path: Path) -> None:
     hr = np.clip(ndimage.shift(upsampled, planted, order=3, mode="reflect"), 0, None).astype(np.float32)
     hr_path = tmp_path / "hr.ome.tif"
     tifffile.imwrite(
-        hr_path, hr, ome=True,
+        hr_path,
+        hr,
+        ome=True,
         metadata={"axes": "YX", "PhysicalSizeX": px[1] / 2, "PhysicalSizeY": px[0] / 2, "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"},
     )
 

@@ -368,8 +368,9 @@ def forward_fn(model, x, device, *, bf16: bool, channels_last: bool, graph: bool
     return replay
 
 
-def measure_variant(report, *, name, gen, tile, model, device, scale, input_scale, cfg, section, bf16, channels_last,
-                    graph=False, compile_mode=None, compile_backend="inductor") -> dict | None:
+def measure_variant(
+    report, *, name, gen, tile, model, device, scale, input_scale, cfg, section, bf16, channels_last, graph=False, compile_mode=None, compile_backend="inductor"
+) -> dict | None:
     """One row of the inference table, with out-of-memory batches halved and retried."""
     import torch
 
@@ -400,8 +401,9 @@ def measure_variant(report, *, name, gen, tile, model, device, scale, input_scal
                 row["compile_s"] = round(time.perf_counter() - t0, 2)
             else:
                 fn = forward_fn(net, x, device, bf16=bf16, channels_last=channels_last, graph=graph)
-            per_call, calls = time_calls(fn, device, seconds=min(cfg["variant_s"], max(0.0, section.left())),
-                                         warmup=cfg["warmup"] + bool(compile_mode), min_calls=cfg["min_calls"])
+            per_call, calls = time_calls(
+                fn, device, seconds=min(cfg["variant_s"], max(0.0, section.left())), warmup=cfg["warmup"] + bool(compile_mode), min_calls=cfg["min_calls"]
+            )
             out_px = batch * (scale * tile) ** 2
             row.update(
                 batch=batch,
@@ -423,8 +425,11 @@ def measure_variant(report, *, name, gen, tile, model, device, scale, input_scal
             x = fn = net = None  # noqa: F841
             free_memory(device)
     if row.get("status") == "ok":
-        print(f"  {gen:8s} tile {tile:4d} {name:22s} batch {row['batch']:3d}  {row['mpx_per_s']:9.1f} MP/s  "
-              f"{row['tiles_per_s']:8.1f} tiles/s  peak {row['peak_gib'] or 0:6.1f} GiB", flush=True)
+        print(
+            f"  {gen:8s} tile {tile:4d} {name:22s} batch {row['batch']:3d}  {row['mpx_per_s']:9.1f} MP/s  "
+            f"{row['tiles_per_s']:8.1f} tiles/s  peak {row['peak_gib'] or 0:6.1f} GiB",
+            flush=True,
+        )
     return report.add("inference", row)
 
 
@@ -441,8 +446,21 @@ def inference_section(report, models, device, cfg, budget, *, graphs: bool = Fal
         for name, bf16, cl, graph in variants:
             model = on_device(base, device, channels_last=cl)
             for tile in cfg["tiles"]:
-                measure_variant(report, name=name, gen=gen, tile=tile, model=model, device=device, scale=scale, input_scale=input_scale,
-                                cfg=cfg, section=section, bf16=bf16, channels_last=cl, graph=graph)
+                measure_variant(
+                    report,
+                    name=name,
+                    gen=gen,
+                    tile=tile,
+                    model=model,
+                    device=device,
+                    scale=scale,
+                    input_scale=input_scale,
+                    cfg=cfg,
+                    section=section,
+                    bf16=bf16,
+                    channels_last=cl,
+                    graph=graph,
+                )
         base.to("cpu")
         free_memory(device)
 
@@ -513,9 +531,22 @@ def _compile_section(report, models, device, cfg, budget, *, backend: str) -> No
                 other.to("cpu")
             compiled = {gen: on_device(base, device, channels_last=True)}
             free_memory(device)
-        row = measure_variant(report, name=name, gen=gen, tile=tile, model=compiled[gen], device=device, scale=int(arch["scale"]),
-                              input_scale=int(base.input_scale), cfg=cfg, section=section, bf16=True, channels_last=True,
-                              compile_mode=mode, compile_backend=backend)
+        row = measure_variant(
+            report,
+            name=name,
+            gen=gen,
+            tile=tile,
+            model=compiled[gen],
+            device=device,
+            scale=int(arch["scale"]),
+            input_scale=int(base.input_scale),
+            cfg=cfg,
+            section=section,
+            bf16=True,
+            channels_last=True,
+            compile_mode=mode,
+            compile_backend=backend,
+        )
         if row:
             row["compile_backend"] = backend
             report.save()
@@ -535,13 +566,16 @@ def write_model_dir(path: Path, state: dict, arch: dict, *, lr_range=(0.0, 4095.
 
     path.mkdir(parents=True, exist_ok=True)
     torch.save(state, path / "generator.pth")
-    write_model_json(path, {
-        "format": "fastscan-model/1",
-        "stage": "gan",
-        "architecture": arch,
-        "scale": int(arch["scale"]),
-        "normalisation": {"lr": list(lr_range), "hr": [0.0, 1.0]},
-    })
+    write_model_json(
+        path,
+        {
+            "format": "fastscan-model/1",
+            "stage": "gan",
+            "architecture": arch,
+            "scale": int(arch["scale"]),
+            "normalisation": {"lr": list(lr_range), "hr": [0.0, 1.0]},
+        },
+    )
     return path
 
 
@@ -629,8 +663,9 @@ def end_to_end_section(report, models, device, cfg, budget, work: Path, engine_r
             del image
             out = work / f"slide_{gen}_{region}.ome.zarr"
             t0 = time.perf_counter()
-            prov = restore_slide(zpath, out, model_dir=mdir, device=dev, tile=engine.tile, overlap=engine.overlap, region=region,
-                                 pyramid_levels=3, progress=False)
+            prov = restore_slide(
+                zpath, out, model_dir=mdir, device=dev, tile=engine.tile, overlap=engine.overlap, region=region, pyramid_levels=3, progress=False
+            )
             row["restore_s"] = time.perf_counter() - t0
             row["mpx_per_s"] = row["out_mpx"] / row["restore_s"]
             row["over_engine"] = row["mpx_per_s"] / row["engine_mpx_s"]
@@ -639,8 +674,11 @@ def end_to_end_section(report, models, device, cfg, budget, work: Path, engine_r
             engine_rates.setdefault(gen, row["engine_mpx_s"])
             shutil.rmtree(out, ignore_errors=True)
             shutil.rmtree(zpath, ignore_errors=True)
-            print(f"  slide {gen:8s} {size}^2 LR region {region}: restore_slide {row['mpx_per_s']:8.1f} MP/s "
-                  f"({row['restore_s']:.1f} s), engine {row['engine_mpx_s']:8.1f} MP/s -> {row['over_engine']:.2f}", flush=True)
+            print(
+                f"  slide {gen:8s} {size}^2 LR region {region}: restore_slide {row['mpx_per_s']:8.1f} MP/s "
+                f"({row['restore_s']:.1f} s), engine {row['engine_mpx_s']:8.1f} MP/s -> {row['over_engine']:.2f}",
+                flush=True,
+            )
         except Exception as exc:  # noqa: BLE001
             row.update(status="error", error=report.error(what, exc))
         report.add("end_to_end", row)
@@ -673,21 +711,29 @@ def end_to_end_section(report, models, device, cfg, budget, work: Path, engine_r
             row["restore_s"] = time.perf_counter() - t0
             out_mpx = frames * (2 * size) ** 2 / 1e6
             row.update(
-                tile=prov["tile"], overlap=prov["overlap"], out_mpx=out_mpx,
-                fps=frames / row["restore_s"], over_realtime=frames / row["restore_s"] / REALTIME_FPS,
-                mpx_per_s=out_mpx / row["restore_s"], engine_mpx_s=out_mpx / row["engine_s"],
+                tile=prov["tile"],
+                overlap=prov["overlap"],
+                out_mpx=out_mpx,
+                fps=frames / row["restore_s"],
+                over_realtime=frames / row["restore_s"] / REALTIME_FPS,
+                mpx_per_s=out_mpx / row["restore_s"],
+                engine_mpx_s=out_mpx / row["engine_s"],
                 engine_fps=frames / row["engine_s"],
             )
             row["over_engine"] = row["mpx_per_s"] / row["engine_mpx_s"]
             shutil.rmtree(out, ignore_errors=True)
-            print(f"  series {gen:8s} {frames} x {size}^2: {row['fps']:8.1f} frames/s = {row['over_realtime']:.1f}x real time "
-                  f"(engine {row['engine_fps']:.1f} frames/s)", flush=True)
+            print(
+                f"  series {gen:8s} {frames} x {size}^2: {row['fps']:8.1f} frames/s = {row['over_realtime']:.1f}x real time "
+                f"(engine {row['engine_fps']:.1f} frames/s)",
+                flush=True,
+            )
         except Exception as exc:  # noqa: BLE001
             row.update(status="error", error=report.error(what, exc))
         report.add("end_to_end", row)
 
-    plan = [("slide", "faithful", cfg["regions"][0]), ("series", "faithful", None), ("series", "lowres", None),
-            ("slide", "lowres", cfg["regions"][0])] + [("slide", "faithful", r) for r in cfg["regions"][1:]]
+    plan = [("slide", "faithful", cfg["regions"][0]), ("series", "faithful", None), ("series", "lowres", None), ("slide", "lowres", cfg["regions"][0])] + [
+        ("slide", "faithful", r) for r in cfg["regions"][1:]
+    ]
     if cfg is SMOKE:
         plan = plan[:2]
     for kind, gen, region in plan:
@@ -714,7 +760,9 @@ def write_registered(path: Path, *, seed: int, frames: int, size: int, scale: in
     g.create_array("lr", data=lr, chunks=(1, size, size))
     g.create_array("hr", data=hr)
     g.attrs["fastscan"] = {
-        "scale": scale, "lr_pixel_size_um": [0.4, 0.4], "hr_pixel_size_um": [0.2, 0.2],
+        "scale": scale,
+        "lr_pixel_size_um": [0.4, 0.4],
+        "hr_pixel_size_um": [0.2, 0.2],
         "registration": {"passed": True, "ncc": 0.9, "min_ncc": 0.3},
     }
     return path
@@ -724,8 +772,7 @@ def synthetic_dataset(work: Path, cfg) -> Path:
     from fastscan.dataset import FovEntry, build_dataset
 
     n, size, frames = cfg["train_fovs"]
-    entries = [FovEntry(str(write_registered(work / f"reg{i}.zarr", seed=i, frames=frames, size=size)), "m", "s", f"f{i}", "train")
-               for i in range(n)]
+    entries = [FovEntry(str(write_registered(work / f"reg{i}.zarr", seed=i, frames=frames, size=size)), "m", "s", f"f{i}", "train") for i in range(n)]
     # A small validation split: fastai validates after every epoch, which is not what is timed.
     entries.append(FovEntry(str(write_registered(work / "regval.zarr", seed=99, frames=1, size=size)), "m", "s", "fval", "val"))
     out = work / "dataset.zarr"
@@ -825,8 +872,13 @@ def training_section(report, device, cfg, budget, work: Path, step_rates: dict) 
         # As train_gan: the generator and critic learners joined with the adaptive switcher.
         crit_learn = tr._critic_learner(dls, critic())
         return GANLearner.from_learners(
-            gen_learn, crit_learn, weights_gen=(1.0, 50.0), switcher=AdaptiveGANSwitcher(critic_thresh=0.65), show_img=False,
-            opt_func=partial(Adam, mom=0.0), metrics=[tr.valid_psnr],
+            gen_learn,
+            crit_learn,
+            weights_gen=(1.0, 50.0),
+            switcher=AdaptiveGANSwitcher(critic_thresh=0.65),
+            show_img=False,
+            opt_func=partial(Adam, mom=0.0),
+            metrics=[tr.valid_psnr],
         )
 
     for bs in cfg["train_batches"]:
@@ -843,8 +895,9 @@ def training_section(report, device, cfg, budget, work: Path, step_rates: dict) 
                 learn = learner(stage, bs)
                 row["accelerations"] = tr.accelerate(learn, device=dev, config=accel_cfg)
                 tr._quiet(learn)
-                timer = step_timer(warmup=cfg["warmup"] + (cfg is FULL), seconds=min(cfg["train_s"], max(0.0, section.left())),
-                                   min_steps=cfg["min_calls"], device=device)
+                timer = step_timer(
+                    warmup=cfg["warmup"] + (cfg is FULL), seconds=min(cfg["train_s"], max(0.0, section.left())), min_steps=cfg["min_calls"], device=device
+                )
                 learn.fit(10_000, 1e-4, cbs=[timer])
                 row.update(
                     steps=timer.steps,
@@ -855,8 +908,11 @@ def training_section(report, device, cfg, budget, work: Path, step_rates: dict) 
                 )
                 if stage != "critic":
                     step_rates[bs] = max(step_rates.get(bs, 0.0), row["tiles_per_s"])
-                print(f"  {stage:6s} batch {bs:3d}: {row['steps_per_s']:7.2f} steps/s {row['tiles_per_s']:9.1f} tiles/s "
-                      f"(with loading {row['loop_tiles_per_s'] or 0:9.1f})  {', '.join(row['accelerations']) or 'fp32'}", flush=True)
+                print(
+                    f"  {stage:6s} batch {bs:3d}: {row['steps_per_s']:7.2f} steps/s {row['tiles_per_s']:9.1f} tiles/s "
+                    f"(with loading {row['loop_tiles_per_s'] or 0:9.1f})  {', '.join(row['accelerations']) or 'fp32'}",
+                    flush=True,
+                )
             except Exception as exc:  # noqa: BLE001
                 row.update(status="error", error=report.error(what, exc))
             finally:
@@ -899,8 +955,10 @@ def loader_section(report, device, cfg, budget, dataset: Path | None, step_rates
                 step = step_rates.get(bs)
                 row["step_tiles_per_s"] = step
                 row["over_step"] = row["tiles_per_s"] / step if step else None
-                print(f"  loader {mode:12s} batch {bs:3d}: {row['tiles_per_s']:9.1f} tiles/s"
-                      + (f" = {row['over_step']:.1f}x the fastest step" if step else ""), flush=True)
+                print(
+                    f"  loader {mode:12s} batch {bs:3d}: {row['tiles_per_s']:9.1f} tiles/s" + (f" = {row['over_step']:.1f}x the fastest step" if step else ""),
+                    flush=True,
+                )
             except Exception as exc:  # noqa: BLE001
                 row.update(status="error", error=report.error(what, exc))
             report.add("loader", row)
@@ -928,15 +986,21 @@ def evaluate_targets(data: dict) -> dict:
     f = faithful and faithful["mpx_per_s"]
     lo = lowres and lowres["mpx_per_s"]
     return {
-        "faithful_bf16_mpx_s": target(f, TARGETS["faithful_bf16_mpx_s"],
-                                      f"faithful, best bf16 variant ({faithful['variant']}, tile {faithful['tile']})" if faithful else "faithful bf16"),
+        "faithful_bf16_mpx_s": target(
+            f, TARGETS["faithful_bf16_mpx_s"], f"faithful, best bf16 variant ({faithful['variant']}, tile {faithful['tile']})" if faithful else "faithful bf16"
+        ),
         "lowres_over_faithful": target(lo / f if f and lo else None, TARGETS["lowres_over_faithful"], "lowres / faithful, best bf16 variants"),
-        "end_to_end_over_engine": target(min((r["over_engine"] for r in slides), default=None), TARGETS["end_to_end_over_engine"],
-                                         "restore_slide / bare engine, worst slide"),
-        "series_over_realtime": target(min((r["over_realtime"] for r in series), default=None), TARGETS["series_over_realtime"],
-                                       "restore_series frames/s / 30, slowest generator"),
-        "loader_over_step": target(min((r["over_step"] for r in loaders if r["mode"] == "in-memory"), default=None),
-                                   TARGETS["loader_over_step"], "in-memory loader / fastest training step, worst batch"),
+        "end_to_end_over_engine": target(
+            min((r["over_engine"] for r in slides), default=None), TARGETS["end_to_end_over_engine"], "restore_slide / bare engine, worst slide"
+        ),
+        "series_over_realtime": target(
+            min((r["over_realtime"] for r in series), default=None), TARGETS["series_over_realtime"], "restore_series frames/s / 30, slowest generator"
+        ),
+        "loader_over_step": target(
+            min((r["over_step"] for r in loaders if r["mode"] == "in-memory"), default=None),
+            TARGETS["loader_over_step"],
+            "in-memory loader / fastest training step, worst batch",
+        ),
     }
 
 
@@ -948,8 +1012,10 @@ def table(data: dict) -> str:
     """The results as text (also printed for a partial device.json)."""
     lines = []
     env = data.get("env", {})
-    lines.append(f"fastscan device benchmark ({data.get('mode')}): {env.get('gpu') or env.get('device')}, torch {env.get('torch')}, "
-                 f"CUDA {env.get('cuda')}, python {env.get('python')}" + ("" if data.get("finished") else "  [INCOMPLETE]"))
+    lines.append(
+        f"fastscan device benchmark ({data.get('mode')}): {env.get('gpu') or env.get('device')}, torch {env.get('torch')}, "
+        f"CUDA {env.get('cuda')}, python {env.get('python')}" + ("" if data.get("finished") else "  [INCOMPLETE]")
+    )
     lines.append("")
     lines.append("inference, output MP/s (HR px) at the automatic batch; peak GiB")
     inf = data.get("inference", [])
@@ -979,20 +1045,26 @@ def table(data: dict) -> str:
         if r.get("status") != "ok":
             lines.append(f"  {r['kind']} {r['generator']}: {r.get('error', 'error')[:150]}")
         elif r["kind"] == "slide":
-            lines.append(f"  slide  {r['generator']:8s} {r['lr_size']}^2 LR region {r['region']:5d} tile {r['tile']}/{r['overlap']}: "
-                         f"{_fmt(r['mpx_per_s'])} MP/s ({_fmt(r['restore_s'])} s), engine {_fmt(r['engine_mpx_s'])} MP/s, ratio {_fmt(r['over_engine'], '.2f')}, "
-                         f"model load+tiling {_fmt(r.get('setup_s'), '.2f')} s")
+            lines.append(
+                f"  slide  {r['generator']:8s} {r['lr_size']}^2 LR region {r['region']:5d} tile {r['tile']}/{r['overlap']}: "
+                f"{_fmt(r['mpx_per_s'])} MP/s ({_fmt(r['restore_s'])} s), engine {_fmt(r['engine_mpx_s'])} MP/s, ratio {_fmt(r['over_engine'], '.2f')}, "
+                f"model load+tiling {_fmt(r.get('setup_s'), '.2f')} s"
+            )
         else:
-            lines.append(f"  series {r['generator']:8s} {r['frames']} x {r['lr_size']}^2 tile {r['tile']}/{r['overlap']}: {_fmt(r['fps'])} frames/s = "
-                         f"{_fmt(r['over_realtime'])}x real time, {_fmt(r['mpx_per_s'])} MP/s, engine {_fmt(r['engine_fps'])} frames/s, ratio {_fmt(r['over_engine'], '.2f')}")
+            lines.append(
+                f"  series {r['generator']:8s} {r['frames']} x {r['lr_size']}^2 tile {r['tile']}/{r['overlap']}: {_fmt(r['fps'])} frames/s = "
+                f"{_fmt(r['over_realtime'])}x real time, {_fmt(r['mpx_per_s'])} MP/s, engine {_fmt(r['engine_fps'])} frames/s, ratio {_fmt(r['over_engine'], '.2f')}"
+            )
     lines.append("")
     lines.append("training (steps timed before_batch..after_batch; 'loop' includes loading)")
     for r in data.get("training", []):
         if r.get("status") != "ok":
             lines.append(f"  {r['stage']:6s} batch {r['batch']:3d}: {r.get('error', 'error')[:150]}")
         else:
-            lines.append(f"  {r['stage']:6s} batch {r['batch']:3d}: {_fmt(r['steps_per_s'], '.2f'):>7s} steps/s {_fmt(r['tiles_per_s']):>9s} tiles/s "
-                         f"loop {_fmt(r.get('loop_tiles_per_s')):>9s}  peak {_fmt(r.get('peak_gib'))} GiB  {'+'.join(r.get('accelerations') or []) or 'fp32'}")
+            lines.append(
+                f"  {r['stage']:6s} batch {r['batch']:3d}: {_fmt(r['steps_per_s'], '.2f'):>7s} steps/s {_fmt(r['tiles_per_s']):>9s} tiles/s "
+                f"loop {_fmt(r.get('loop_tiles_per_s')):>9s}  peak {_fmt(r.get('peak_gib'))} GiB  {'+'.join(r.get('accelerations') or []) or 'fp32'}"
+            )
     for r in data.get("loader", []):
         if r.get("status") != "ok":
             lines.append(f"  loader {r['mode']} batch {r['batch']}: {r.get('error', 'error')[:150]}")

@@ -140,8 +140,7 @@ def check_replaceable(final: str | os.PathLike, *, store: bool | None = None) ->
             why = "it is a folder, and a file would replace it"
     if why is not None:
         raise OutputError(
-            f"{final}: refusing to replace it: {why}. fastscan replaces only outputs it wrote "
-            "itself; choose another output path, or move it away yourself"
+            f"{final}: refusing to replace it: {why}. fastscan replaces only outputs it wrote itself; choose another output path, or move it away yourself"
         )
 
 
@@ -195,9 +194,7 @@ def _discard(path: Path) -> None:
         time.sleep(_DISCARD_PAUSE_S)
         if not (path.exists() or path.is_symlink()):
             return
-    logger.warning(
-        "could not remove the temporary %s; the next write of this output clears it", path
-    )
+    logger.warning("could not remove the temporary %s; the next write of this output clears it", path)
 
 
 def _naming(exc: OSError, final: Path) -> OSError:

@@ -205,9 +205,7 @@ def estimate_noise_sigma(image: np.ndarray) -> float:
     if img.ndim != 2 or min(img.shape) < 2:
         raise ValueError(f"image must be a (Y, X) frame of at least 2 x 2, got shape {img.shape}")
     ny, nx = (img.shape[0] // 2) * 2, (img.shape[1] // 2) * 2
-    hh = 0.5 * (
-        img[0:ny:2, 0:nx:2] - img[0:ny:2, 1:nx:2] - img[1:ny:2, 0:nx:2] + img[1:ny:2, 1:nx:2]
-    )
+    hh = 0.5 * (img[0:ny:2, 0:nx:2] - img[0:ny:2, 1:nx:2] - img[1:ny:2, 0:nx:2] + img[1:ny:2, 1:nx:2])
     return float(np.median(np.abs(hh)) * _MAD_TO_SIGMA)
 
 
@@ -218,8 +216,7 @@ def estimate_noise_sigma(image: np.ndarray) -> float:
 def _require_bm3d() -> ModuleType:
     if importlib.util.find_spec("bm3d") is None:
         raise ImportError(
-            "denoise='bm3d' needs the bm3d package, which is not part of the fastscan "
-            "environment; install it with `pip install bm3d` or use denoise='nlm'"
+            "denoise='bm3d' needs the bm3d package, which is not part of the fastscan environment; install it with `pip install bm3d` or use denoise='nlm'"
         )
     return importlib.import_module("bm3d")
 
@@ -239,9 +236,7 @@ def _denoise_frame(
         # noise level, and return the unbiased inverse in the frame's own units.
         calibration, low, span = vst
         stabilised = generalized_anscombe(frame.astype(np.float64) * span + low, calibration)
-        denoised = _denoise_frame(
-            stabilised, method=method, strength=strength, bm3d_module=bm3d_module
-        )
+        denoised = _denoise_frame(stabilised, method=method, strength=strength, bm3d_module=bm3d_module)
         adu = inverse_generalized_anscombe(denoised, calibration)
         return ((adu - low) / span).astype(np.float32)
     sigma = estimate_noise_sigma(frame)
@@ -272,11 +267,7 @@ def _vst_parameters(
     """``(calibration, low, high - low)`` for the stabilised path, or None for the fixed one."""
     if calibration is None:
         return None
-    cal = (
-        calibration
-        if isinstance(calibration, PhotonCalibration)
-        else PhotonCalibration.from_summary(calibration)
-    )
+    cal = calibration if isinstance(calibration, PhotonCalibration) else PhotonCalibration.from_summary(calibration)
     if not (cal.measurable and math.isfinite(cal.variance_intercept_adu2)):
         logger.info(
             "no variance stabilisation: the photon calibration was not measured (%s)",
@@ -287,9 +278,7 @@ def _vst_parameters(
         return cal, 0.0, 1.0
     values = [float(v) for v in normalisation]
     if len(values) != 2 or not all(math.isfinite(v) for v in values) or values[1] <= values[0]:
-        raise ValueError(
-            f"normalisation must be (low, high) with high > low, got {list(normalisation)!r}"
-        )
+        raise ValueError(f"normalisation must be (low, high) with high > low, got {list(normalisation)!r}")
     return cal, values[0], values[1] - values[0]
 
 
@@ -411,15 +400,12 @@ def restore_classical(
     # (3) Denoise on the LR grid, before interpolation spreads the noise over several HR pixels.
     denoised = np.empty_like(linear)
     for t, frame in enumerate(linear):
-        denoised[t] = _denoise_frame(
-            frame, method=denoise, strength=float(strength), bm3d_module=bm3d_module, vst=vst
-        )
+        denoised[t] = _denoise_frame(frame, method=denoise, strength=float(strength), bm3d_module=bm3d_module, vst=vst)
     # (4) Pixel-area aligned bicubic upsampling, the geometry of every other method.
     out = upsample(denoised, scale=int(scale), order=3)
     elapsed = time.perf_counter() - start
     logger.info(
-        "classical restoration of %d frame(s) %s -> %s (line phase %.3f px, field fraction "
-        "%.2f, denoise=%s%s, strength %.2f) in %.2f s, %.3f s per frame",
+        "classical restoration of %d frame(s) %s -> %s (line phase %.3f px, field fraction %.2f, denoise=%s%s, strength %.2f) in %.2f s, %.3f s per frame",
         stack.shape[0],
         stack.shape[1:],
         out.shape[1:],

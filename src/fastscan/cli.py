@@ -27,7 +27,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("input", help="TIFF/OME-TIFF/SVS/OIB/OIF or Zarr/OME-Zarr image (with --series: a series or a glob of frames)")
     r.add_argument("--model", required=True, help="model directory (generator.pth + model.json)")
     r.add_argument("--out", required=True, help="output .ome.zarr path (never an existing folder or file that fastscan did not write)")
-    r.add_argument("--overwrite", action="store_true", help="replace a fastscan store of another restoration at --out (a re-run of the same restoration replaces its own output without it)")
+    r.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a fastscan store of another restoration at --out (a re-run of the same restoration replaces its own output without it)",
+    )
     r.add_argument("--wait", action="store_true", help="if another restoration is writing --out, wait for it to finish instead of failing")
     r.add_argument("--series", action="store_true", help="the input is a video-rate (T, Y, X) series; the output keeps T")
     r.add_argument("--channel", default="0", help="channel index, a list such as 0,2, or 'all' (slides; default 0)")
@@ -38,7 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--region", type=int, default=512, help="LR region processed at once; bounds memory (default 512)")
     r.add_argument("--frames-per-chunk", type=int, default=8, help="series frames restored and written together (default 8)")
     r.add_argument("--pyramid-levels", type=int, default=3, help="resolution levels of the output (default 3)")
-    r.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="auto: bf16 on CUDA and on CPUs with bf16 units (AMX, AVX512-BF16), else float32")
+    r.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="auto: bf16 on CUDA and on CPUs with bf16 units (AMX, AVX512-BF16), else float32",
+    )
     r.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     r.add_argument("--threads", type=int, default=None, help="CPU threads of torch")
     s = sub.add_parser(
@@ -55,17 +64,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="replace an existing --out (and --review) file")
     s.add_argument("--scale", type=int, default=2, help="HR pixels per LR pixel per axis, as ingest.scale (default 2)")
     s.add_argument("--sample", default=None, help="sample name of every row (default: the name of each FOLDER)")
-    s.add_argument("--relative-to", default=None, metavar="DIR", help="write paths relative to DIR, e.g. . for the "
-                   "folder Snakemake runs in (default: absolute paths)")
+    s.add_argument(
+        "--relative-to", default=None, metavar="DIR", help="write paths relative to DIR, e.g. . for the folder Snakemake runs in (default: absolute paths)"
+    )
     s.add_argument("--no-split", action="store_true", help="leave the split column empty (the workflow then splits by hash)")
     s.add_argument("--seed", type=int, default=0, help="seed of the split order, as the config's seed (default 0)")
     s.add_argument("--val-fraction", type=float, default=0.15, help="as split.val_fraction (default 0.15)")
     s.add_argument("--test-fraction", type=float, default=0.15, help="as split.test_fraction (default 0.15)")
-    s.add_argument("--position-tolerance", type=float, default=0.1, help="largest stage distance of a pair, as a "
-                   "fraction of the field width (default 0.1)")
+    s.add_argument("--position-tolerance", type=float, default=0.1, help="largest stage distance of a pair, as a fraction of the field width (default 0.1)")
     s.add_argument("--focus-tolerance", type=float, default=2.0, help="largest focus difference of a pair in µm (default 2)")
-    s.add_argument("--session-gap", type=float, default=12.0, help="hours beyond which two files are of different "
-                   "sessions (default 12)")
+    s.add_argument("--session-gap", type=float, default=12.0, help="hours beyond which two files are of different sessions (default 12)")
     e = sub.add_parser(
         "export",
         help="write a model as a bioimage.io package (Fiji/deepImageJ, napari, ilastik)",
@@ -98,8 +106,15 @@ def _export(args: argparse.Namespace) -> int:
 
     try:
         summary = export_model(
-            args.model, args.out, name=args.name, authors=[{"name": a} for a in args.author] if args.author else None,
-            license=args.license, sample=args.sample, metrics=args.metrics, onnx=not args.no_onnx, test=not args.no_test,
+            args.model,
+            args.out,
+            name=args.name,
+            authors=[{"name": a} for a in args.author] if args.author else None,
+            license=args.license,
+            sample=args.sample,
+            metrics=args.metrics,
+            onnx=not args.no_onnx,
+            test=not args.no_test,
         )
     except (ExportError, ModelError, OutputError, OSError) as exc:
         log.error("%s", exc)

@@ -129,7 +129,11 @@ def build_dataset(
         if not reg.get("passed", True):
             log.warning(
                 "excluding FOV %s/%s/%s from the dataset: registration QC failed (ncc=%.3f < %.3f)",
-                entry.sample, entry.session, entry.fov, reg.get("ncc", float("nan")), reg.get("min_ncc", float("nan")),
+                entry.sample,
+                entry.session,
+                entry.fov,
+                reg.get("ncc", float("nan")),
+                reg.get("min_ncc", float("nan")),
             )
             excluded.append(f"{entry.sample}/{entry.session}/{entry.fov}")
             continue
@@ -251,7 +255,10 @@ def build_dataset(
                     m = len(sel)
                     lr_arr[j : j + m] = np.stack([frame[positions[p][0] : positions[p][0] + tile, positions[p][1] : positions[p][1] + tile] for p in sel])
                     hr_arr[j : j + m] = np.stack(
-                        [hr[scale * positions[p][0] : scale * (positions[p][0] + tile), scale * positions[p][1] : scale * (positions[p][1] + tile)] for p in sel]
+                        [
+                            hr[scale * positions[p][0] : scale * (positions[p][0] + tile), scale * positions[p][1] : scale * (positions[p][1] + tile)]
+                            for p in sel
+                        ]
                     )
                     j += m
                 i += k
@@ -460,6 +467,4 @@ def make_dataloaders(
     valid = TileDataset(path, "val", size=size, augment=False, seed=seed, max_memory_mb=max_memory_mb, frames=frames)
     # fastai shuffles and drops the last partial batch of the first (training) loader only; a
     # training split smaller than one batch must keep its partial batch or nothing is trained.
-    return DataLoaders.from_dsets(
-        train, valid, bs=batch_size, drop_last=(len(train) > batch_size, False), device=device, num_workers=num_workers
-    )
+    return DataLoaders.from_dsets(train, valid, bs=batch_size, drop_last=(len(train) > batch_size, False), device=device, num_workers=num_workers)

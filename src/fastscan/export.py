@@ -45,8 +45,7 @@ __all__ = ["ExportError", "EXPORT_DEFAULTS", "PAPER", "architecture_kwargs", "ex
 
 #: The paper the generator follows (cited in every package).
 PAPER = {
-    "text": "Fang L, Monroe F, Novak SW, et al. Deep learning-based point-scanning super-resolution imaging. "
-    "Nature Methods 18, 406-416 (2021).",
+    "text": "Fang L, Monroe F, Novak SW, et al. Deep learning-based point-scanning super-resolution imaging. Nature Methods 18, 406-416 (2021).",
     "doi": "10.1038/s41592-021-01080-z",
 }
 
@@ -222,12 +221,14 @@ def _metrics_rows(metrics: str | os.PathLike | None, model_dir: Path, model: str
         table = table[table["model"].astype(str) == model]
     rows = []
     for method, part in table.groupby("method", sort=False):
-        rows.append({
-            "method": str(method),
-            "images": int(len(part)),
-            "psnr_mean": float(part["psnr"].mean()),
-            "ssim_mean": float(part["ssim"].mean()),
-        })
+        rows.append(
+            {
+                "method": str(method),
+                "images": int(len(part)),
+                "psnr_mean": float(part["psnr"].mean()),
+                "ssim_mean": float(part["ssim"].mean()),
+            }
+        )
     return rows, str(path)
 
 
@@ -306,8 +307,17 @@ def _cover(path: Path, raw: np.ndarray, restored: np.ndarray, norm_lr: Sequence[
 
 
 def _readme(
-    *, name: str, meta: Mapping[str, Any], kwargs: Mapping[str, Any], tiling: Mapping[str, int], training: Mapping[str, Any],
-    metrics: list[dict[str, Any]], metrics_source: str | None, formats: Sequence[str], onnx_note: str | None, test_source: str,
+    *,
+    name: str,
+    meta: Mapping[str, Any],
+    kwargs: Mapping[str, Any],
+    tiling: Mapping[str, int],
+    training: Mapping[str, Any],
+    metrics: list[dict[str, Any]],
+    metrics_source: str | None,
+    formats: Sequence[str],
+    onnx_note: str | None,
+    test_source: str,
 ) -> str:
     norm = meta["normalisation"]
     s = int(meta["scale"])
@@ -370,8 +380,7 @@ def _readme(
     ]
     if metrics:
         lines += [
-            f"Held-out test images (from `{metrics_source}`), against the registered HR target on the normalised HR scale "
-            "(data range 1):",
+            f"Held-out test images (from `{metrics_source}`), against the registered HR target on the normalised HR scale (data range 1):",
             "",
             "| method | images | PSNR (dB) | SSIM |",
             "|---|---|---|---|",
@@ -414,7 +423,12 @@ def _export_onnx(plain: Any, example: Any, path: Path) -> str | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                plain, (example,), str(path), input_names=["input"], output_names=["output"], opset_version=18,
+                plain,
+                (example,),
+                str(path),
+                input_names=["input"],
+                output_names=["output"],
+                opset_version=18,
                 dynamic_axes={"input": {0: "batch", 2: "y", 3: "x"}, "output": {0: "batch", 2: "y_out", 3: "x_out"}},
                 dynamo=False,
             )
@@ -588,8 +602,16 @@ def export_model(
             onnx_note = "No ONNX weights: left out at export (onnx: false)."
 
         readme = _readme(
-            name=name, meta=meta, kwargs=kwargs, tiling=tiling, training=training, metrics=metric_rows,
-            metrics_source=metrics_source, formats=formats, onnx_note=onnx_note, test_source=test_source,
+            name=name,
+            meta=meta,
+            kwargs=kwargs,
+            tiling=tiling,
+            training=training,
+            metrics=metric_rows,
+            metrics_source=metrics_source,
+            formats=formats,
+            onnx_note=onnx_note,
+            test_source=test_source,
         )
         files["readme"] = work / "README.md"
         files["readme"].write_text(readme, encoding="utf-8")
@@ -601,10 +623,26 @@ def export_model(
             + "Input: raw intensities of one channel; output: normalised HR units."
         )
         descr = _build_description(
-            v0_5=v0_5, name=name, description=description or default_description, authors=authors, license=license, tags=tags,
-            version=version, files=files, formats=formats, kwargs=kwargs, tiling=tiling, meta=meta, scale=scale, norm_lr=norm_lr,
-            training=training, metrics=metric_rows, versions={"fastscan_export": __version__, **_versions(meta)},
-            torch_version=torch.__version__, geometry=geo, model_dir=model_dir,
+            v0_5=v0_5,
+            name=name,
+            description=description or default_description,
+            authors=authors,
+            license=license,
+            tags=tags,
+            version=version,
+            files=files,
+            formats=formats,
+            kwargs=kwargs,
+            tiling=tiling,
+            meta=meta,
+            scale=scale,
+            norm_lr=norm_lr,
+            training=training,
+            metrics=metric_rows,
+            versions={"fastscan_export": __version__, **_versions(meta)},
+            torch_version=torch.__version__,
+            geometry=geo,
+            model_dir=model_dir,
         )
         package = work / "package.zip"
         # Stored, not deflated: float32 weights shrink by about a tenth, and every consumer (and
@@ -750,7 +788,9 @@ def _validate_package(package: Path, formats: Sequence[str] | None) -> str | Non
 
     descr = load_model_description(package, perform_io_checks=True)
     if isinstance(descr, InvalidDescr):
-        raise ExportError(f"{package}: the written package does not validate:\n{descr.validation_summary.display_str() if hasattr(descr.validation_summary, 'display_str') else descr.validation_summary}")
+        raise ExportError(
+            f"{package}: the written package does not validate:\n{descr.validation_summary.display_str() if hasattr(descr.validation_summary, 'display_str') else descr.validation_summary}"
+        )
     if formats is None:
         return None
     try:
@@ -759,7 +799,9 @@ def _validate_package(package: Path, formats: Sequence[str] | None) -> str | Non
         raise ExportError(f"testing the package needs bioimageio.core ({exc}): pip install 'fastscan[export]', or export without the test") from exc
     summary = test_model(package, devices=["cpu"])
     if summary.status != "passed":
-        failed = [f"{d.name}: {e.msg}" for d in summary.details if d.status == "failed" for e in d.errors] or [d.name for d in summary.details if d.status == "failed"]
+        failed = [f"{d.name}: {e.msg}" for d in summary.details if d.status == "failed" for e in d.errors] or [
+            d.name for d in summary.details if d.status == "failed"
+        ]
         raise ExportError(f"bioimageio.core's model test failed on the package: {'; '.join(failed)[:2000]}")
     return str(summary.status)
 
@@ -786,7 +828,9 @@ def model_info(model_dir: str | os.PathLike, *, metrics: str | os.PathLike | Non
     versions = _versions(meta)
     lines = [
         f"model          {model_dir}",
-        f"weights        {weights} ({weights.stat().st_size / 1e6:.1f} MB)" if weights.is_file() else f"weights        {weights}: missing (copy generator.pth into the folder)",
+        f"weights        {weights} ({weights.stat().st_size / 1e6:.1f} MB)"
+        if weights.is_file()
+        else f"weights        {weights}: missing (copy generator.pth into the folder)",
         f"made by        fastscan {versions.get('fastscan', 'unknown (model.json has no versions)')}"
         + (f", torch {versions['torch']}, fastai {versions.get('fastai', '?')}" if "torch" in versions else ""),
         f"stage          {meta.get('stage', 'unknown')}",

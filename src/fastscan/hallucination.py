@@ -231,9 +231,7 @@ def departure_map(
     )
 
 
-def _store_rows(
-    path: Path, ident: Mapping[str, Any], *, k: float, noise: str, gan: str, mse: str
-) -> list[dict[str, Any]]:
+def _store_rows(path: Path, ident: Mapping[str, Any], *, k: float, noise: str, gan: str, mse: str) -> list[dict[str, Any]]:
     import zarr
 
     group = zarr.open_group(str(path), mode="r")

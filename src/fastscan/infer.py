@@ -241,9 +241,7 @@ def fuse_for_inference(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def prepare_generator(
-    model: torch.nn.Module, *, device: str | torch.device = "cpu", channels_last: bool = True, fuse: bool = True
-) -> torch.nn.Module:
+def prepare_generator(model: torch.nn.Module, *, device: str | torch.device = "cpu", channels_last: bool = True, fuse: bool = True) -> torch.nn.Module:
     """Make a loaded generator ready for inference: eval mode, folded norms, device, memory format.
 
     NHWC (``channels_last``) suits tensor cores on CUDA and oneDNN on the CPU (measured on the
@@ -453,7 +451,12 @@ def auto_tiling(
     if attention and context:
         overlap = max(8, int(context) // 4) if overlap is None else overlap
         tile = max(AUTO_CONTEXT_TILES * int(context), 4 * overlap) if tile is None else tile
-        log.info("receptive field spans the whole tile (self-attention or a deep field): tiles of %d px, overlap %d px, from the %d-px training crops", tile, overlap, context)
+        log.info(
+            "receptive field spans the whole tile (self-attention or a deep field): tiles of %d px, overlap %d px, from the %d-px training crops",
+            tile,
+            overlap,
+            context,
+        )
         return int(tile), int(overlap)
     if overlap is None:
         overlap = int(min(hi, max(lo, 8 * math.ceil(radius / 8))))
@@ -555,9 +558,7 @@ class TileEngine:
         self.prefetch = self.device.type == "cuda" if prefetch is None else bool(prefetch)
         # A generator that runs its U-Net on the LR grid affords tiles ``scale`` times larger.
         self.input_scale = int(getattr(model, "input_scale", self.scale))
-        self.tile, self.overlap = auto_tiling(
-            model, tile=tile, overlap=overlap, device=self.device, input_scale=self.input_scale, context=context
-        )
+        self.tile, self.overlap = auto_tiling(model, tile=tile, overlap=overlap, device=self.device, input_scale=self.input_scale, context=context)
         if self.overlap < 0 or self.tile - self.overlap <= 0:
             raise ValueError(f"overlap {self.overlap} must be at least 0 and smaller than the tile size {self.tile}")
         self.batch_size = batch_size
@@ -751,8 +752,15 @@ def predict_image(
     """
     model.eval()
     engine = TileEngine(
-        model, scale=scale, tile=tile, overlap=overlap, batch_size=batch_size, device=device, precision=precision,
-        channels_last=channels_last, context=context,
+        model,
+        scale=scale,
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        channels_last=channels_last,
+        context=context,
     )
     return engine.predict(image)
 
@@ -851,8 +859,12 @@ def restore_fov(
             # The series' photon calibration (registration.photons, in ADU) lets the cascade
             # denoise in the variance-stabilised domain; ``lr`` is normalised, hence the range.
             pred = restore_classical(
-                lr, line_phase_px=float(reg.get("line_phase_px", 0.0)), field_fraction=float(reg.get("field_fraction", 0.0)), scale=scale,
-                calibration=reg.get("photons"), normalisation=norm["lr"],
+                lr,
+                line_phase_px=float(reg.get("line_phase_px", 0.0)),
+                field_fraction=float(reg.get("field_fraction", 0.0)),
+                scale=scale,
+                calibration=reg.get("photons"),
+                normalisation=norm["lr"],
             )
             og.create_array("classical", data=pred, chunks=(1,) + pred.shape[1:])
         for name, (model, _) in loaded.items():
@@ -861,8 +873,15 @@ def restore_fov(
             inputs = temporal_stack(source, range(n), frames=windows[name], total=total)
             # One engine for all frames: tiling, buffers (and any low-precision weights) once.
             engine = TileEngine(
-                model.eval(), scale=scale, tile=tile, overlap=overlap, batch_size=batch_size, device=device,
-                precision=precision, channels_last=False, context=training_context(loaded[name][1]),
+                model.eval(),
+                scale=scale,
+                tile=tile,
+                overlap=overlap,
+                batch_size=batch_size,
+                device=device,
+                precision=precision,
+                channels_last=False,
+                context=training_context(loaded[name][1]),
             )
             pred = np.stack([engine.predict(f) for f in inputs])
             og.create_array(name, data=pred, chunks=(1,) + pred.shape[1:])
@@ -957,9 +976,7 @@ def _progress_dir(partial: Path) -> Path:
     return partial / ".progress"
 
 
-def check_restore_output(
-    out: str | os.PathLike, *, kind: str, inputs: Sequence[str | os.PathLike], overwrite: bool = False
-) -> None:
+def check_restore_output(out: str | os.PathLike, *, kind: str, inputs: Sequence[str | os.PathLike], overwrite: bool = False) -> None:
     """Refuse, before any work, an output path that a restoration must not write.
 
     ``out`` (and ``OUT.partial``) must not equal, contain or lie inside an input: replacing it
@@ -987,19 +1004,13 @@ def check_restore_output(
         for target in mine:
             if target == src or target in src.parents or src in target.parents:
                 how = "is" if target == src else ("contains" if target in src.parents else "lies inside")
-                raise RestoreError(
-                    f"{out}: the output {how} the input {source}; writing it would destroy the input. "
-                    "Choose an output path outside the inputs"
-                )
+                raise RestoreError(f"{out}: the output {how} the input {source}; writing it would destroy the input. Choose an output path outside the inputs")
     check_replaceable(out, store=True)
     partial = _partial(out)
     # A partial store of fastscan's is a Zarr group (its zarr.json is written first) with chunks
     # and .progress/; a run that is setting one up right now passes this check and meets the lock.
     if partial.is_symlink() or partial.is_file() or (partial.is_dir() and any(partial.iterdir()) and foreign_entries(partial)):
-        raise OutputError(
-            f"{partial}: refusing to use it: it is not a partial restoration of fastscan's. "
-            "Choose another output path, or move it away yourself"
-        )
+        raise OutputError(f"{partial}: refusing to use it: it is not a partial restoration of fastscan's. Choose another output path, or move it away yourself")
     attrs = store_attributes(out) if out.is_dir() else None
     if attrs is None or overwrite:
         return
@@ -1142,7 +1153,8 @@ class _Progress:
         if left > LONG_RESTORATION_S:
             log.warning(
                 message + ". That is more than a day: consider a GPU (--device cuda), a coarser input level "
-                "(--level), or scattering the regions over cluster jobs (restore.parts)", *args
+                "(--level), or scattering the regions over cluster jobs (restore.parts)",
+                *args,
             )
         else:
             log.info(message, *args)
@@ -1252,9 +1264,7 @@ def _finalize(
         shape = prev.shape[:-2] + (prev.shape[-2] // 2, prev.shape[-1] // 2)
         if min(shape[-2:]) < 1:
             break
-        arr = root.create_array(
-            str(lev), shape=shape, chunks=prev.chunks, dtype="float32", dimension_names=prev.metadata.dimension_names, overwrite=True
-        )
+        arr = root.create_array(str(lev), shape=shape, chunks=prev.chunks, dtype="float32", dimension_names=prev.metadata.dimension_names, overwrite=True)
         _downsample_level(prev, arr)
         prev = arr
         keys.append(str(lev))
@@ -1264,8 +1274,7 @@ def _finalize(
     lead = len(root["0"].shape) - 2
     base = list(pixel_size) if pixel_size else [1.0 / provenance["scale"]] * 2
     datasets = [
-        {"path": k, "coordinateTransformations": [{"type": "scale", "scale": [1.0] * lead + [base[0] * 2 ** int(k), base[1] * 2 ** int(k)]}]}
-        for k in keys
+        {"path": k, "coordinateTransformations": [{"type": "scale", "scale": [1.0] * lead + [base[0] * 2 ** int(k), base[1] * 2 ** int(k)]}]} for k in keys
     ]
     if not pixel_size:
         axes = [{key: value for key, value in a.items() if key != "unit"} for a in axes]
@@ -1309,15 +1318,17 @@ def omero_metadata(level: zarr.Array, *, channels: Sequence[int] | None, name: s
         finite = sample[np.isfinite(sample)]
         lo = min(0.0, float(finite.min())) if finite.size else 0.0
         hi = max(1.0, float(finite.max())) if finite.size else 1.0
-        out.append({
-            "label": "restored" if ch is None else f"channel {ch}",
-            "color": "FFFFFF" if ch is None else OMERO_COLOURS[int(ch) % len(OMERO_COLOURS)],
-            "active": True,
-            "inverted": False,
-            "coefficient": 1.0,
-            "family": "linear",
-            "window": {"min": lo, "max": hi, "start": 0.0, "end": 1.0},
-        })
+        out.append(
+            {
+                "label": "restored" if ch is None else f"channel {ch}",
+                "color": "FFFFFF" if ch is None else OMERO_COLOURS[int(ch) % len(OMERO_COLOURS)],
+                "active": True,
+                "inverted": False,
+                "coefficient": 1.0,
+                "family": "linear",
+                "window": {"min": lo, "max": hi, "start": 0.0, "end": 1.0},
+            }
+        )
     return {"name": name, "channels": out, "rdefs": {"model": "greyscale" if channels is None else "color", "defaultT": 0, "defaultZ": 0}}
 
 
@@ -1458,21 +1469,33 @@ def _setup_slide(
     same_work = old is not None and old.get("model", {}).get("digest") == desc["digest"] and old.get("input") == _input_fingerprint(path)
     if part is not None:
         if not same_work:
-            raise RestoreError(
-                f"{partial}: no restoration of {path} with this model is set up; run the plan step (prepare_slide) before the parts"
-            )
+            raise RestoreError(f"{partial}: no restoration of {path} with this model is set up; run the plan step (prepare_slide) before the parts")
         # Every part uses the tiling the plan step resolved, whatever this device would measure.
         tile, overlap = old["tile"], old["overlap"]
     elif same_work:
         tile = old["tile"] if tile is None else tile
         overlap = old["overlap"] if overlap is None else overlap
     engine = TileEngine(
-        model, scale=int(meta["scale"]), tile=tile, overlap=overlap, batch_size=batch_size, device=device, precision=precision,
+        model,
+        scale=int(meta["scale"]),
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
         context=training_context(meta),
     )
     plan = _slide_plan(
-        path, desc=desc, engine=engine, channels=chans, level=level, lr_shape=planes[0].shape, region=region,
-        pyramid_levels=pyramid_levels, precision=precision, smeta=smeta,
+        path,
+        desc=desc,
+        engine=engine,
+        channels=chans,
+        level=level,
+        lr_shape=planes[0].shape,
+        region=region,
+        pyramid_levels=pyramid_levels,
+        precision=precision,
+        smeta=smeta,
     )
     if part is not None and json.loads(json.dumps(plan)) != old:
         changed = sorted(k for k in plan if json.loads(json.dumps(plan[k])) != old.get(k))
@@ -1515,7 +1538,15 @@ def _restore_slide_units(
 
     log.info(
         "%s: %d region(s) of %d LR px (%d already done), tiles %s with %d px overlap, batch %s, on %s in %s",
-        path, len(units), r, len(units) - len(todo), tile_shape, plan["overlap"], engine.batch_size or "auto", engine.device, plan["precision"],
+        path,
+        len(units),
+        r,
+        len(units) - len(todo),
+        tile_shape,
+        plan["overlap"],
+        engine.batch_size or "auto",
+        engine.device,
+        plan["precision"],
     )
     bar = _Progress(len(units), desc=f"restoring {Path(path).name}", initial=len(units) - len(todo), enabled=progress)
     t0 = time.monotonic()
@@ -1580,11 +1611,33 @@ def prepare_slide(
     check_restore_output(out, kind="restored_slide", inputs=_inputs(path, model_dir), overwrite=overwrite)
     with output_lock(out, wait=wait, what="restore_slide plan"):
         plan, *_, partial, resumed = _setup_slide(
-            path, out, model_dir=model_dir, generator=generator, channel=channel, level=level, tile=tile, overlap=overlap,
-            batch_size=1, region=region, pyramid_levels=pyramid_levels, device=device, precision=precision, threads=threads, part=None,
+            path,
+            out,
+            model_dir=model_dir,
+            generator=generator,
+            channel=channel,
+            level=level,
+            tile=tile,
+            overlap=overlap,
+            batch_size=1,
+            region=region,
+            pyramid_levels=pyramid_levels,
+            device=device,
+            precision=precision,
+            threads=threads,
+            part=None,
         )
     n = len(_slide_units(plan))
-    log.info("%s: %s %s, %d region(s) of %d px, tiles %s with %d px overlap", path, "resuming" if resumed else "set up", partial, n, plan["region"], plan["tile_shape"], plan["overlap"])
+    log.info(
+        "%s: %s %s, %d region(s) of %d px, tiles %s with %d px overlap",
+        path,
+        "resuming" if resumed else "set up",
+        partial,
+        n,
+        plan["region"],
+        plan["tile_shape"],
+        plan["overlap"],
+    )
     return {**plan, "regions": n, "resumed": resumed}
 
 
@@ -1663,8 +1716,20 @@ def restore_slide(
     what = f"restore_slide part {part[0]} of {part[1]}" if part is not None else "restore_slide"
     with output_lock(out, shared=part is not None, wait=wait, what=what):
         plan, engine, planes, meta, partial, _ = _setup_slide(
-            path, out, model_dir=model_dir, generator=generator, channel=channel, level=level, tile=tile, overlap=overlap,
-            batch_size=batch_size, region=region, pyramid_levels=pyramid_levels, device=device, precision=precision, threads=threads,
+            path,
+            out,
+            model_dir=model_dir,
+            generator=generator,
+            channel=channel,
+            level=level,
+            tile=tile,
+            overlap=overlap,
+            batch_size=batch_size,
+            region=region,
+            pyramid_levels=pyramid_levels,
+            device=device,
+            precision=precision,
+            threads=threads,
             part=part,
         )
         units = _part_units(_slide_units(plan), part)
@@ -1729,8 +1794,12 @@ def _finalize_slide(out: str | os.PathLike, *, stats: Mapping[str, Any] | None =
     space = [{"name": "y", "type": "space", "unit": "micrometer"}, {"name": "x", "type": "space", "unit": "micrometer"}]
     axes = ([{"name": "c", "type": "channel"}] if plan["channels"] is not None else []) + space
     _finalize(
-        out, axes=axes, pixel_size=[p / s for p in px] if px else None, pyramid_levels=plan["pyramid_levels"],
-        name=Path(plan["input"]["path"]).stem, provenance=prov,
+        out,
+        axes=axes,
+        pixel_size=[p / s for p in px] if px else None,
+        pyramid_levels=plan["pyramid_levels"],
+        name=Path(plan["input"]["path"]).stem,
+        provenance=prov,
     )
     log.info("wrote %s", out)
     return prov
@@ -1799,15 +1868,43 @@ def restore_series(
     check_restore_output(out, kind="restored_series", inputs=_inputs(lr, model_dir), overwrite=overwrite)
     with output_lock(out, wait=wait, what="restore_series"):
         return _restore_series(
-            lr, out, model_dir=model_dir, generator=generator, channel=channel, max_frames=max_frames, tile=tile,
-            overlap=overlap, batch_size=batch_size, frames_per_chunk=frames_per_chunk, pyramid_levels=pyramid_levels,
-            device=device, precision=precision, threads=threads, pixel_size_um=pixel_size_um, progress=progress,
+            lr,
+            out,
+            model_dir=model_dir,
+            generator=generator,
+            channel=channel,
+            max_frames=max_frames,
+            tile=tile,
+            overlap=overlap,
+            batch_size=batch_size,
+            frames_per_chunk=frames_per_chunk,
+            pyramid_levels=pyramid_levels,
+            device=device,
+            precision=precision,
+            threads=threads,
+            pixel_size_um=pixel_size_um,
+            progress=progress,
         )
 
 
 def _restore_series(
-    lr, out, *, model_dir, generator, channel, max_frames, tile, overlap, batch_size, frames_per_chunk, pyramid_levels, device,
-    precision, threads, pixel_size_um, progress
+    lr,
+    out,
+    *,
+    model_dir,
+    generator,
+    channel,
+    max_frames,
+    tile,
+    overlap,
+    batch_size,
+    frames_per_chunk,
+    pyramid_levels,
+    device,
+    precision,
+    threads,
+    pixel_size_um,
+    progress,
 ) -> dict[str, Any]:
     import torch
 
@@ -1826,7 +1923,13 @@ def _restore_series(
     frames = normalise(prepare_frames(raw, meta), *meta["normalisation"]["lr"])
     del raw
     engine = TileEngine(
-        model, scale=int(meta["scale"]), tile=tile, overlap=overlap, batch_size=batch_size, device=device, precision=precision,
+        model,
+        scale=int(meta["scale"]),
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
         context=training_context(meta),
     )
     n_t, ny, nx = frames.shape
@@ -1895,7 +1998,15 @@ def _restore_series(
 
     log.info(
         "%s: %d frame(s) in %d batch(es) of %d (%d already done), tiles %s with %d px overlap, on %s in %s",
-        lr, n_t, len(units), fpc, len(units) - len(todo), tile_shape, o, engine.device, precision,
+        lr,
+        n_t,
+        len(units),
+        fpc,
+        len(units) - len(todo),
+        tile_shape,
+        o,
+        engine.device,
+        precision,
     )
     bar = _Progress(len(units), desc=f"restoring {Path(str(lr)).name}", initial=len(units) - len(todo), enabled=progress)
     t0 = time.monotonic()
@@ -1926,8 +2037,12 @@ def _restore_series(
     }
     axes = [{"name": "t", "type": "time"}, {"name": "y", "type": "space", "unit": "micrometer"}, {"name": "x", "type": "space", "unit": "micrometer"}]
     _finalize(
-        out, axes=axes, pixel_size=[p / s for p in px] if px else None, pyramid_levels=pyramid_levels,
-        name=Path(str(lr)).stem, provenance=prov,
+        out,
+        axes=axes,
+        pixel_size=[p / s for p in px] if px else None,
+        pyramid_levels=pyramid_levels,
+        name=Path(str(lr)).stem,
+        provenance=prov,
     )
     log.info("wrote %s", out)
     return prov

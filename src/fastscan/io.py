@@ -185,19 +185,11 @@ def _detect_format(path: Path) -> str:
     if head == _OLE_MAGIC:
         return "oib"
     if suffix == ".oib" or suffix in _TIFF_SUFFIXES:
-        raise InputError(
-            f"{path}: not a valid {suffix[1:].upper()} file (unexpected header bytes "
-            f"{head[:4]!r}); the file may be truncated or corrupt"
-        )
-    raise InputError(
-        f"{path}: unknown image format; supported are OIB, OIF, TIFF/OME-TIFF/ImageJ TIFF/SVS "
-        "or a glob of single-frame files"
-    )
+        raise InputError(f"{path}: not a valid {suffix[1:].upper()} file (unexpected header bytes {head[:4]!r}); the file may be truncated or corrupt")
+    raise InputError(f"{path}: unknown image format; supported are OIB, OIF, TIFF/OME-TIFF/ImageJ TIFF/SVS or a glob of single-frame files")
 
 
-def _select_channel(
-    data: np.ndarray, axes: str, *, channel: int, path: PathLike
-) -> tuple[np.ndarray, int]:
+def _select_channel(data: np.ndarray, axes: str, *, channel: int, path: PathLike) -> tuple[np.ndarray, int]:
     """Pick ``channel`` and fold every remaining non-spatial axis into frames.
 
     Returns a ``(T, Y, X)`` array and the number of channels the source has.
@@ -208,17 +200,11 @@ def _select_channel(
     if "Y" not in axes or "X" not in axes:
         raise InputError(f"{path}: no Y and X axes in the image (axes {axes!r})")
     if "C" in axes and "S" in axes and data.shape[axes.index("S")] > 1:
-        raise InputError(
-            f"{path}: has both a channel axis and RGB samples (axes {axes!r}, shape "
-            f"{data.shape}); export one channel as a grayscale image"
-        )
+        raise InputError(f"{path}: has both a channel axis and RGB samples (axes {axes!r}, shape {data.shape}); export one channel as a grayscale image")
     chan_axis = "C" if "C" in axes else ("S" if "S" in axes else None)
     n_channels = int(data.shape[axes.index(chan_axis)]) if chan_axis else 1
     if not 0 <= channel < n_channels:
-        raise InputError(
-            f"{path}: has {n_channels} channel{'s' if n_channels != 1 else ''} "
-            f"(indices 0..{n_channels - 1}), channel {channel} was asked for"
-        )
+        raise InputError(f"{path}: has {n_channels} channel{'s' if n_channels != 1 else ''} (indices 0..{n_channels - 1}), channel {channel} was asked for")
     if chan_axis is not None:
         data = np.take(data, channel, axis=axes.index(chan_axis))
         axes = axes.replace(chan_axis, "")
@@ -261,9 +247,7 @@ def _read_need(declared: _Declared, *, plane_bytes: int = 0) -> tuple[float, int
     return _READ_HEADROOM * factor, int(_READ_HEADROOM * plane * plane_bytes)
 
 
-def _guard(
-    path: PathLike, declared: _Declared, *, what: str, plane_bytes: int = 0, held_bytes: int = 0
-) -> int:
+def _guard(path: PathLike, declared: _Declared, *, what: str, plane_bytes: int = 0, held_bytes: int = 0) -> int:
     """Refuse before allocating when ``declared`` does not fit the memory limit.
 
     Returns the bytes the read is expected to need; ``held_bytes`` is memory another file
@@ -317,8 +301,7 @@ def _olympus_metadata(main: Mapping[str, Any], n_channels: int) -> dict[str, Any
         "zoom": acq.get("ZoomValue"),
         "acquisition_date": acq.get("ImageCaputreDate"),  # sic, Olympus spelling
         "instrument": (main.get("Version Info", {}) or {}).get("SystemName"),
-        "user_comment": ((main.get("File Info", {}) or {}).get("UserComment") or "").strip()
-        or None,
+        "user_comment": ((main.get("File Info", {}) or {}).get("UserComment") or "").strip() or None,
     }
     names = []
     for index in range(1, n_channels + 1):
@@ -353,7 +336,7 @@ def _ole_sector(fh: Any, secid: int, sec_size: int) -> np.ndarray | None:
 
 def _ole_fat_sectors(fh: Any, head: bytes, sec_size: int, size: int) -> tuple[list[int], int]:
     """Where the FAT sectors lie (header DIFAT, then its chain), and the bytes read so far need."""
-    n_fat, = struct.unpack_from("<I", head, 0x2C)
+    (n_fat,) = struct.unpack_from("<I", head, 0x2C)
     next_id, n_difat = struct.unpack_from("<II", head, 0x44)
     fat_ids = list(struct.unpack_from("<109I", head, 0x4C))
     for _ in range(min(n_difat, size // sec_size + 1)):  # a corrupt count cannot loop forever
@@ -380,7 +363,7 @@ def _ole_extent(path: Path) -> int:
         head = fh.read(512)
         if len(head) < 512:
             return 512
-        shift, = struct.unpack_from("<H", head, 0x1E)
+        (shift,) = struct.unpack_from("<H", head, 0x1E)
         if shift not in (9, 12):  # 512- and 4096-byte sectors (versions 3 and 4)
             return 0
         sec_size = 1 << shift
@@ -400,10 +383,7 @@ def _ole_extent(path: Path) -> int:
 
 def _truncated_olympus(path: Path, fmt: str, detail: str) -> InputError:
     size = path.stat().st_size if path.is_file() else 0
-    return InputError(
-        f"{path}: the Olympus {fmt.upper()} file is truncated or damaged ({size} bytes; "
-        f"{detail}) — copy it again from the microscope PC"
-    )
+    return InputError(f"{path}: the Olympus {fmt.upper()} file is truncated or damaged ({size} bytes; {detail}) — copy it again from the microscope PC")
 
 
 def _check_oib_complete(path: Path) -> None:
@@ -416,9 +396,7 @@ def _check_oib_complete(path: Path) -> None:
         raise _truncated_olympus(path, "oib", f"its header and sector table call for {needed}")
 
 
-def _load_olympus(
-    path: Path, fmt: str, *, role: _Role = _SERIES
-) -> tuple[np.ndarray, str, dict[str, Any]]:
+def _load_olympus(path: Path, fmt: str, *, role: _Role = _SERIES) -> tuple[np.ndarray, str, dict[str, Any]]:
     """Raw array, its axes and the metadata of an OIB/OIF file."""
     import oiffile
 
@@ -437,9 +415,7 @@ def _load_olympus(
     except (struct.error, EOFError) as exc:  # a sector or stream ends before its data
         raise _truncated_olympus(path, fmt, f"{type(exc).__name__}: {exc}") from exc
     except Exception as exc:  # oiffile surfaces OLE, INI and TIFF errors with varied types
-        raise InputError(
-            f"{path}: cannot read Olympus {fmt.upper()} file ({type(exc).__name__}: {exc})"
-        ) from exc
+        raise InputError(f"{path}: cannot read Olympus {fmt.upper()} file ({type(exc).__name__}: {exc})") from exc
     if len(axes) != data.ndim:
         raise InputError(f"{path}: axes {axes!r} do not match the data shape {data.shape}")
     meta = {
@@ -452,9 +428,7 @@ def _load_olympus(
     return data, axes, meta
 
 
-def _read_olympus(
-    path: Path, fmt: str, *, channel: int, role: _Role = _SERIES
-) -> tuple[np.ndarray, dict[str, Any]]:
+def _read_olympus(path: Path, fmt: str, *, channel: int, role: _Role = _SERIES) -> tuple[np.ndarray, dict[str, Any]]:
     data, axes, meta = _load_olympus(path, fmt, role=role)
     frames, meta["channels"] = _select_channel(data, axes, channel=channel, path=path)
     return frames, meta
@@ -491,10 +465,7 @@ class _TiffStructureErrors(logging.Handler):
 
     def check(self, path: PathLike) -> None:
         if self.messages:
-            raise InputError(
-                f"{path}: TIFF page structure is broken ({self.messages[0]}); the file is "
-                "truncated or corrupt"
-            )
+            raise InputError(f"{path}: TIFF page structure is broken ({self.messages[0]}); the file is truncated or corrupt")
 
 
 # tifffile series kinds of whole-slide formats: their further series are thumbnails, labels and
@@ -547,10 +518,7 @@ def _check_tiff_complete(series: Any, path: Path) -> None:
         offsets, counts = page.dataoffsets, page.databytecounts
         ends = [o + c for o, c in zip(offsets, counts, strict=True) if c]
         if ends and max(ends) > handle.size:
-            raise InputError(
-                f"{handle.path}: image data extend beyond the end of the file ({handle.size} "
-                "bytes); the file is truncated or corrupt"
-            )
+            raise InputError(f"{handle.path}: image data extend beyond the end of the file ({handle.size} bytes); the file is truncated or corrupt")
 
 
 def _ome_metadata(tf: Any, series_index: int = 0) -> dict[str, Any]:
@@ -635,9 +603,7 @@ def _tiff_metadata(tf: Any, path: Path) -> dict[str, Any]:
 def _tiff_series(tf: Any, path: Path, broken: _TiffStructureErrors) -> Any:
     """The image series of an open TIFF, after every check that needs no pixel data."""
     if not tf.series:
-        raise InputError(
-            f"{path}: TIFF file contains no image series; it may be truncated or corrupt"
-        )
+        raise InputError(f"{path}: TIFF file contains no image series; it may be truncated or corrupt")
     series = tf.series[0]
     broken.check(path)
     _check_one_stack(tf, path)
@@ -645,9 +611,7 @@ def _tiff_series(tf: Any, path: Path, broken: _TiffStructureErrors) -> Any:
     return series
 
 
-def _read_tiff(
-    path: Path, *, channel: int, role: _Role = _SERIES
-) -> tuple[np.ndarray, dict[str, Any]]:
+def _read_tiff(path: Path, *, channel: int, role: _Role = _SERIES) -> tuple[np.ndarray, dict[str, Any]]:
     import tifffile
 
     try:
@@ -665,10 +629,7 @@ def _read_tiff(
     except InputError:
         raise
     except Exception as exc:  # tifffile, imagecodecs and struct raise many unrelated types
-        raise InputError(
-            f"{path}: cannot read TIFF ({type(exc).__name__}: {exc}); the file may be truncated "
-            "or corrupt"
-        ) from exc
+        raise InputError(f"{path}: cannot read TIFF ({type(exc).__name__}: {exc}); the file may be truncated or corrupt") from exc
     frames, n_channels = _select_channel(data, axes, channel=channel, path=path)
     meta = {
         "format": fmt,
@@ -681,9 +642,7 @@ def _read_tiff(
     return frames, meta
 
 
-def _read_file(
-    path: Path, *, channel: int, role: _Role = _SERIES
-) -> tuple[np.ndarray, dict[str, Any]]:
+def _read_file(path: Path, *, channel: int, role: _Role = _SERIES) -> tuple[np.ndarray, dict[str, Any]]:
     fmt = _detect_format(path)
     if fmt == "tiff":
         return _read_tiff(path, channel=channel, role=role)
@@ -813,9 +772,7 @@ def _ome_header(tf: Any, header: dict[str, Any]) -> None:
         header["acquired"], sources["acquired"] = when, "OME Image/AcquisitionDate"
     pixels = image.get("Pixels", {}) or {}
     if pixels.get("TimeIncrement") is not None:
-        seconds = {"s": 1.0, "ms": 1e-3, "µs": 1e-6, "us": 1e-6, "min": 60.0}.get(
-            str(pixels.get("TimeIncrementUnit", "s"))
-        )
+        seconds = {"s": 1.0, "ms": 1e-3, "µs": 1e-6, "us": 1e-6, "min": 60.0}.get(str(pixels.get("TimeIncrementUnit", "s")))
         if seconds:
             header["frame_interval_s"] = float(pixels["TimeIncrement"]) * seconds
             sources["frame_interval_s"] = "OME Pixels/TimeIncrement"
@@ -914,10 +871,7 @@ def read_header(path: PathLike) -> dict[str, Any]:
     except (struct.error, EOFError) as exc:
         raise _truncated_olympus(path, fmt, f"{type(exc).__name__}: {exc}") from exc
     except Exception as exc:  # tifffile and oiffile raise many unrelated types
-        raise InputError(
-            f"{path}: cannot read the {fmt.upper()} header ({type(exc).__name__}: {exc}); the "
-            "file may be truncated or corrupt"
-        ) from exc
+        raise InputError(f"{path}: cannot read the {fmt.upper()} header ({type(exc).__name__}: {exc}); the file may be truncated or corrupt") from exc
     axes, shape = declared.axes, declared.shape
     if "Y" not in axes or "X" not in axes:
         raise InputError(f"{path}: no Y and X axes in the image (axes {axes!r}, shape {list(shape)})")
@@ -948,9 +902,7 @@ def _glob_files(pattern: str) -> list[Path]:
     return sorted(files, key=lambda p: _natural_key(os.fspath(p)))
 
 
-def _read_glob(
-    pattern: str, *, channel: int, role: _Role = _SERIES
-) -> tuple[np.ndarray, dict[str, Any]]:
+def _read_glob(pattern: str, *, channel: int, role: _Role = _SERIES) -> tuple[np.ndarray, dict[str, Any]]:
     files = _glob_files(pattern)
     declared = _probe(pattern)
     if declared is not None:
@@ -961,18 +913,14 @@ def _read_glob(
     for i, file in enumerate(files):
         data, meta = _read_file(file, channel=channel, role=role)
         if data.shape[0] != 1:
-            raise InputError(
-                f"{file}: holds {data.shape[0]} frames, but every file matched by {pattern!r} "
-                "must be a single frame"
-            )
+            raise InputError(f"{file}: holds {data.shape[0]} frames, but every file matched by {pattern!r} must be a single frame")
         if stack is None:
             # Filled in place: a list of frames plus np.stack would hold the series twice.
             stack = np.empty((len(files), *data.shape[1:]), data.dtype)
             first_meta = meta
         elif data.shape[1:] != stack.shape[1:] or data.dtype != stack.dtype:
             raise InputError(
-                f"{file}: frame is {data.shape[1:]} {data.dtype}, but {files[0]} is "
-                f"{stack.shape[1:]} {stack.dtype}; all frames of {pattern!r} must match"
+                f"{file}: frame is {data.shape[1:]} {data.dtype}, but {files[0]} is {stack.shape[1:]} {stack.dtype}; all frames of {pattern!r} must match"
             )
         stack[i] = data[0]
     meta = {
@@ -1025,9 +973,7 @@ def read_series(path: PathLike, *, channel: int = 0) -> tuple[np.ndarray, dict[s
     return _read_series(path, channel=channel, role=_SERIES)
 
 
-def _read_series(
-    path: PathLike, *, channel: int, role: _Role
-) -> tuple[np.ndarray, dict[str, Any]]:
+def _read_series(path: PathLike, *, channel: int, role: _Role) -> tuple[np.ndarray, dict[str, Any]]:
     if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)):
         raise InputError(f"{path}: channel must be an integer, got {channel!r}")
     if _is_glob(path):
@@ -1117,9 +1063,7 @@ def _source_sha256(path: PathLike, meta: Mapping[str, Any]) -> tuple[str, list[s
         companion = main.with_name(main.name + ".files")
         files = [main]
         if companion.is_dir():
-            files += sorted(
-                (p for p in companion.rglob("*") if p.is_file()), key=lambda p: os.fspath(p)
-            )
+            files += sorted((p for p in companion.rglob("*") if p.is_file()), key=lambda p: os.fspath(p))
     else:
         return file_sha256(path), None
     manifest = "".join(f"{file_sha256(f)}  {f.name}\n" for f in files)
@@ -1130,14 +1074,10 @@ def _source_sha256(path: PathLike, meta: Mapping[str, Any]) -> tuple[str, list[s
 # ingestion
 
 
-def _resolve_pixel_size(
-    meta: Mapping[str, Any], explicit: float | None, *, path: PathLike, column: str
-) -> list[float]:
+def _resolve_pixel_size(meta: Mapping[str, Any], explicit: float | None, *, path: PathLike, column: str) -> list[float]:
     """Metadata wins; the sheet value is a fallback for files that carry none."""
     if explicit is not None and (
-        isinstance(explicit, bool)
-        or not isinstance(explicit, (int, float, np.number))
-        or not (math.isfinite(float(explicit)) and float(explicit) > 0)
+        isinstance(explicit, bool) or not isinstance(explicit, (int, float, np.number)) or not (math.isfinite(float(explicit)) and float(explicit) > 0)
     ):
         raise InputError(f"{path}: {column} must be a positive number, got {explicit!r}")
     from_meta = meta.get("pixel_size_um")
@@ -1146,8 +1086,7 @@ def _resolve_pixel_size(
             worst = max(abs(float(m) - float(explicit)) / float(m) for m in from_meta)
             if worst > 0.01:
                 logger.warning(
-                    "%s: pixel size in the file %s um differs from %s=%s by %.1f%%; "
-                    "using the file's",
+                    "%s: pixel size in the file %s um differs from %s=%s by %.1f%%; using the file's",
                     path,
                     from_meta,
                     column,
@@ -1157,8 +1096,7 @@ def _resolve_pixel_size(
         return [float(v) for v in from_meta]
     if explicit is None:
         raise InputError(
-            f"{path}: the file does not record its pixel size; add a `{column}` column "
-            "(micrometres per pixel) to the samples sheet or pass it explicitly"
+            f"{path}: the file does not record its pixel size; add a `{column}` column (micrometres per pixel) to the samples sheet or pass it explicitly"
         )
     return [float(explicit), float(explicit)]
 
@@ -1181,9 +1119,7 @@ def _channel_legend(n_channels: int, rgb: bool) -> tuple[str, str]:
     return "", f"0..{n_channels - 1}"
 
 
-def _channel_mismatch(
-    lr: PathLike, hr: PathLike, lr_decl: _Declared, hr_decl: _Declared
-) -> InputError:
+def _channel_mismatch(lr: PathLike, hr: PathLike, lr_decl: _Declared, hr_decl: _Declared) -> InputError:
     """The error for LR and HR files whose channel counts differ and no channel was given."""
     roles = [("LR series", lr, lr_decl), ("HR target", hr, hr_decl)]
     if hr_decl.channels > lr_decl.channels:
@@ -1199,9 +1135,7 @@ def _channel_mismatch(
     )
 
 
-def _resolve_channels(
-    lr: PathLike, hr: PathLike, lr_decl: _Declared, hr_decl: _Declared, channel: int | None
-) -> tuple[int, int]:
+def _resolve_channels(lr: PathLike, hr: PathLike, lr_decl: _Declared, hr_decl: _Declared, channel: int | None) -> tuple[int, int]:
     """The channel read from the LR series and from the HR target.
 
     Files with the same number of channels share ``channel`` (0 when not given). When the
@@ -1418,9 +1352,7 @@ def ingest_fov(
     return attrs
 
 
-def _write_store_atomically(
-    out: Path, lr: np.ndarray, hr: np.ndarray, attrs: dict[str, Any]
-) -> None:
+def _write_store_atomically(out: Path, lr: np.ndarray, hr: np.ndarray, attrs: dict[str, Any]) -> None:
     import zarr
 
     from fastscan.atomic import atomic_path
@@ -1488,9 +1420,7 @@ def read_fov(path: PathLike) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
 # lazy whole-slide reader
 
 
-def _slide_plane(
-    arr: dask.array.Array, axes: str, *, channel: int | None, path: PathLike
-) -> tuple[dask.array.Array, int]:
+def _slide_plane(arr: dask.array.Array, axes: str, *, channel: int | None, path: PathLike) -> tuple[dask.array.Array, int]:
     """Reduce a lazily read array with ``axes`` to one ``(Y, X)`` plane."""
     import dask.array as da
 
@@ -1514,15 +1444,11 @@ def _slide_plane(
             elif n_channels == 1:
                 arr = da.take(arr, 0, axis=idx)
             else:
-                raise InputError(
-                    f"{path}: has {n_channels} channels; pass `channel` to choose one "
-                    f"(0..{n_channels - 1})"
-                )
+                raise InputError(f"{path}: has {n_channels} channels; pass `channel` to choose one (0..{n_channels - 1})")
         else:
             if not 0 <= channel < n_channels:
                 raise InputError(
-                    f"{path}: has {n_channels} channel{'s' if n_channels != 1 else ''} "
-                    f"(indices 0..{n_channels - 1}), channel {channel} was asked for"
+                    f"{path}: has {n_channels} channel{'s' if n_channels != 1 else ''} (indices 0..{n_channels - 1}), channel {channel} was asked for"
                 )
             arr = da.take(arr, channel, axis=idx) if n_channels > 1 else da.take(arr, 0, axis=idx)
         axes = axes[:idx] + axes[idx + 1 :]
@@ -1532,8 +1458,7 @@ def _slide_plane(
         idx = axes.index(a)
         if arr.shape[idx] != 1:
             raise InputError(
-                f"{path}: a slide must be a single 2-D plane, but axis {a!r} has "
-                f"{arr.shape[idx]} entries (axes {axes!r}, shape {arr.shape}); export one plane"
+                f"{path}: a slide must be a single 2-D plane, but axis {a!r} has {arr.shape[idx]} entries (axes {axes!r}, shape {arr.shape}); export one plane"
             )
         arr = da.take(arr, 0, axis=idx)
         axes = axes[:idx] + axes[idx + 1 :]
@@ -1550,16 +1475,12 @@ def _open_tiff_slide(path: Path, *, level: int) -> tuple[Any, dict[str, Any]]:
     try:
         with _TiffStructureErrors() as broken, tifffile.TiffFile(path) as tf:
             if not tf.series:
-                raise InputError(
-                    f"{path}: TIFF file contains no image series; it may be truncated or corrupt"
-                )
+                raise InputError(f"{path}: TIFF file contains no image series; it may be truncated or corrupt")
             series = tf.series[0]
             broken.check(path)
             n_levels = len(series.levels)
             if not 0 <= level < n_levels:
-                raise InputError(
-                    f"{path}: has {n_levels} pyramid level(s), level {level} was asked for"
-                )
+                raise InputError(f"{path}: has {n_levels} pyramid level(s), level {level} was asked for")
             lev = series.levels[level]
             _check_tiff_complete(lev, path)
             axes = str(lev.axes)
@@ -1573,10 +1494,7 @@ def _open_tiff_slide(path: Path, *, level: int) -> tuple[Any, dict[str, Any]]:
     except InputError:
         raise
     except Exception as exc:
-        raise InputError(
-            f"{path}: cannot open TIFF slide ({type(exc).__name__}: {exc}); the file may be "
-            "truncated or corrupt"
-        ) from exc
+        raise InputError(f"{path}: cannot open TIFF slide ({type(exc).__name__}: {exc}); the file may be truncated or corrupt") from exc
     px = meta.get("pixel_size_um")
     if px is not None and level > 0:
         y_i, x_i = axes.index("Y"), axes.index("X")
@@ -1613,30 +1531,21 @@ def _open_zarr_slide(path: Path, *, level: int) -> tuple[Any, dict[str, Any]]:
             arrays = sorted(name for name, _ in node.arrays())
             if key not in arrays:
                 raise InputError(
-                    f"{path}: Zarr group without NGFF multiscales metadata and no array {key!r} "
-                    f"(arrays: {arrays}); point `path` at the array itself"
+                    f"{path}: Zarr group without NGFF multiscales metadata and no array {key!r} (arrays: {arrays}); point `path` at the array itself"
                 )
             zarray = node[key]
             axes = None
         else:
             datasets = multiscale.get("datasets", [])
             if not 0 <= level < len(datasets):
-                raise InputError(
-                    f"{path}: has {len(datasets)} multiscale level(s), level {level} was asked for"
-                )
+                raise InputError(f"{path}: has {len(datasets)} multiscale level(s), level {level} was asked for")
             zarray = node[datasets[level]["path"]]
             meta.update({"format": "ome-zarr", "levels": len(datasets)})
             ax_meta = multiscale.get("axes") or []
             names = [(a.get("name") if isinstance(a, Mapping) else str(a)) or "" for a in ax_meta]
             types = [(a.get("type") if isinstance(a, Mapping) else None) or "" for a in ax_meta]
             units = [(a.get("unit") if isinstance(a, Mapping) else None) for a in ax_meta]
-            axes = (
-                "".join(
-                    "C" if t == "channel" else n[:1].upper()
-                    for n, t in zip(names, types, strict=True)
-                )
-                or None
-            )
+            axes = "".join("C" if t == "channel" else n[:1].upper() for n, t in zip(names, types, strict=True)) or None
             scale = _ngff_scale(multiscale, datasets[level], zarray.ndim)
             if axes and scale and "Y" in axes and "X" in axes:
                 y_i, x_i = axes.index("Y"), axes.index("X")
@@ -1650,9 +1559,7 @@ def _open_zarr_slide(path: Path, *, level: int) -> tuple[Any, dict[str, Any]]:
     return da.from_zarr(zarray), meta
 
 
-def _ngff_scale(
-    multiscale: Mapping[str, Any], dataset: Mapping[str, Any], ndim: int
-) -> list[float] | None:
+def _ngff_scale(multiscale: Mapping[str, Any], dataset: Mapping[str, Any], ndim: int) -> list[float] | None:
     scale = [1.0] * ndim
     found = False
     for transforms in (
@@ -1676,9 +1583,7 @@ def _guess_axes(shape: Sequence[int]) -> str:
     return letters + "YX"
 
 
-def open_slide(
-    path: PathLike, *, channel: int | None = 0, level: int = 0
-) -> tuple[dask.array.Array, dict[str, Any]]:
+def open_slide(path: PathLike, *, channel: int | None = 0, level: int = 0) -> tuple[dask.array.Array, dict[str, Any]]:
     """Open a whole slide as a lazily read 2-D ``(Y, X)`` dask array.
 
     Pixels are only read when blocks of the returned array are computed, one TIFF tile or
@@ -1713,17 +1618,14 @@ def open_slide(
     import dask.array as da
 
     path = Path(path)
-    if channel is not None and (
-        isinstance(channel, bool) or not isinstance(channel, (int, np.integer))
-    ):
+    if channel is not None and (isinstance(channel, bool) or not isinstance(channel, (int, np.integer))):
         raise InputError(f"{path}: channel must be an integer or None, got {channel!r}")
     if not path.exists():
         raise InputError(f"{path}: file not found")
     if path.is_dir():
         if _zarr_kind(path) is None:
             raise InputError(
-                f"{path}: is a directory but not a Zarr store (no zarr.json, .zgroup or .zarray); "
-                "give a TIFF/SVS/OIB file or a Zarr/OME-Zarr directory"
+                f"{path}: is a directory but not a Zarr store (no zarr.json, .zgroup or .zarray); give a TIFF/SVS/OIB file or a Zarr/OME-Zarr directory"
             )
         arr, meta = _open_zarr_slide(path, level=level)
     else:
@@ -1735,9 +1637,7 @@ def open_slide(
                 raise InputError(f"{path}: Olympus files have 1 level, level {level} was asked for")
             # OIB/OIF hold one field of view, small enough to read whole and wrap.
             data, axes, meta = _load_olympus(path, fmt)
-            chunks = tuple(
-                min(n, 1024) if a in "YX" else 1 for a, n in zip(axes, data.shape, strict=True)
-            )
+            chunks = tuple(min(n, 1024) if a in "YX" else 1 for a, n in zip(axes, data.shape, strict=True))
             arr = da.from_array(data, chunks=chunks)
             meta["levels"] = 1
     plane_arr, n_channels = _slide_plane(arr, meta["axes"], channel=channel, path=path)

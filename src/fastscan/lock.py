@@ -108,7 +108,9 @@ def _acquire(path: Path, out: Path, *, shared: bool, wait: bool, what: str) -> i
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-                log.warning("%s: the file system does not support locks (%s); a second restoration of the same output would not be detected", path, exc.strerror)
+                log.warning(
+                    "%s: the file system does not support locks (%s); a second restoration of the same output would not be detected", path, exc.strerror
+                )
                 return None
             raise
         if got and _same_file(fd, path):

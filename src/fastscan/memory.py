@@ -195,10 +195,7 @@ class MemoryLimitError(InputError):
 def _limit_text(limit: MemoryLimit, in_use: int) -> str:
     if limit.source == "job":
         who = f"mem_mb of rule {limit.rule}" if limit.rule else ENV_VAR
-        return (
-            f"the job's memory limit of {limit.bytes / 1e6:.0f} MB ({who}; "
-            f"{in_use / 1e6:.0f} MB already in use)"
-        )
+        return f"the job's memory limit of {limit.bytes / 1e6:.0f} MB ({who}; {in_use / 1e6:.0f} MB already in use)"
     return f"the {_human(limit.bytes)} of memory available on this machine"
 
 
@@ -272,6 +269,5 @@ def check_fits(
     dims = " x ".join(str(int(n)) for n in shape)
     raise MemoryLimitError(
         f"{path}: the {what} declares {dims} {dtype} ({_human(raw)}); reading it needs about "
-        f"{_human(needed)}, more than {_limit_text(limit, in_use)}. Nothing was read. "
-        + _advice(limit, needed, in_use)
+        f"{_human(needed)}, more than {_limit_text(limit, in_use)}. Nothing was read. " + _advice(limit, needed, in_use)
     )

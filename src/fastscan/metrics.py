@@ -316,9 +316,7 @@ def evaluate_restored(
     learned = [str(m) for m in attrs.get("methods", [])]
     clash = sorted(set(learned) & set(BASELINE_ORDERS))
     if clash:
-        raise ValueError(
-            f"{store}: stored methods {clash} collide with baselines computed from 'lr'; rename them"
-        )
+        raise ValueError(f"{store}: stored methods {clash} collide with baselines computed from 'lr'; rename them")
     for name in ("lr", "hr", *learned):
         if name not in group:
             raise ValueError(f"{store}: array {name!r} is missing (arrays listed in fastscan.methods: {learned})")
@@ -334,16 +332,11 @@ def evaluate_restored(
         scale = hr.shape[0] // lr.shape[1] if lr.shape[1] else 0
     scale = int(scale)
     if (scale * lr.shape[1], scale * lr.shape[2]) != hr.shape:
-        raise ValueError(
-            f"{store}: 'lr' {lr.shape} upsampled by scale {scale} does not match 'hr' {hr.shape}"
-        )
+        raise ValueError(f"{store}: 'lr' {lr.shape} upsampled by scale {scale} does not match 'hr' {hr.shape}")
     for name in learned:
         shape = tuple(group[name].shape)
         if shape != (n_frames, *hr.shape):
-            raise ValueError(
-                f"{store}: array {name!r} has shape {shape}, expected {(n_frames, *hr.shape)} "
-                f"from 'lr' {lr.shape} and 'hr' {hr.shape}"
-            )
+            raise ValueError(f"{store}: array {name!r} has shape {shape}, expected {(n_frames, *hr.shape)} from 'lr' {lr.shape} and 'hr' {hr.shape}")
     frames = [int(f) for f in attrs.get("frames", range(n_frames))]
     if len(frames) != n_frames:
         raise ValueError(f"{store}: fastscan.frames lists {len(frames)} frames but 'lr' has {n_frames}")
@@ -458,9 +451,7 @@ def read_metrics_tsv(path: str | Path) -> pd.DataFrame:
         bad = raw.notna() & ~(numeric.notna() & (numeric == numeric.round()))
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise ValueError(
-                f"{path}: row {row + 2}: 'pairs' must be a whole number of training pairs or empty, got {raw.iloc[row]!r}"
-            )
+            raise ValueError(f"{path}: row {row + 2}: 'pairs' must be a whole number of training pairs or empty, got {raw.iloc[row]!r}")
     return _typed(df)
 
 
@@ -540,9 +531,7 @@ def _summarise_by(df: pd.DataFrame, keys: Sequence[str], columns: Sequence[str])
         for metric in ("psnr", "ssim", "nrmse"):
             mean, sd, kept = _finite_stats(group[metric])
             if kept < n:
-                logger.warning(
-                    "%s: %d of %d %s values are not finite and are left out of the summary", where, n - kept, n, metric
-                )
+                logger.warning("%s: %d of %d %s values are not finite and are left out of the summary", where, n - kept, n, metric)
             row[f"{metric}_mean"] = mean
             row[f"{metric}_sd"] = sd
             if metric == "psnr":
@@ -675,4 +664,3 @@ def write_tsv(df: pd.DataFrame, path: str | Path) -> Path:
         df.to_csv(fh, sep="\t", index=False, float_format="%.4f", na_rep="NaN", lineterminator="\n")
     logger.info("wrote %s (%d rows)", target, len(df))
     return target
-

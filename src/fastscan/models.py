@@ -591,10 +591,7 @@ def read_model_json(model_dir: str | os.PathLike) -> dict[str, Any]:
     """Read and check ``model.json`` of a model directory (see :func:`check_model_json`)."""
     path = Path(model_dir) / "model.json"
     if not path.is_file():
-        raise ModelError(
-            f"model directory {model_dir} has no model.json: it is not a fastscan model "
-            "(train one with the workflow's train_gan rule)"
-        )
+        raise ModelError(f"model directory {model_dir} has no model.json: it is not a fastscan model (train one with the workflow's train_gan rule)")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:

@@ -50,10 +50,39 @@ IMAGE_SUFFIXES = (".oib", ".oif", ".tif", ".tiff")
 #: an LR series with its HR target (``fov3_fast.tif`` with ``fov3_slow.tif``). A trailing number
 #: is removed with them (``hr512``, ``x2``).
 ROLE_WORDS = (
-    "lr", "hr", "lores", "hires", "lowres", "highres", "low", "high", "res", "fast", "slow",
-    "video", "videorate", "rate", "resonant", "galvo", "bidir", "unidir", "roundtrip", "oneway",
-    "series", "movie", "frames", "target", "reference", "ref", "avg", "average", "averaged",
-    "mean", "stack", "x", "ome",
+    "lr",
+    "hr",
+    "lores",
+    "hires",
+    "lowres",
+    "highres",
+    "low",
+    "high",
+    "res",
+    "fast",
+    "slow",
+    "video",
+    "videorate",
+    "rate",
+    "resonant",
+    "galvo",
+    "bidir",
+    "unidir",
+    "roundtrip",
+    "oneway",
+    "series",
+    "movie",
+    "frames",
+    "target",
+    "reference",
+    "ref",
+    "avg",
+    "average",
+    "averaged",
+    "mean",
+    "stack",
+    "x",
+    "ome",
 )
 _ROLE = re.compile(r"(?:" + "|".join(ROLE_WORDS) + r")\d*", re.IGNORECASE)
 #: Characters a path in the sheet must not hold: pandas reads ``#`` as the start of a comment.
@@ -195,10 +224,7 @@ def find_files(folders: Sequence[str | os.PathLike]) -> list[Entry]:
                 seen.add(path.resolve())
                 found.append(Entry(path, root))
         if not any(e.path.name.lower().endswith(IMAGE_SUFFIXES) for e in found):
-            raise PairingError(
-                f"{root}: holds no OIB, OIF or TIFF file ({len(found)} other file(s)); name the folder "
-                "that holds the session's images"
-            )
+            raise PairingError(f"{root}: holds no OIB, OIF or TIFF file ({len(found)} other file(s)); name the folder that holds the session's images")
         entries.extend(found)
     return entries
 
@@ -266,8 +292,11 @@ def _check(lr: Entry, hr: Entry, *, scale: int, position_tolerance: float, focus
         ratios = [a / b for a, b in zip(lr.pixel, hr.pixel, strict=True)]
         if any(abs(r / scale - 1) > PIXEL_RATIO_TOLERANCE for r in ratios):
             fl, fh = lr.field_um, hr.field_um
-            return _Check(False, f"another field: {_fmt(fh[1])} µm wide at {_fmt(hr.pixel[1])} µm/px, the series "  # type: ignore[index]
-                          f"{_fmt(fl[1])} µm at {_fmt(lr.pixel[1])} µm/px (a target has 1/{scale} of its pixel size)")  # type: ignore[index]
+            return _Check(
+                False,
+                f"another field: {_fmt(fh[1])} µm wide at {_fmt(hr.pixel[1])} µm/px, the series "  # type: ignore[index]
+                f"{_fmt(fl[1])} µm at {_fmt(lr.pixel[1])} µm/px (a target has 1/{scale} of its pixel size)",
+            )  # type: ignore[index]
         c.evidence.append(f"field {_fmt(lr.field_um[1])} µm")  # type: ignore[index]
     else:
         c.missing.append("pixel size")
@@ -354,8 +383,7 @@ def pair_entries(
                 if hr is lr or hr.size != (scale * lr.size[0], scale * lr.size[1]):
                     continue
                 has_lr.add(id(hr))
-                c = _check(lr, hr, scale=scale, position_tolerance=position_tolerance,
-                           focus_tolerance_um=focus_tolerance_um, session_gap_h=session_gap_h)
+                c = _check(lr, hr, scale=scale, position_tolerance=position_tolerance, focus_tolerance_um=focus_tolerance_um, session_gap_h=session_gap_h)
                 if c.ok:
                     options.setdefault(id(lr), []).append((hr, c))
                 else:
@@ -391,10 +419,8 @@ def pair_entries(
                 winner, how = _decide([(r, chosen[id(r)][1]) for r in rivals], "LR series")
                 if winner is not e:
                     others = ", ".join(r.path.name for r in rivals if r is not e)
-                    why_not[id(e)] = (
-                        f"its HR target {hr.path.name} also fits {others}, "
-                        + (f"which {how.replace('chosen', 'wins')}" if winner is not None else
-                           "at different or unrecorded stage positions; " + how)
+                    why_not[id(e)] = f"its HR target {hr.path.name} also fits {others}, " + (
+                        f"which {how.replace('chosen', 'wins')}" if winner is not None else "at different or unrecorded stage positions; " + how
                     )
                     continue
                 notes.append(how.replace("chosen", "kept the HR target"))
@@ -416,8 +442,7 @@ def pair_entries(
     for e in entries:
         if id(e) in paired:
             continue
-        role = "LR series" if id(e) in options or (id(e) in refused and id(e) not in has_lr) else (
-            "HR target" if id(e) in has_lr else "?")
+        role = "LR series" if id(e) in options or (id(e) in refused and id(e) not in has_lr) else ("HR target" if id(e) in has_lr else "?")
         if id(e) in why_not:
             reason = why_not[id(e)]
         elif id(e) in refused:
@@ -470,10 +495,7 @@ def _fill_pixel_sizes(pairs: list[Pair], scale: int) -> None:
             p.notes.append("neither file records its pixel size: fill lr_pixel_size_um and hr_pixel_size_um")
         channels = (p.lr.header["channels"], p.hr.header["channels"])  # type: ignore[index]
         if channels[0] != channels[1]:
-            p.notes.append(
-                f"channel counts differ (LR {channels[0]}, HR {channels[1]}): fill the channel column, "
-                "or ingestion stops"
-            )
+            p.notes.append(f"channel counts differ (LR {channels[0]}, HR {channels[1]}): fill the channel column, or ingestion stops")
 
 
 def propose_splits(pairs: list[Pair], *, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15) -> None:
@@ -524,15 +546,15 @@ def propose(
     """
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 2:
         raise PairingError(f"scale must be an integer of 2 or more (HR pixels per LR pixel), got {scale!r}")
-    for name, value in (("position tolerance", position_tolerance), ("focus tolerance", focus_tolerance_um),
-                        ("session gap", session_gap_h)):
+    for name, value in (("position tolerance", position_tolerance), ("focus tolerance", focus_tolerance_um), ("session gap", session_gap_h)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise PairingError(f"{name} must be a positive number, got {value!r}")
     if sample is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", sample):
         raise PairingError(f"sample name {sample!r}: names may only hold letters, digits and _.- and must start with a letter or digit")
     usable, left = describe(find_files(folders))
-    pairs, unpaired = pair_entries(usable, scale=scale, position_tolerance=position_tolerance,
-                                   focus_tolerance_um=focus_tolerance_um, session_gap_h=session_gap_h)
+    pairs, unpaired = pair_entries(
+        usable, scale=scale, position_tolerance=position_tolerance, focus_tolerance_um=focus_tolerance_um, session_gap_h=session_gap_h
+    )
     _name_pairs(pairs, sample)
     _fill_pixel_sizes(pairs, scale)
     if split:
@@ -583,17 +605,36 @@ def review_rows(proposal: Proposal) -> list[dict[str, str]]:
     """One row per pair and per file left out, in the order of :data:`REVIEW_COLUMNS`."""
     rows = []
     for p in proposal.pairs:
-        rows.append({
-            "status": "paired", "sample": p.sample, "session": p.session, "fov": p.fov, "split": p.split,
-            "role": "LR series", "file": p.lr.shown(), "partner": p.hr.shown(),
-            "evidence": "; ".join(p.evidence) or "sizes only", "notes": "; ".join(p.notes),
-        })
+        rows.append(
+            {
+                "status": "paired",
+                "sample": p.sample,
+                "session": p.session,
+                "fov": p.fov,
+                "split": p.split,
+                "role": "LR series",
+                "file": p.lr.shown(),
+                "partner": p.hr.shown(),
+                "evidence": "; ".join(p.evidence) or "sizes only",
+                "notes": "; ".join(p.notes),
+            }
+        )
     order = {"unpaired": 0, "unreadable": 1, "skipped": 2}
     for u in sorted(proposal.unpaired, key=lambda u: (order[u.status], os.fspath(u.entry.path))):
-        rows.append({
-            "status": u.status, "sample": "", "session": "", "fov": "", "split": "", "role": u.role,
-            "file": u.entry.shown(), "partner": "", "evidence": "", "notes": u.reason,
-        })
+        rows.append(
+            {
+                "status": u.status,
+                "sample": "",
+                "session": "",
+                "fov": "",
+                "split": "",
+                "role": u.role,
+                "file": u.entry.shown(),
+                "partner": "",
+                "evidence": "",
+                "notes": u.reason,
+            }
+        )
     return rows
 
 
@@ -603,8 +644,11 @@ def review_text(proposal: Proposal) -> str:
     out = []
     if proposal.pairs:
         head = ("fov", "split", "LR series", "HR target", "evidence / notes")
-        table = [(f"{p['sample']}/{p['session']}/{p['fov']}", p["split"] or "-", p["file"], p["partner"],
-                  "; ".join(x for x in (p["evidence"], p["notes"]) if x)) for p in rows if p["status"] == "paired"]
+        table = [
+            (f"{p['sample']}/{p['session']}/{p['fov']}", p["split"] or "-", p["file"], p["partner"], "; ".join(x for x in (p["evidence"], p["notes"]) if x))
+            for p in rows
+            if p["status"] == "paired"
+        ]
         widths = [max(len(r[i]) for r in [head, *table]) for i in range(4)]
         out.append("Paired:")
         for r in [head, *table]:
@@ -617,8 +661,7 @@ def review_text(proposal: Proposal) -> str:
             out.append(f"  {r['status']:<10}  {r['role']:<9}  {r['file'].ljust(width)}  {r['notes']}")
     splits = {s: sum(p.split == s for p in proposal.pairs) for s in ("train", "val", "test")}
     counts = {s: sum(u.status == s for u in proposal.unpaired) for s in ("unpaired", "unreadable", "skipped")}
-    shown = (f"train {splits['train']}, val {splits['val']}, test {splits['test']}" if sum(splits.values())
-             else "split by the workflow's hash")
+    shown = f"train {splits['train']}, val {splits['val']}, test {splits['test']}" if sum(splits.values()) else "split by the workflow's hash"
     out.append(
         f"{len(proposal.pairs)} pair(s) ({shown}); {counts['unpaired']} image(s) unpaired, "
         f"{counts['unreadable']} unreadable, {counts['skipped']} other file(s) skipped"
@@ -685,9 +728,7 @@ def write_sheet(
 
     if review is not None:
         rows = review_rows(proposal)
-        lines = ["\t".join(REVIEW_COLUMNS)] + [
-            "\t".join(re.sub(r"[\t\r\n]", " ", r[c]) for c in REVIEW_COLUMNS) for r in rows
-        ]
+        lines = ["\t".join(REVIEW_COLUMNS)] + ["\t".join(re.sub(r"[\t\r\n]", " ", r[c]) for c in REVIEW_COLUMNS) for r in rows]
     _write_refusing(out, text, force=force, check=check)
     if review is not None:
         _write_refusing(Path(review), "\n".join(lines) + "\n", force=force)

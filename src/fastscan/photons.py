@@ -210,11 +210,7 @@ class PhotonCalibration:
     @property
     def complete(self) -> bool:
         """Whether gain, offset and read noise were all measured."""
-        return (
-            self.measurable
-            and math.isfinite(self.offset_adu)
-            and math.isfinite(self.read_noise_adu)
-        )
+        return self.measurable and math.isfinite(self.offset_adu) and math.isfinite(self.read_noise_adu)
 
     def photons(self, adu: Any) -> Any:
         """Poisson-equivalent photons per pixel at the signal ``adu``.
@@ -234,9 +230,7 @@ class PhotonCalibration:
 
     def variance(self, adu: Any) -> Any:
         """Temporal noise variance (ADU**2) the line predicts at the mean signal ``adu``."""
-        value = self.gain_adu_per_photon * np.asarray(adu, dtype=np.float64) + (
-            self.variance_intercept_adu2
-        )
+        value = self.gain_adu_per_photon * np.asarray(adu, dtype=np.float64) + (self.variance_intercept_adu2)
         return float(value) if np.ndim(value) == 0 else value
 
     def summary(self, median_adu: float | None = None) -> dict[str, Any]:
@@ -247,11 +241,7 @@ class PhotonCalibration:
         median_adu : float, optional
             Median signal of the series; adds ``photons_at_median``.
         """
-        out: dict[str, Any] = {
-            k: _json_number(v) if isinstance(v, float) else v
-            for k, v in asdict(self).items()
-            if not k.startswith("curve_")
-        }
+        out: dict[str, Any] = {k: _json_number(v) if isinstance(v, float) else v for k, v in asdict(self).items() if not k.startswith("curve_")}
         out["curve"] = {
             "mean": [_json_number(v) for v in self.curve_mean],
             "variance": [_json_number(v) for v in self.curve_variance],
@@ -291,9 +281,7 @@ class PhotonCalibration:
             r2=num("r2"),
             dark_level_adu=num("dark_level_adu"),
             curve_mean=tuple(math.nan if v is None else float(v) for v in curve.get("mean", [])),
-            curve_variance=tuple(
-                math.nan if v is None else float(v) for v in curve.get("variance", [])
-            ),
+            curve_variance=tuple(math.nan if v is None else float(v) for v in curve.get("variance", [])),
             curve_pixels=tuple(int(v) for v in curve.get("pixels", [])),
             reason=summary.get("reason"),
         )
@@ -318,9 +306,7 @@ def _not_measurable(frames: int, n_pixels: int, reason: str, **known: Any) -> Ph
 # per-pixel statistics
 
 
-def _pixel_statistics(
-    frames: np.ndarray, signal: Any = None, *, frames_slice: slice = slice(None)
-) -> dict[str, np.ndarray]:
+def _pixel_statistics(frames: np.ndarray, signal: Any = None, *, frames_slice: slice = slice(None)) -> dict[str, np.ndarray]:
     """Temporal statistics of every pixel of ``(T, Y, X)`` frames.
 
     ``signal``, when given, is the expected noise-free value of each frame (anything that
@@ -368,9 +354,7 @@ def _pixel_statistics(
     }
 
 
-def _bin_curve(
-    mean: np.ndarray, var: np.ndarray, *, bins: int, min_pixels: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _bin_curve(mean: np.ndarray, var: np.ndarray, *, bins: int, min_pixels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean signal, mean variance (gross outliers rejected) and pixel count of each bin."""
     lo, hi = np.percentile(mean, [0.5, 99.5])
     if not hi > lo:
@@ -453,9 +437,7 @@ def _fit_line(
 # offset and read noise
 
 
-def _dark_core(
-    values: np.ndarray, *, variance: float, gain: float, integer: bool
-) -> tuple[float, float]:
+def _dark_core(values: np.ndarray, *, variance: float, gain: float, integer: bool) -> tuple[float, float]:
     """Offset and read noise from the dark pixels' values (see the module notes).
 
     ``values`` is ``(pixels, frames)``; ``variance`` the dark pixels' mean temporal variance.
@@ -574,18 +556,14 @@ def calibrate_series(
     if bins < _MIN_BINS:
         raise ValueError(f"bins must be at least {_MIN_BINS}, got {bins!r}")
     if not (motion_sigma > 0 and excess_sigma > 0):
-        raise ValueError(
-            f"motion_sigma and excess_sigma must be positive, got {motion_sigma!r}, "
-            f"{excess_sigma!r}"
-        )
+        raise ValueError(f"motion_sigma and excess_sigma must be positive, got {motion_sigma!r}, {excess_sigma!r}")
     t, ny, nx = arr.shape
     n_pixels = ny * nx
     if t < MIN_FRAMES:
         return _not_measurable(
             t,
             n_pixels,
-            f"{t} frame(s): a temporal variance needs at least {MIN_FRAMES} frames of the "
-            "same field, so the photon transfer curve is not measurable",
+            f"{t} frame(s): a temporal variance needs at least {MIN_FRAMES} frames of the same field, so the photon transfer curve is not measurable",
         )
     integer = np.issubdtype(arr.dtype, np.integer)
     if saturation is None and integer:
@@ -627,8 +605,7 @@ def calibrate_series(
         return _not_measurable(
             t,
             n_pixels,
-            f"the signal spans {bm.size} populated bin(s); a line needs {_MIN_BINS} "
-            "(a nearly uniform field)",
+            f"the signal spans {bm.size} populated bin(s); a line needs {_MIN_BINS} (a nearly uniform field)",
             **curve,
         )
     if not (math.isfinite(slope) and slope > 0 and r2 >= _MIN_R2):
@@ -677,8 +654,7 @@ def calibrate_series(
         return _not_measurable(
             t,
             n_pixels,
-            f"only {np.count_nonzero(dark)} dark pixels: offset and read noise are not "
-            "measurable, only the gain",
+            f"only {np.count_nonzero(dark)} dark pixels: offset and read noise are not measurable, only the gain",
             **known,
         )
     dark_mean = float(dark_stats["mean"][dark].mean())
@@ -695,9 +671,7 @@ def calibrate_series(
             dark_level_adu=dark_mean,
             **known,
         )
-    offset, read = _dark_core(
-        _dark_values(arr, dark, measured), variance=dark_var, gain=slope, integer=integer
-    )
+    offset, read = _dark_core(_dark_values(arr, dark, measured), variance=dark_var, gain=slope, integer=integer)
     return PhotonCalibration(
         gain_adu_per_photon=slope,
         offset_adu=offset,
@@ -714,9 +688,7 @@ def calibrate_series(
     )
 
 
-def _dark_values(
-    frames: np.ndarray, dark: np.ndarray, measured: slice, limit: int = _DARK_PIXELS_FITTED
-) -> np.ndarray:
+def _dark_values(frames: np.ndarray, dark: np.ndarray, measured: slice, limit: int = _DARK_PIXELS_FITTED) -> np.ndarray:
     """``(pixels, frames)`` values of the ``dark`` pixels in the ``measured`` frames.
 
     At most ``limit`` pixels, evenly spaced among them, to bound the likelihood's cost.
@@ -731,10 +703,7 @@ def curve_to_text(calibration: PhotonCalibration) -> str:
 
     Empty when no curve was measured.
     """
-    return ";".join(
-        f"{m:.6g}:{v:.6g}"
-        for m, v in zip(calibration.curve_mean, calibration.curve_variance, strict=True)
-    )
+    return ";".join(f"{m:.6g}:{v:.6g}" for m, v in zip(calibration.curve_mean, calibration.curve_variance, strict=True))
 
 
 def curve_from_text(text: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -752,9 +721,7 @@ def curve_from_text(text: Any) -> tuple[np.ndarray, np.ndarray]:
         if any(len(p) != 2 for p in pairs):
             raise ValueError
     except ValueError:
-        raise ValueError(
-            f"photon curve {str(text)[:60]!r} is not 'mean:variance' pairs separated by ';'"
-        ) from None
+        raise ValueError(f"photon curve {str(text)[:60]!r} is not 'mean:variance' pairs separated by ';'") from None
     arr = np.asarray(pairs, dtype=np.float64)
     return arr[:, 0], arr[:, 1]
 
@@ -764,21 +731,13 @@ def curve_from_text(text: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _gat_parameters(calibration: PhotonCalibration | Mapping[str, Any]) -> tuple[float, float]:
-    cal = (
-        calibration
-        if isinstance(calibration, PhotonCalibration)
-        else PhotonCalibration.from_summary(calibration)
-    )
+    cal = calibration if isinstance(calibration, PhotonCalibration) else PhotonCalibration.from_summary(calibration)
     if not cal.measurable or not math.isfinite(cal.variance_intercept_adu2):
-        raise ValueError(
-            f"the photon calibration has no measured noise line ({cal.reason or 'gain unknown'})"
-        )
+        raise ValueError(f"the photon calibration has no measured noise line ({cal.reason or 'gain unknown'})")
     return cal.gain_adu_per_photon, cal.variance_intercept_adu2
 
 
-def generalized_anscombe(
-    adu: np.ndarray, calibration: PhotonCalibration | Mapping[str, Any]
-) -> np.ndarray:
+def generalized_anscombe(adu: np.ndarray, calibration: PhotonCalibration | Mapping[str, Any]) -> np.ndarray:
     """Generalised Anscombe transform: Poisson-Gaussian ADU to unit-variance values.
 
     ``f(z) = 2 / g * sqrt(max(g z + 3/8 g**2 + sigma_read**2 - g offset, 0))``; with the line's
@@ -803,9 +762,7 @@ def generalized_anscombe(
     return (2.0 / g) * np.sqrt(np.maximum(g * z + 0.375 * g * g + c, 0.0))
 
 
-def inverse_generalized_anscombe(
-    stabilised: np.ndarray, calibration: PhotonCalibration | Mapping[str, Any]
-) -> np.ndarray:
+def inverse_generalized_anscombe(stabilised: np.ndarray, calibration: PhotonCalibration | Mapping[str, Any]) -> np.ndarray:
     """Closed-form approximation of the exact unbiased inverse of :func:`generalized_anscombe`.
 
     The algebraic inverse of a square root is biased for a denoised value, which estimates the
@@ -833,11 +790,7 @@ def inverse_generalized_anscombe(
         Unbiased estimates of the mean signal in ADU.
     """
     g, c = _gat_parameters(calibration)
-    cal = (
-        calibration
-        if isinstance(calibration, PhotonCalibration)
-        else PhotonCalibration.from_summary(calibration)
-    )
+    cal = calibration if isinstance(calibration, PhotonCalibration) else PhotonCalibration.from_summary(calibration)
     # Below its minimum (D about 0.85, I = -0.24) the asymptotic series turns back up and is
     # meaningless; every expectation of the transform lies above it, and the clip to zero photons
     # below is what such values mean.

@@ -162,9 +162,7 @@ def _shift_array(
     if not np.any(shift):
         return array.copy()
     if method == "spline":
-        return ndimage.shift(array, shift, order=order, mode=mode, prefilter=order > 1).astype(
-            dtype, copy=False
-        )
+        return ndimage.shift(array, shift, order=order, mode=mode, prefilter=order > 1).astype(dtype, copy=False)
     _check_choice("method", method, ("fourier", "spline"))
 
     axes = tuple(int(a) for a in np.flatnonzero(shift))
@@ -192,9 +190,7 @@ def _shift_array(
     return np.ascontiguousarray(shifted[crop], dtype=dtype)
 
 
-def _shift_rows_x(
-    rows: np.ndarray, shift_px: float, *, method: ShiftMethod, order: int
-) -> np.ndarray:
+def _shift_rows_x(rows: np.ndarray, shift_px: float, *, method: ShiftMethod, order: int) -> np.ndarray:
     """Shift every row of ``rows`` (``(..., n, X)``) by ``shift_px`` along x."""
     shift = [0.0] * rows.ndim
     shift[-1] = shift_px
@@ -380,9 +376,7 @@ def _shift_resonant(
     if method == "spline":
         rows = np.arange(frame.shape[0], dtype=np.float64) - dy
         coords = np.stack(np.meshgrid(rows, source, indexing="ij"))
-        return ndimage.map_coordinates(
-            frame, coords, order=order, mode=mode, prefilter=order > 1
-        ).astype(frame.dtype, copy=False)
+        return ndimage.map_coordinates(frame, coords, order=order, mode=mode, prefilter=order > 1).astype(frame.dtype, copy=False)
     _check_choice("method", method, ("fourier", "spline"))
     centre = 0.5 * (n - 1)
     centre_shift = centre - float(_display_columns(np.array(centre - dx), n, field_fraction))
@@ -460,9 +454,7 @@ def estimate_line_phase(
     if image.ndim != 2:
         raise ValueError(f"image must be (Y, X) or (T, Y, X), got shape {image.shape}")
     if image.shape[0] < 4:
-        raise ValueError(
-            f"need at least 4 rows to compare odd with even rows, got {image.shape[0]}"
-        )
+        raise ValueError(f"need at least 4 rows to compare odd with even rows, got {image.shape[0]}")
     image = np.asarray(image, dtype=_float_dtype(image.dtype))
     even, odd = image[0::2], image[1::2]
 
@@ -536,9 +528,7 @@ def correct_line_phase(
     odd_shift = -0.5 * float(shift_px) if symmetric else -float(shift_px)
     out[..., 1::2, :] = _shift_rows_x(out[..., 1::2, :], odd_shift, method=method, order=order)
     if symmetric:
-        out[..., 0::2, :] = _shift_rows_x(
-            out[..., 0::2, :], 0.5 * float(shift_px), method=method, order=order
-        )
+        out[..., 0::2, :] = _shift_rows_x(out[..., 0::2, :], 0.5 * float(shift_px), method=method, order=order)
     return out
 
 
@@ -602,9 +592,7 @@ def apply_shifts(
     out = np.empty(frames.shape, dtype=_float_dtype(frames.dtype))
     for t in range(frames.shape[0]):
         if field_fraction:
-            out[t] = _shift_resonant(
-                frames[t], shifts[t], field_fraction, method=method, order=order, mode=mode
-            )
+            out[t] = _shift_resonant(frames[t], shifts[t], field_fraction, method=method, order=order, mode=mode)
         else:
             out[t] = _shift_array(frames[t], shifts[t], method=method, order=order, mode=mode)
     return out
@@ -700,9 +688,7 @@ def estimate_drift(
     dtype = _float_dtype(frames.dtype)
     smoothed = np.asarray(frames, dtype=dtype)
     if smooth_sigma > 0:
-        smoothed = ndimage.gaussian_filter(
-            smoothed, (0, smooth_sigma, smooth_sigma), mode="reflect"
-        )
+        smoothed = ndimage.gaussian_filter(smoothed, (0, smooth_sigma, smooth_sigma), mode="reflect")
     window = _taper(frames.shape[1:], taper)
     gain = np.array([1.0, _resonant_gain(frames.shape[2], field_fraction, taper)])
 
@@ -722,9 +708,7 @@ def estimate_drift(
         ref_f = sp_fft.fft2(_prepare(_reference(aligned, reference), smooth_sigma=0, window=window))
         for t in range(frames.shape[0]):
             frame_f = sp_fft.fft2(_prepare(aligned[t], smooth_sigma=0, window=window))
-            drift[t] += gain * _pcc(
-                ref_f, frame_f, upsample_factor=upsample_factor, normalization=normalization
-            )
+            drift[t] += gain * _pcc(ref_f, frame_f, upsample_factor=upsample_factor, normalization=normalization)
         logger.debug("drift pass %d/%d: rms %.3f px", it + 1, iterations, _rms(drift))
     return drift
 
@@ -786,9 +770,7 @@ def forward_model(
         raise ValueError(f"hr must be a (Y, X) image, got shape {hr.shape}")
     scale = int(scale)
     if scale < 1 or hr.shape[0] % scale or hr.shape[1] % scale:
-        raise ValueError(
-            f"hr shape {hr.shape} is not a multiple of scale={scale}; crop or pad the HR image"
-        )
+        raise ValueError(f"hr shape {hr.shape} is not a multiple of scale={scale}; crop or pad the HR image")
     img = hr.astype(_float_dtype(hr.dtype), copy=False)
     if blur_sigma > 0:
         img = ndimage.gaussian_filter(img, blur_sigma * scale, mode="reflect")
@@ -813,10 +795,7 @@ def _edge_columns(shift_px: float, n: int, field_fraction: float) -> int:
 def _check_hr_lr_shapes(hr: np.ndarray, lr_mean: np.ndarray, scale: int) -> None:
     model_shape = (hr.shape[0] // scale, hr.shape[1] // scale) if hr.ndim == 2 else hr.shape
     if model_shape != lr_mean.shape:
-        raise ValueError(
-            f"hr shape {hr.shape} / scale {scale} = {model_shape} does not match the LR "
-            f"shape {lr_mean.shape}"
-        )
+        raise ValueError(f"hr shape {hr.shape} / scale {scale} = {model_shape} does not match the LR shape {lr_mean.shape}")
 
 
 def _align_hr(
@@ -1006,9 +985,7 @@ def _zero_mean_unit(a: np.ndarray) -> np.ndarray:
     return a / norm if norm > 0 else a
 
 
-def scan_model_evidence(
-    resonant: np.ndarray, linear: np.ndarray, data: np.ndarray, *, bands: int = _EVIDENCE_BANDS
-) -> float:
+def scan_model_evidence(resonant: np.ndarray, linear: np.ndarray, data: np.ndarray, *, bands: int = _EVIDENCE_BANDS) -> float:
     """How much better a resonant forward model explains an LR image than the linear one.
 
     The difference of the two normalised cross-correlations with ``data`` is a sum over pixels,
@@ -1194,8 +1171,10 @@ def fit_scan_model(
         evidence = scan_model_evidence(m1[ys, xs], m0[ys, xs], lr_mean[ys, xs])
         if ff > 0 and not evidence > min_evidence:
             logger.info(
-                "resonant field fraction %.3f rejected: its evidence over a linear scan is "
-                "t = %.2f (needs > %.1f); the scan is taken as linear", ff, evidence, min_evidence,
+                "resonant field fraction %.3f rejected: its evidence over a linear scan is t = %.2f (needs > %.1f); the scan is taken as linear",
+                ff,
+                evidence,
+                min_evidence,
             )
             ff = 0.0
     shift, ncc, sigma = scores[ff][:3]
@@ -1366,8 +1345,7 @@ def register_fov(
     attrs = dict(group.attrs.get("fastscan", {}))
     if attrs.get("kind") != "fov":
         raise ValueError(
-            f"{src} is not a canonical per-FOV store (attribute fastscan.kind is "
-            f"{attrs.get('kind')!r}, expected 'fov'); write it with fastscan.io.ingest_fov"
+            f"{src} is not a canonical per-FOV store (attribute fastscan.kind is {attrs.get('kind')!r}, expected 'fov'); write it with fastscan.io.ingest_fov"
         )
     lr = _as_frames(np.asarray(group["lr"][...]), name=f"{src}/lr")
     if lr.shape[0] == 0:
@@ -1377,10 +1355,7 @@ def register_fov(
     hr = np.asarray(group["hr"][...])
     scale = int(attrs.get("scale", 2))
     if hr.shape != (scale * lr.shape[1], scale * lr.shape[2]):
-        raise ValueError(
-            f"{src}: hr shape {hr.shape} is not scale={scale} times the LR frame shape "
-            f"{lr.shape[1:]}; re-run ingestion"
-        )
+        raise ValueError(f"{src}: hr shape {hr.shape} is not scale={scale} times the LR frame shape {lr.shape[1:]}; re-run ingestion")
     ident = {k: str(attrs.get(k, "")) for k in ("sample", "session", "fov")}
     label = "/".join(ident.values())
 
@@ -1414,8 +1389,10 @@ def register_fov(
     field_fraction, hr_shift = fit.field_fraction, fit.hr_shift
     if fit.best_field_fraction > 0 and field_fraction == 0:
         logger.info(
-            "%s: resonant field fraction %.3f not significant over a linear scan (t = %.2f); "
-            "registered as a linear scan", label, fit.best_field_fraction, fit.evidence,
+            "%s: resonant field fraction %.3f not significant over a linear scan (t = %.2f); registered as a linear scan",
+            label,
+            fit.best_field_fraction,
+            fit.evidence,
         )
     ny, nx = lr_mean.shape
     gain = _resonant_gain(nx, field_fraction, 0.25)
@@ -1428,9 +1405,7 @@ def register_fov(
             initial=drift,
             **drift_options,
         )
-    registered = apply_shifts(lr, drift, field_fraction=field_fraction).astype(
-        np.float32, copy=False
-    )
+    registered = apply_shifts(lr, drift, field_fraction=field_fraction).astype(np.float32, copy=False)
     lr_mean = registered.mean(axis=0, dtype=np.float64)
     # The registered frames sit where the drift reference was, a little away from the rigid
     # pre-registration that the shift was fitted on.
@@ -1467,12 +1442,16 @@ def register_fov(
         model = ndimage.gaussian_filter(model, fit.blur_sigma, mode="reflect")
     ncc = normalised_cross_correlation(model[inner], lr_mean[inner])
     # A single frame cannot be misaligned with itself; 0.0 keeps the QC table complete.
-    residual = 0.0 if single else _rms(
-        estimate_drift(
-            registered,
-            iterations=1,
-            field_fraction=field_fraction,
-            **drift_options,
+    residual = (
+        0.0
+        if single
+        else _rms(
+            estimate_drift(
+                registered,
+                iterations=1,
+                field_fraction=field_fraction,
+                **drift_options,
+            )
         )
     )
     passed = bool(ncc >= min_ncc)
@@ -1512,9 +1491,7 @@ def register_fov(
             chunks=(1, *registered.shape[1:]),
             dimension_names=("t", "y", "x"),
         )
-        dest.create_array(
-            "hr", data=hr_aligned, chunks=hr_aligned.shape, dimension_names=("y", "x")
-        )
+        dest.create_array("hr", data=hr_aligned, chunks=hr_aligned.shape, dimension_names=("y", "x"))
         dest.attrs["fastscan"] = out_attrs
 
     row = {
@@ -1536,8 +1513,7 @@ def register_fov(
     }
     if photons.measurable:
         logger.info(
-            "photon calibration of %s: %.3g ADU per photon, offset %.1f ADU, read noise %.2f "
-            "ADU, %.2f photons per pixel at the median signal %.1f ADU%s",
+            "photon calibration of %s: %.3g ADU per photon, offset %.1f ADU, read noise %.2f ADU, %.2f photons per pixel at the median signal %.1f ADU%s",
             label,
             photons.gain_adu_per_photon,
             photons.offset_adu,
@@ -1549,8 +1525,7 @@ def register_fov(
     else:
         logger.info("no photon calibration of %s: %s", label, photons.reason)
     logger.info(
-        "registered %s: T=%d line phase %.2f px, drift rms %.2f px (residual %.3f), "
-        "hr shift (%.2f, %.2f) px, ncc %.3f",
+        "registered %s: T=%d line phase %.2f px, drift rms %.2f px (residual %.3f), hr shift (%.2f, %.2f) px, ncc %.3f",
         label,
         row["frames"],
         line_phase,
@@ -1562,8 +1537,7 @@ def register_fov(
     )
     if not passed:
         logger.warning(
-            "registration QC failed for sample=%s session=%s fov=%s: ncc %.3f < min_ncc %.3f; "
-            "the FOV is written with passed=False and excluded downstream",
+            "registration QC failed for sample=%s session=%s fov=%s: ncc %.3f < min_ncc %.3f; the FOV is written with passed=False and excluded downstream",
             ident["sample"],
             ident["session"],
             ident["fov"],
@@ -1634,9 +1608,7 @@ def read_qc(path: str | Path) -> pd.DataFrame:
         na_values={c: ["", "nan", "NaN"] for c in QC_COLUMNS if c not in _QC_TEXT},
     )
     if "passed" in table.columns:
-        table["passed"] = table["passed"].map(
-            lambda v: v if isinstance(v, bool) else str(v).strip().lower() in ("true", "1")
-        ).astype(bool)
+        table["passed"] = table["passed"].map(lambda v: v if isinstance(v, bool) else str(v).strip().lower() in ("true", "1")).astype(bool)
     return table
 
 

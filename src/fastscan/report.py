@@ -233,9 +233,7 @@ def plot_metric_boxes(df: pd.DataFrame, out_png: str | Path, *, metric: str) -> 
             patch.set_alpha(0.75)
         for pos, values in zip(positions, data, strict=True):
             jitter = rng.uniform(-0.15, 0.15, size=values.size)
-            ax.scatter(
-                pos + jitter, values, s=8, color="black", alpha=0.45, linewidths=0, zorder=3, rasterized=True
-            )
+            ax.scatter(pos + jitter, values, s=8, color="black", alpha=0.45, linewidths=0, zorder=3, rasterized=True)
         ax.set_xticks(positions, ticks, rotation=30, ha="right", fontsize=8)
         ax.set_title(f"{model} · {sample}", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
@@ -588,14 +586,8 @@ def plot_hallucination_panels(
             ax.set_xticks([])
             ax.set_yticks([])
             if column == "departure":
-                shown = _imshow_with_inset(
-                    ax, result.difference, region=region, bounds=bounds, vmin=0.0, vmax=dmax, cmap="magma", overlay=overlay
-                )
-                away = (
-                    f", {100 * result.flagged_away_share:.0f} % further from HR"
-                    if np.isfinite(result.flagged_away_share)
-                    else ""
-                )
+                shown = _imshow_with_inset(ax, result.difference, region=region, bounds=bounds, vmin=0.0, vmax=dmax, cmap="magma", overlay=overlay)
+                away = f", {100 * result.flagged_away_share:.0f} % further from HR" if np.isfinite(result.flagged_away_share) else ""
                 ax.set_title(
                     f"|GAN − MSE|, flagged (cyan) {100 * result.fraction_flagged:.2f} %\n"
                     f"> {result.threshold:.3f} = {k:g} × noise sd {result.noise_sd:.3f}{away}",
@@ -614,9 +606,7 @@ def plot_hallucination_panels(
             elif column == "target":
                 title = "Ground truth (HR)\n"
                 if ex["pixel_um"] is not None:
-                    _draw_scale_bar(
-                        ax, pixel_um=ex["pixel_um"], shape=hr.shape, right=bounds[1] == 0.0 and bounds[0] == 0.0
-                    )
+                    _draw_scale_bar(ax, pixel_um=ex["pixel_um"], shape=hr.shape, right=bounds[1] == 0.0 and bounds[0] == 0.0)
             else:
                 title = f"{method_label(column)}\n{psnr(image, hr):.2f} dB · SSIM {ssim(image, hr):.3f}"
                 for spine in ax.spines.values():
@@ -669,9 +659,7 @@ def _curve_runs(paths: Sequence[Path]) -> dict[str, list[Path]]:
     return runs
 
 
-def plot_training_curves(
-    curve_tsvs: Sequence[str | Path] | Mapping[str, Sequence[str | Path]], out_png: str | Path
-) -> Path:
+def plot_training_curves(curve_tsvs: Sequence[str | Path] | Mapping[str, Sequence[str | Path]], out_png: str | Path) -> Path:
     """Training and validation losses and validation PSNR of the training stages.
 
     Parameters
@@ -731,9 +719,7 @@ def plot_training_curves(
             for column, style, face in (("train_loss", "-", colour), ("valid_loss", "--", "none")):
                 y = part[column].to_numpy(dtype=np.float64)
                 any_nonpositive |= bool(np.any(y[np.isfinite(y)] <= 0))
-                ax_loss.plot(
-                    x, y, linestyle=style, marker=marker, markersize=4, color=colour, markerfacecolor=face
-                )
+                ax_loss.plot(x, y, linestyle=style, marker=marker, markersize=4, color=colour, markerfacecolor=face)
             y = part["valid_psnr"].to_numpy(dtype=np.float64)
             if np.isfinite(y).any():
                 ax_psnr.plot(x, y, linestyle="-", marker=marker, markersize=3, color=colour)
@@ -768,18 +754,14 @@ def plot_training_curves(
     ax_psnr.set_title("Validation PSNR", fontsize=10, pad=14)
 
     stage_handles = [
-        Line2D([], [], color=_stage_colour(s, extra_colours), linewidth=2, label=_STAGE_LABELS.get(s, s))
-        for s in sorted(stages_seen, key=_stage_rank)
+        Line2D([], [], color=_stage_colour(s, extra_colours), linewidth=2, label=_STAGE_LABELS.get(s, s)) for s in sorted(stages_seen, key=_stage_rank)
     ]
     style_handles = [
         Line2D([], [], color="black", linestyle="-", marker="o", markersize=4, label="training"),
         Line2D([], [], color="black", linestyle="--", marker="o", markersize=4, markerfacecolor="none", label="validation"),
     ]
     file_handles = (
-        [
-            Line2D([], [], color="black", marker=_MARKERS[i % len(_MARKERS)], linestyle="none", label=label)
-            for i, label in enumerate(labels)
-        ]
+        [Line2D([], [], color="black", marker=_MARKERS[i % len(_MARKERS)], linestyle="none", label=label) for i, label in enumerate(labels)]
         if len(tables) > 1
         else []
     )
@@ -883,8 +865,7 @@ def _photon_curve_figure(df: pd.DataFrame) -> str:
             continue
         panels.append((label, mean, variance, row))
     note = (
-        f"<p>No photon transfer curve for {len(missing)} FOV(s) (fewer than 2 frames, or no "
-        f"usable pixels): {html.escape(', '.join(missing))}.</p>"
+        f"<p>No photon transfer curve for {len(missing)} FOV(s) (fewer than 2 frames, or no usable pixels): {html.escape(', '.join(missing))}.</p>"
         if missing
         else ""
     )
@@ -918,11 +899,7 @@ def _photon_curve_figure(df: pd.DataFrame) -> str:
     finally:
         plt.close(fig)
     encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
-    more = (
-        f" (the first {_MAX_PHOTON_PANELS} of {len(panels)} FOVs)"
-        if len(panels) > _MAX_PHOTON_PANELS
-        else ""
-    )
+    more = f" (the first {_MAX_PHOTON_PANELS} of {len(panels)} FOVs)" if len(panels) > _MAX_PHOTON_PANELS else ""
     return (
         "\n<h4>Photon calibration</h4>\n<p>Temporal variance against mean signal per FOV "
         "(binned pixels) and the fitted photon transfer line "
@@ -1009,9 +986,7 @@ def table_html(table: pd.DataFrame, *, title: str, empty_note: str) -> str:
         key = key[0] if len(key) == 1 else key
         cells = [f"<td>{html.escape(str(row[c]))}</td>" for c in groups]
         colour = method_colour(str(row["method"]))
-        cells.append(
-            f'<td><span style="color:{colour}">&#9632;</span> {html.escape(str(row["label"]))}</td>'
-        )
+        cells.append(f'<td><span style="color:{colour}">&#9632;</span> {html.escape(str(row["label"]))}</td>')
         pairs = row.get("pairs")
         cells.append(f'<td class="num">{"–" if pairs is None or pd.isna(pairs) else int(pairs)}</td>')
         cells.append(f'<td class="num">{int(row["n"])}</td>')
@@ -1035,9 +1010,7 @@ def hallucination_html(table: pd.DataFrame) -> str:
     title = "Departure of the GAN from the MSE generator beyond the noise level"
     if table.empty:
         return _html_page(title, '<p class="note">No restored test image has both the MSE generator and the GAN.</p>')
-    summary = (
-        table.groupby(["model", "sample"], sort=True)["fraction_flagged"].agg(["mean", "max", "size"]).reset_index()
-    )
+    summary = table.groupby(["model", "sample"], sort=True)["fraction_flagged"].agg(["mean", "max", "size"]).reset_index()
     lines = "".join(
         f"<li>{html.escape(str(r['model']))} · {html.escape(str(r['sample']))}: {100 * r['mean']:.2f} % of pixels "
         f"flagged on average (worst image {100 * r['max']:.2f} %, {int(r['size'])} images)</li>"
@@ -1117,9 +1090,7 @@ def plot_ablation(table: pd.DataFrame, out_png: str | Path) -> Path:
                     mean = float(part[f"{metric}_mean"].iloc[0])
                     if np.isfinite(mean):
                         ax.axhline(mean, color=colour, linestyle="--", linewidth=1.3)
-                        handles.setdefault(
-                            method, Line2D([], [], color=colour, linestyle="--", label=method_label(method))
-                        )
+                        handles.setdefault(method, Line2D([], [], color=colour, linestyle="--", label=method_label(method)))
                     continue
                 part = part[part["pairs"].notna()].sort_values("pairs")
                 x = part["pairs"].to_numpy(dtype=np.float64)
@@ -1332,9 +1303,7 @@ def write_report_figures(
     written.append(plot_metric_boxes(df, out / "ssim_boxes.png", metric="ssim"))
     written.append(plot_example_panels(examples, out / "examples.png", max_rows=example_fovs))
 
-    written.append(
-        plot_hallucination_panels(examples, out / "hallucination.png", k=hallucination_k, max_rows=example_fovs)
-    )
+    written.append(plot_hallucination_panels(examples, out / "hallucination.png", k=hallucination_k, max_rows=example_fovs))
     departures = hallucination_table(restored_paths, k=hallucination_k)
     written.append(write_tsv(departures, out / "hallucination.tsv"))
     written.append(_write_text(hallucination_html(departures), out / "hallucination.html"))
@@ -1363,13 +1332,8 @@ def write_report_figures(
     )
 
     written.append(plot_training_curves(curves, out / "training_curves.png"))
-    fragment = (
-        registration_qc_table(qc_tsv) if qc_tsv is not None else "<p>No registration QC table was given.</p>"
-    )
-    page = (
-        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Registration QC</title></head>\n'
-        f"<body>\n{fragment}\n</body></html>\n"
-    )
+    fragment = registration_qc_table(qc_tsv) if qc_tsv is not None else "<p>No registration QC table was given.</p>"
+    page = f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Registration QC</title></head>\n<body>\n{fragment}\n</body></html>\n'
     written.append(_write_text(page, out / "registration_qc.html"))
     written.append(plot_slide_thumbnails(list(slides), out / "slides.png"))
     return written

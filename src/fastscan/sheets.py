@@ -112,9 +112,7 @@ def _read_tsv(path: str | os.PathLike, *, required: tuple, optional: tuple, dtyp
             try:
                 number = kind(value)
             except ValueError:
-                raise SheetError(
-                    f"sheet {path}, row {i}: column {col!r} must be {kind.__name__}, got {value!r}"
-                ) from None
+                raise SheetError(f"sheet {path}, row {i}: column {col!r} must be {kind.__name__}, got {value!r}") from None
             if col == "channel" and number < 0:
                 raise SheetError(f"sheet {path}, row {i}: column 'channel' must be 0 or more, got {value!r}")
             if kind is float and not (math.isfinite(number) and number > 0):
@@ -131,8 +129,7 @@ def _check_names(df: pd.DataFrame, path: str | os.PathLike, columns: tuple) -> N
                 raise SheetError(f"sheet {path}, row {i}: column {col!r} is empty")
             if not _NAME.fullmatch(value):
                 raise SheetError(
-                    f"sheet {path}, row {i}: column {col!r} is {value!r}; names may only hold letters, digits "
-                    "and _.- and must start with a letter or digit"
+                    f"sheet {path}, row {i}: column {col!r} is {value!r}; names may only hold letters, digits and _.- and must start with a letter or digit"
                 )
 
 

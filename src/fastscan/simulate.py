@@ -165,9 +165,7 @@ def _merge(base: dict[str, Any], overrides: Mapping[str, Any], prefix: str) -> N
             raise ValueError(f"unknown simulation parameter {name!r}; known here: {known}")
         if isinstance(base[key], dict):
             if not isinstance(value, Mapping):
-                raise ValueError(
-                    f"simulation parameter {name!r} must be a mapping, got {type(value).__name__}"
-                )
+                raise ValueError(f"simulation parameter {name!r} must be a mapping, got {type(value).__name__}")
             _merge(base[key], value, f"{name}.")
         else:
             base[key] = copy.deepcopy(value)
@@ -228,9 +226,7 @@ def resolve_params(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]
     params = copy.deepcopy(DEFAULTS)
     if overrides:
         if not isinstance(overrides, Mapping):
-            raise ValueError(
-                f"simulation parameters must be a mapping, got {type(overrides).__name__}"
-            )
+            raise ValueError(f"simulation parameters must be a mapping, got {type(overrides).__name__}")
         _merge(params, overrides, "")
     _number(params, "seed", low=0, integer=True)
     _number(params, "field_of_view_um", low=0, strict_low=True)
@@ -252,26 +248,16 @@ def resolve_params(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]
     _number(params, "detector.offset_du", low=0)
     _number(params, "detector.bits", low=1, high=16, integer=True)
     offset = params["lr"]["offset_um"]
-    if (
-        isinstance(offset, (str, bytes, Mapping))
-        or not hasattr(offset, "__len__")
-        or len(offset) != 2
-    ):
-        raise ValueError(
-            f"simulation parameter 'lr.offset_um' must be [dy, dx] in µm, got {offset!r}"
-        )
+    if isinstance(offset, (str, bytes, Mapping)) or not hasattr(offset, "__len__") or len(offset) != 2:
+        raise ValueError(f"simulation parameter 'lr.offset_um' must be [dy, dx] in µm, got {offset!r}")
     try:
         params["lr"]["offset_um"] = [float(v) for v in offset]
     except (TypeError, ValueError):
-        raise ValueError(
-            f"simulation parameter 'lr.offset_um' must be two numbers, got {offset!r}"
-        ) from None
+        raise ValueError(f"simulation parameter 'lr.offset_um' must be two numbers, got {offset!r}") from None
     if not all(math.isfinite(v) for v in params["lr"]["offset_um"]):
         raise ValueError(f"simulation parameter 'lr.offset_um' must be finite, got {offset!r}")
     # The dwell path of the outermost pixels must stay before the mirror's turning point.
-    _phase_edges(
-        params["lr"]["pixels"], params["lr"]["field_fraction"], params["lr"]["line_phase_px"]
-    )
+    _phase_edges(params["lr"]["pixels"], params["lr"]["field_fraction"], params["lr"]["line_phase_px"])
     return params
 
 
@@ -302,9 +288,7 @@ def _phase_edges(n: int, field_fraction: float, phase_px: float) -> NDArray[np.f
     return edges
 
 
-def resonant_positions(
-    n: int, *, field_fraction: float, phase_px: float = 0.0
-) -> NDArray[np.float64]:
+def resonant_positions(n: int, *, field_fraction: float, phase_px: float = 0.0) -> NDArray[np.float64]:
     """Normalised fast-axis positions of the ``n`` pixels of a resonant line.
 
     Parameters
@@ -335,9 +319,7 @@ def resonant_positions(
     return np.sin(phases) / math.sin(half)
 
 
-def resonant_pixel_coordinates(
-    n: int, *, field_fraction: float, phase_px: float = 0.0
-) -> NDArray[np.float64]:
+def resonant_pixel_coordinates(n: int, *, field_fraction: float, phase_px: float = 0.0) -> NDArray[np.float64]:
     """Where each resonant pixel lands on the nominal linear grid, in nominal pixels.
 
     Parameters
@@ -352,16 +334,10 @@ def resonant_pixel_coordinates(
         ``x[j]`` (physical position ``(x[j] + 0.5) · FOV / n`` µm). ``x[0] = 0`` and
         ``x[-1] = n - 1`` for ``phase_px = 0``.
     """
-    return (
-        0.5
-        * (n - 1)
-        * (1.0 + resonant_positions(n, field_fraction=field_fraction, phase_px=phase_px))
-    )
+    return 0.5 * (n - 1) * (1.0 + resonant_positions(n, field_fraction=field_fraction, phase_px=phase_px))
 
 
-def undistort_x(
-    image: NDArray[Any], *, field_fraction: float, line_phase_px: float = 0.0
-) -> NDArray[np.float32]:
+def undistort_x(image: NDArray[Any], *, field_fraction: float, line_phase_px: float = 0.0) -> NDArray[np.float32]:
     """Resample resonant-scan rows onto the nominal linear grid (a classical unwarp).
 
     Parameters
@@ -397,9 +373,7 @@ def undistort_x(
         left = right - 1
         weight = np.clip((target - source[left]) / (source[right] - source[left]), 0.0, 1.0)
         rows = image[..., parity::2, :].astype(np.float32, copy=False)
-        out[..., parity::2, :] = rows[..., left] * (1.0 - weight).astype(np.float32) + rows[
-            ..., right
-        ] * weight.astype(np.float32)
+        out[..., parity::2, :] = rows[..., left] * (1.0 - weight).astype(np.float32) + rows[..., right] * weight.astype(np.float32)
     return out
 
 
@@ -423,9 +397,7 @@ def _lattice_values(key: int, iy: NDArray[np.int64], ix: NDArray[np.int64]) -> N
     """Unit-variance uniform values at integer lattice points, a pure function of the key."""
     # A hash instead of a stored random array: any window of an unbounded field can be evaluated
     # at any pixel size, so blockwise rendering of slides is seamless.
-    h = (np.asarray(iy, np.int64).view(np.uint64) * _MIX_Y) ^ (
-        np.asarray(ix, np.int64).view(np.uint64) * _MIX_X
-    )
+    h = (np.asarray(iy, np.int64).view(np.uint64) * _MIX_Y) ^ (np.asarray(ix, np.int64).view(np.uint64) * _MIX_X)
     h = h ^ np.uint64(key)
     h = h ^ (h >> np.uint64(30))
     h = h * _SPLITMIX_1
@@ -469,9 +441,7 @@ def _interp_matrix(t: NDArray[np.float64], *, cubic: bool) -> tuple[NDArray[np.f
     return matrix, start
 
 
-def _noise_grid(
-    key: int, spacing: float, ys: NDArray[np.float64], xs: NDArray[np.float64]
-) -> NDArray[np.float32]:
+def _noise_grid(key: int, spacing: float, ys: NDArray[np.float64], xs: NDArray[np.float64]) -> NDArray[np.float32]:
     """Smooth unit-variance noise with correlation length ``spacing`` µm on a separable grid."""
     # Separable B-spline interpolation is two small matrix products, far cheaper than a
     # Gaussian filter of white noise drawn on the fine grid.
@@ -483,9 +453,7 @@ def _noise_grid(
     return ((wy @ values) @ wx.T) * np.float32(_NOISE_GAIN)
 
 
-def _noise_points(
-    key: int, spacing: float, y: NDArray[np.float64], x: NDArray[np.float64]
-) -> NDArray[np.float64]:
+def _noise_points(key: int, spacing: float, y: NDArray[np.float64], x: NDArray[np.float64]) -> NDArray[np.float64]:
     """The field of :func:`_noise_grid` evaluated at scattered points."""
     ty = np.asarray(y, np.float64) / spacing
     tx = np.asarray(x, np.float64) / spacing
@@ -537,9 +505,7 @@ class _Marks:
         parts = [p for p in parts if p.y.size]
         if not parts:
             return cls.empty()
-        return cls(
-            *(np.concatenate([getattr(p, f) for p in parts]) for f in ("y", "x", "sigma", "mass"))
-        )
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("y", "x", "sigma", "mass")))
 
     def subset(self, mask: NDArray[np.bool_]) -> _Marks:
         return _Marks(self.y[mask], self.x[mask], self.sigma[mask], self.mass[mask])
@@ -568,9 +534,7 @@ class _Marks:
         return cls(y, x, sigma, brightness * 2.0 * math.pi * sigma**2)
 
 
-def _upsample_linear(
-    coarse: NDArray[np.float32], *, factor: int, offset: int, shape: tuple[int, int]
-) -> NDArray[np.float32]:
+def _upsample_linear(coarse: NDArray[np.float32], *, factor: int, offset: int, shape: tuple[int, int]) -> NDArray[np.float32]:
     """Linear interpolation from a grid ``factor`` times coarser whose pixel 0 starts ``offset``
     coarse pixels before fine pixel 0."""
     out = coarse
@@ -585,9 +549,7 @@ def _upsample_linear(
     return out
 
 
-def _splat_filtered(
-    marks: _Marks, *, origin: tuple[float, float], shape: tuple[int, int], pixel_size: float
-) -> NDArray[np.float32]:
+def _splat_filtered(marks: _Marks, *, origin: tuple[float, float], shape: tuple[int, int], pixel_size: float) -> NDArray[np.float32]:
     """Marks on one grid: bilinear splat of their mass, then one Gaussian filter per width bin."""
     out = np.zeros(shape, dtype=np.float32)
     sig_px = marks.sigma / pixel_size
@@ -610,12 +572,8 @@ def _splat_filtered(
         sel = bins == b
         f, y1, x1, d = flat[sel], wy[sel], wx[sel], density[sel]
         index = np.concatenate([f, f + 1, f + pw, f + pw + 1])
-        weight = np.concatenate(
-            [d * (1 - y1) * (1 - x1), d * (1 - y1) * x1, d * y1 * (1 - x1), d * y1 * x1]
-        )
-        acc = (
-            np.bincount(index, weights=weight, minlength=ph * pw).astype(np.float32).reshape(ph, pw)
-        )
+        weight = np.concatenate([d * (1 - y1) * (1 - x1), d * (1 - y1) * x1, d * y1 * (1 - x1), d * y1 * x1])
+        acc = np.bincount(index, weights=weight, minlength=ph * pw).astype(np.float32).reshape(ph, pw)
         # The bilinear splat already spreads each mark with a variance of ~1/6 px² per axis.
         sigma_bin = _SIGMA_BIN_RATIO ** float(b)
         sigma_filter = math.sqrt(max(sigma_bin**2 - 1.0 / 6.0, 0.09))
@@ -624,20 +582,13 @@ def _splat_filtered(
     return out
 
 
-def _render_marks(
-    marks: _Marks, *, origin: tuple[float, float], shape: tuple[int, int], pixel_size: float
-) -> NDArray[np.float32]:
+def _render_marks(marks: _Marks, *, origin: tuple[float, float], shape: tuple[int, int], pixel_size: float) -> NDArray[np.float32]:
     out = np.zeros(shape, dtype=np.float32)
     if marks.y.size == 0:
         return out
     oy, ox = origin
     reach = 4.0 * float(marks.sigma.max()) + 2.0 * pixel_size
-    inside = (
-        (marks.y > oy - reach)
-        & (marks.y < oy + shape[0] * pixel_size + reach)
-        & (marks.x > ox - reach)
-        & (marks.x < ox + shape[1] * pixel_size + reach)
-    )
+    inside = (marks.y > oy - reach) & (marks.y < oy + shape[0] * pixel_size + reach) & (marks.x > ox - reach) & (marks.x < ox + shape[1] * pixel_size + reach)
     # Marks at least ~2.5 px wide are smooth on a grid `factor` times coarser: rendering them
     # there and interpolating costs a fraction of filtering the fine grid, for at most ~5 % of
     # extra width.
@@ -693,9 +644,7 @@ def _grow_curves(
     return y0[:, None] + dy, x0[:, None] + dx, theta, valid
 
 
-def _ellipse_radius(
-    y: NDArray[Any], x: NDArray[Any], cy: Any, cx: Any, a: Any, b: Any, angle: Any
-) -> NDArray[Any]:
+def _ellipse_radius(y: NDArray[Any], x: NDArray[Any], cy: Any, cx: Any, a: Any, b: Any, angle: Any) -> NDArray[Any]:
     """Elliptical radius (1 on the outline); ``a`` along ``angle``, ``b`` across."""
     c, s = np.cos(angle), np.sin(angle)
     u = (x - cx) * c + (y - cy) * s
@@ -722,9 +671,7 @@ def _sample_in_ellipses(
     return owner, cy[owner] + u * c - v * s, cx[owner] + u * s + v * c, r
 
 
-def _window_coords(
-    origin: tuple[float, float], shape: tuple[int, int], pixel_size: float
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def _window_coords(origin: tuple[float, float], shape: tuple[int, int], pixel_size: float) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     ys = origin[0] + (np.arange(shape[0]) + 0.5) * pixel_size
     xs = origin[1] + (np.arange(shape[1]) + 0.5) * pixel_size
     return ys, xs
@@ -752,9 +699,7 @@ class _Scene:
 
     extent: tuple[float, float]
 
-    def render(
-        self, *, origin: tuple[float, float], shape: tuple[int, int], pixel_size: float
-    ) -> NDArray[np.float32]:
+    def render(self, *, origin: tuple[float, float], shape: tuple[int, int], pixel_size: float) -> NDArray[np.float32]:
         raise NotImplementedError
 
 
@@ -799,9 +744,7 @@ class _MitochondriaScene(_Scene):
         }
         cells = self.cells
 
-        def allowed(
-            owner: NDArray[np.int64], y: NDArray[np.float64], x: NDArray[np.float64]
-        ) -> NDArray[np.bool_]:
+        def allowed(owner: NDArray[np.int64], y: NDArray[np.float64], x: NDArray[np.float64]) -> NDArray[np.bool_]:
             o = owner if y.ndim == 1 else owner[:, None]
             in_cell = (
                 _ellipse_radius(
@@ -831,9 +774,7 @@ class _MitochondriaScene(_Scene):
 
         area = math.pi * big * small
         density = rng.uniform(0.12, 0.25, k)
-        owner, sy, sx, r = _sample_in_ellipses(
-            rng, rng.poisson(density * area * 1.6), cy, cx, big, small, angle
-        )
+        owner, sy, sx, r = _sample_in_ellipses(rng, rng.poisson(density * area * 1.6), cy, cx, big, small, angle)
         # Perinuclear crowding: fewer seeds towards the cell edge.
         keep = allowed(owner, sy, sx) & (rng.random(owner.size) < 1.0 - 0.55 * r)
         owner, sy, sx = owner[keep], sy[keep], sx[keep]
@@ -841,9 +782,7 @@ class _MitochondriaScene(_Scene):
         heading = radial + rng.normal(0.0, 0.8, owner.size)
         length = np.minimum(1.0 + rng.exponential(3.5, owner.size), 14.0)
         step = 0.1
-        y, x, theta, valid = _grow_curves(
-            rng, sy, sx, heading, length, step=step, curvature_sd=0.35, persistence_um=2.0
-        )
+        y, x, theta, valid = _grow_curves(rng, sy, sx, heading, length, step=step, curvature_sd=0.35, persistence_um=2.0)
         valid &= np.cumprod(allowed(owner, y, x), axis=1).astype(bool)
         width = rng.uniform(0.3, 0.5, owner.size)
         bright = rng.uniform(0.55, 1.0, owner.size)
@@ -875,20 +814,14 @@ class _MitochondriaScene(_Scene):
             rows, cols = np.nonzero(vv)
             py, px = yy[rows, cols], xx[rows, cols]
             # Brightness varies along a tubule (matrix density, membrane potential).
-            modulation = np.clip(
-                0.75 + 0.25 * _noise_points(_subkey(self.key, 1), 1.5, py, px), 0.3, 1.3
-            )
+            modulation = np.clip(0.75 + 0.25 * _noise_points(_subkey(self.key, 1), 1.5, py, px), 0.3, 1.3)
             marks.append(_Marks.lines(py, px, w[rows] * _FWHM_TO_SIGMA, b[rows] * modulation, step))
 
-        p_owner, py, px, _ = _sample_in_ellipses(
-            rng, rng.poisson(0.02 * area), cy, cx, big, small, angle
-        )
+        p_owner, py, px, _ = _sample_in_ellipses(rng, rng.poisson(0.02 * area), cy, cx, big, small, angle)
         keep = allowed(p_owner, py, px)
         py, px = py[keep], px[keep]
         diameter = rng.uniform(0.3, 0.6, py.size)
-        marks.append(
-            _Marks.blobs(py, px, diameter * _FWHM_TO_SIGMA, rng.uniform(0.5, 1.0, py.size))
-        )
+        marks.append(_Marks.blobs(py, px, diameter * _FWHM_TO_SIGMA, rng.uniform(0.5, 1.0, py.size)))
         self.marks = _Marks.concat(marks)
         logger.debug(
             "mitochondria scene: %d cells, %d tubules, %d branches, %d puncta",
@@ -898,9 +831,7 @@ class _MitochondriaScene(_Scene):
             py.size,
         )
 
-    def render(
-        self, *, origin: tuple[float, float], shape: tuple[int, int], pixel_size: float
-    ) -> NDArray[np.float32]:
+    def render(self, *, origin: tuple[float, float], shape: tuple[int, int], pixel_size: float) -> NDArray[np.float32]:
         ys, xs = _window_coords(origin, shape, pixel_size)
         image = np.zeros(shape, dtype=np.float32)
         c = self.cells
@@ -911,12 +842,8 @@ class _MitochondriaScene(_Scene):
             yy = ys[box[0]][:, None]
             xx = xs[box[1]][None, :]
             r = _ellipse_radius(yy, xx, c["cy"][i], c["cx"][i], c["a"][i], c["b"][i], c["angle"][i])
-            rn = _ellipse_radius(
-                yy, xx, c["ny"][i], c["nx"][i], c["na"][i], c["nb"][i], c["nangle"][i]
-            )
-            cytoplasm = _sigmoid((1.0 - r) * c["b"][i] / 0.6) * (
-                1.0 - 0.8 * _sigmoid((1.0 - rn) * c["nb"][i] / 0.3)
-            )
+            rn = _ellipse_radius(yy, xx, c["ny"][i], c["nx"][i], c["na"][i], c["nb"][i], c["nangle"][i])
+            cytoplasm = _sigmoid((1.0 - r) * c["b"][i] / 0.6) * (1.0 - 0.8 * _sigmoid((1.0 - rn) * c["nb"][i] / 0.3))
             image[box] = np.maximum(image[box], c["haze"][i] * cytoplasm)
         image *= np.clip(1.0 + 0.35 * _noise_grid(_subkey(self.key, 2), 2.5, ys, xs), 0.2, None)
         image += _render_marks(self.marks, origin=origin, shape=shape, pixel_size=pixel_size)
@@ -997,9 +924,7 @@ class _TissueScene(_Scene):
             0.6 * epithelial["b"],
             epithelial["angle"],
         )
-        chromo = _Marks.blobs(
-            py, px, rng.uniform(0.15, 0.3, py.size), rng.uniform(0.15, 0.35, py.size)
-        )
+        chromo = _Marks.blobs(py, px, rng.uniform(0.15, 0.3, py.size), rng.uniform(0.15, 0.35, py.size))
 
         n = rng.poisson(area / 120.0)
         fy = rng.uniform(-margin, height + margin, n)
@@ -1013,9 +938,7 @@ class _TissueScene(_Scene):
         # Start half a length back so that a fibre runs through its seed point.
         fy = fy - 0.5 * length * np.sin(heading)
         fx = fx - 0.5 * length * np.cos(heading)
-        y, x, theta, valid = _grow_curves(
-            rng, fy, fx, heading, length, step=step, curvature_sd=0.03, persistence_um=10.0
-        )
+        y, x, theta, valid = _grow_curves(rng, fy, fx, heading, length, step=step, curvature_sd=0.03, persistence_um=10.0)
         # Collagen crimp: a lateral wave along each fibre.
         s = np.arange(y.shape[1]) * step
         amplitude = rng.uniform(0.1, 0.6, f)[:, None]
@@ -1033,13 +956,9 @@ class _TissueScene(_Scene):
         fibres = _Marks.lines(py, px, fwhm[rows] * _FWHM_TO_SIGMA, bright[rows] * fade, step)
         self.fibres = fibres
         self.chromocentres = chromo
-        logger.debug(
-            "tissue scene: %d cells, %d stromal nuclei, %d fibres (%d vertices)", k, m, f, py.size
-        )
+        logger.debug("tissue scene: %d cells, %d stromal nuclei, %d fibres (%d vertices)", k, m, f, py.size)
 
-    def _voronoi(
-        self, tree: cKDTree, ys: NDArray[np.float64], xs: NDArray[np.float64]
-    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    def _voronoi(self, tree: cKDTree, ys: NDArray[np.float64], xs: NDArray[np.float64]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         """Distance to the nearest membrane and to the nearest cell centre, on the window."""
         coarse = 0.5
         gy = np.arange(math.floor(ys[0] / coarse) - 1, math.ceil(ys[-1] / coarse) + 2) * coarse
@@ -1063,33 +982,18 @@ class _TissueScene(_Scene):
 
         return up(bisector), up(dist[:, 0])
 
-    def render(
-        self, *, origin: tuple[float, float], shape: tuple[int, int], pixel_size: float
-    ) -> NDArray[np.float32]:
+    def render(self, *, origin: tuple[float, float], shape: tuple[int, int], pixel_size: float) -> NDArray[np.float32]:
         key = self.key
         ys, xs = _window_coords(origin, shape, pixel_size)
         if self.tree is not None:
             membrane_dist, centre_dist = self._voronoi(self.tree, ys, xs)
             cellness = _sigmoid((0.75 * self._CELL_SPACING - centre_dist) / 1.0)
-            membranes = (
-                0.45
-                * cellness
-                * np.exp(-0.5 * (membrane_dist / 0.22) ** 2)
-                * (0.75 + 0.25 * _noise_grid(_subkey(key, 20), 6.0, ys, xs))
-            )
+            membranes = 0.45 * cellness * np.exp(-0.5 * (membrane_dist / 0.22) ** 2) * (0.75 + 0.25 * _noise_grid(_subkey(key, 20), 6.0, ys, xs))
         else:
             cellness = np.zeros(shape, dtype=np.float32)
             membranes = cellness
-        cytoplasm = cellness * (
-            0.2
-            + 0.05 * _noise_grid(_subkey(key, 21), 2.0, ys, xs)
-            + 0.03 * _noise_grid(_subkey(key, 22), 0.7, ys, xs)
-        )
-        stroma = (1.0 - cellness) * (
-            0.07
-            + 0.035 * _noise_grid(_subkey(key, 23), 3.0, ys, xs)
-            + 0.02 * _noise_grid(_subkey(key, 24), 0.8, ys, xs)
-        )
+        cytoplasm = cellness * (0.2 + 0.05 * _noise_grid(_subkey(key, 21), 2.0, ys, xs) + 0.03 * _noise_grid(_subkey(key, 22), 0.7, ys, xs))
+        stroma = (1.0 - cellness) * (0.07 + 0.035 * _noise_grid(_subkey(key, 23), 3.0, ys, xs) + 0.02 * _noise_grid(_subkey(key, 24), 0.8, ys, xs))
         image = (cytoplasm + stroma + membranes).astype(np.float32)
         image += _render_marks(self.fibres, origin=origin, shape=shape, pixel_size=pixel_size)
 
@@ -1101,22 +1005,16 @@ class _TissueScene(_Scene):
                 continue
             if chromatin is None:
                 # Chromatin texture, evaluated once per window and only if a nucleus is in it.
-                chromatin = 0.6 * _noise_grid(_subkey(key, 25), 0.6, ys, xs) + 0.4 * _noise_grid(
-                    _subkey(key, 26), 0.3, ys, xs
-                )
+                chromatin = 0.6 * _noise_grid(_subkey(key, 25), 0.6, ys, xs) + 0.4 * _noise_grid(_subkey(key, 26), 0.3, ys, xs)
             yy = ys[box[0]][:, None]
             xx = xs[box[1]][None, :]
-            r = _ellipse_radius(
-                yy, xx, nuc["cy"][i], nuc["cx"][i], nuc["a"][i], nuc["b"][i], nuc["angle"][i]
-            )
+            r = _ellipse_radius(yy, xx, nuc["cy"][i], nuc["cx"][i], nuc["a"][i], nuc["b"][i], nuc["angle"][i])
             inside_um = (1.0 - r) * nuc["b"][i]
             mask = _sigmoid(inside_um / 0.12)
             envelope = 1.0 + 0.25 * np.exp(-((inside_um / 0.3) ** 2))
             value = nuc["bright"][i] * np.clip(0.78 + 0.28 * chromatin[box], 0.25, 1.3) * envelope
             image[box] = image[box] * (1.0 - mask) + value * mask
-        image += _render_marks(
-            self.chromocentres, origin=origin, shape=shape, pixel_size=pixel_size
-        )
+        image += _render_marks(self.chromocentres, origin=origin, shape=shape, pixel_size=pixel_size)
         return np.clip(_soft_clip(image), 0.0, 1.0)
 
 
@@ -1128,9 +1026,7 @@ def _build_scene(kind: str, extent: tuple[float, float], rng: np.random.Generato
     raise ValueError(f"unknown specimen kind {kind!r}; choose one of {', '.join(SPECIMENS)}")
 
 
-def render_specimen(
-    kind: str, *, shape: tuple[int, int], pixel_size_um: float, rng: np.random.Generator
-) -> NDArray[np.float32]:
+def render_specimen(kind: str, *, shape: tuple[int, int], pixel_size_um: float, rng: np.random.Generator) -> NDArray[np.float32]:
     """Render a synthetic fluorescent specimen.
 
     Parameters
@@ -1224,9 +1120,7 @@ def _sample_lines(
     yc = np.broadcast_to(yc[..., None], xe.shape)
     # Linear interpolation of the running integral is the exact integral of the raster along x,
     # and linear in y between rows; 'nearest' clamps x to the ends (nothing beyond the specimen).
-    values = ndi.map_coordinates(
-        integral, np.stack([yc.ravel(), xe.ravel()]), order=1, mode="nearest", prefilter=False
-    ).reshape(xe.shape)
+    values = ndi.map_coordinates(integral, np.stack([yc.ravel(), xe.ravel()]), order=1, mode="nearest", prefilter=False).reshape(xe.shape)
     return (np.diff(values, axis=-1) / np.diff(xe, axis=-1)).astype(np.float32)
 
 
@@ -1249,9 +1143,7 @@ def _lr_frame_edges(params: Mapping[str, Any], rows: NDArray[np.int64]) -> NDArr
     return np.where((rows % 2 == 1)[:, None], odd[None, :], even[None, :])
 
 
-def _lr_chunks(
-    specimen: NDArray[Any], params: Mapping[str, Any], shifts_um: NDArray[np.float64]
-) -> Iterator[tuple[int, int, NDArray[np.float32]]]:
+def _lr_chunks(specimen: NDArray[Any], params: Mapping[str, Any], shifts_um: NDArray[np.float64]) -> Iterator[tuple[int, int, NDArray[np.float32]]]:
     ps = params["specimen_pixel_size_um"]
     origin = _specimen_origin(specimen, params)
     integral = _cumsum_x(_blur(specimen, psf_fwhm_um=params["psf_fwhm_um"], pixel_size=ps))
@@ -1265,12 +1157,16 @@ def _lr_chunks(
         # The specimen moved by +shift, so the beam reads it at position - shift.
         sy = shifts_um[t0:t1, 0][:, None]
         sx = shifts_um[t0:t1, 1][:, None, None]
-        yield t0, t1, _sample_lines(
-            integral,
-            rows_um=rows_um[None, :] - sy,
-            edges_um=edges[None, :, :] - sx,
-            origin=origin,
-            pixel_size=ps,
+        yield (
+            t0,
+            t1,
+            _sample_lines(
+                integral,
+                rows_um=rows_um[None, :] - sy,
+                edges_um=edges[None, :, :] - sx,
+                origin=origin,
+                pixel_size=ps,
+            ),
         )
 
 
@@ -1300,11 +1196,7 @@ def lr_signal(
     """
     p = resolve_params(params)
     lr_px, _ = _pixel_sizes(p)
-    drift = (
-        np.zeros((1, 2))
-        if drift_px is None
-        else np.asarray(drift_px, dtype=np.float64).reshape(-1, 2)
-    )
+    drift = np.zeros((1, 2)) if drift_px is None else np.asarray(drift_px, dtype=np.float64).reshape(-1, 2)
     shifts = np.asarray(p["lr"]["offset_um"])[None, :] + drift * lr_px
     n = p["lr"]["pixels"]
     out = np.empty((shifts.shape[0], n, n), dtype=np.float32)
@@ -1313,9 +1205,7 @@ def lr_signal(
     return out
 
 
-def hr_signal(
-    specimen: NDArray[Any], *, params: Mapping[str, Any] | None = None
-) -> NDArray[np.float32]:
+def hr_signal(specimen: NDArray[Any], *, params: Mapping[str, Any] | None = None) -> NDArray[np.float32]:
     """Noise-free HR image: the PSF-blurred specimen integrated over each pixel's area.
 
     Parameters
@@ -1343,9 +1233,7 @@ def hr_signal(
     ex = (edges - origin[1]) / ps
     grid = np.meshgrid(ey, ex, indexing="ij")
     # Summed-area table: the area integral is a difference of four interpolated corners.
-    corner = ndi.map_coordinates(
-        integral, np.stack([g.ravel() for g in grid]), order=1, mode="nearest", prefilter=False
-    ).reshape(n + 1, n + 1)
+    corner = ndi.map_coordinates(integral, np.stack([g.ravel() for g in grid]), order=1, mode="nearest", prefilter=False).reshape(n + 1, n + 1)
     area = np.diff(np.diff(corner, axis=0), axis=1)
     return (area / (np.diff(ey)[:, None] * np.diff(ex)[None, :])).astype(np.float32)
 
@@ -1384,10 +1272,7 @@ def detect(
         ``n ~ Poisson((photons_per_us · signal + dark_counts_per_us) · dwell_us)`` and
         ``read ~ N(0, read_noise_du)``.
     """
-    expected = (
-        np.maximum(np.asarray(signal, dtype=np.float64), 0.0) * detector["photons_per_us"]
-        + detector["dark_counts_per_us"]
-    ) * dwell_us
+    expected = (np.maximum(np.asarray(signal, dtype=np.float64), 0.0) * detector["photons_per_us"] + detector["dark_counts_per_us"]) * dwell_us
     if noise:
         if rng is None:
             raise ValueError("detect(noise=True) needs an rng")
@@ -1435,9 +1320,7 @@ def acquire_hr(
     total = np.zeros(signal.shape, dtype=np.float64)
     frames = p["hr"]["frames_averaged"] if noise else 1
     for _ in range(frames):
-        total += detect(
-            signal, dwell_us=p["hr"]["dwell_us"], detector=p["detector"], rng=rng, noise=noise
-        )
+        total += detect(signal, dwell_us=p["hr"]["dwell_us"], detector=p["detector"], rng=rng, noise=noise)
     return np.rint(total / frames).astype(np.uint16)
 
 
@@ -1492,9 +1375,7 @@ def acquire_lr_series(
     n = lr["pixels"]
     series = np.empty((frames, n, n), dtype=np.uint16)
     for t0, t1, chunk in _lr_chunks(specimen, p, offset[None, :] + drift_um):
-        series[t0:t1] = detect(
-            chunk, dwell_us=lr["dwell_us"], detector=p["detector"], rng=rng, noise=noise
-        )
+        series[t0:t1] = detect(chunk, dwell_us=lr["dwell_us"], detector=p["detector"], rng=rng, noise=noise)
     truth = {
         "drift_px": (drift_um / lr_px).tolist(),
         "line_phase_px": lr["line_phase_px"],
@@ -1507,16 +1388,14 @@ def acquire_lr_series(
         "seed": p["seed"],
         "params": p,
         "conventions": {
-            "coordinates": "pixel k of a linear grid of pitch p covers [k p, (k+1) p) µm "
-            "of the field",
+            "coordinates": "pixel k of a linear grid of pitch p covers [k p, (k+1) p) µm of the field",
             "drift_px": "frame t shows the specimen displaced by +drift_px[t] = [dy, dx] nominal LR "
             "pixels relative to frame 0, on the linear (undistorted) grid",
             "hr_to_lr_shift_px": "every LR frame shows the specimen displaced by this [dy, dx] "
             "(nominal LR pixels) relative to the HR image, in addition to drift_px",
             "line_phase_px": "odd rows are sampled at the mirror phases of display columns "
             "j - line_phase_px: their content appears displaced by +line_phase_px columns",
-            "resonant_x": "display column j shows nominal column (n-1)/2 (1 + sin(phi_j) / "
-            "sin(f pi/2)), phi_j = -f pi/2 + j f pi/(n-1), f = field_fraction",
+            "resonant_x": "display column j shows nominal column (n-1)/2 (1 + sin(phi_j) / sin(f pi/2)), phi_j = -f pi/2 + j f pi/(n-1), f = field_fraction",
         },
     }
     return series, truth
@@ -1567,9 +1446,7 @@ def _ome_metadata(
     return meta
 
 
-def _imwrite_ome(
-    path: Path, data: NDArray[Any], *, metadata: dict[str, Any], tile: tuple[int, int] | None = None
-) -> None:
+def _imwrite_ome(path: Path, data: NDArray[Any], *, metadata: dict[str, Any], tile: tuple[int, int] | None = None) -> None:
     px = metadata["PhysicalSizeX"]
     tifffile.imwrite(
         path,
@@ -1624,9 +1501,7 @@ def write_fov(
     p = resolve_params(params)
     p["seed"] = int(seed)
     if specimen not in SPECIMENS:
-        raise ValueError(
-            f"unknown specimen kind {specimen!r}; choose one of {', '.join(SPECIMENS)}"
-        )
+        raise ValueError(f"unknown specimen kind {specimen!r}; choose one of {', '.join(SPECIMENS)}")
     rng = np.random.default_rng(p["seed"])
     ps = p["specimen_pixel_size_um"]
     # Room for the offset and for the drift's random walk (4 standard deviations at the end).
@@ -1677,12 +1552,9 @@ def write_fov(
                 ),
             ),
         )
-        truth_tmp.write_text(
-            json.dumps(truth, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
+        truth_tmp.write_text(json.dumps(truth, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     logger.info(
-        "simulated %s FOV seed %d: render %.2f s, HR %.2f s, LR %d frames %.2f s, "
-        "write %.2f s -> %s",
+        "simulated %s FOV seed %d: render %.2f s, HR %.2f s, LR %d frames %.2f s, write %.2f s -> %s",
         specimen,
         p["seed"],
         t_render - start,
@@ -1745,9 +1617,7 @@ def write_slide(
     if height < 1 or width < 1:
         raise ValueError(f"shape_px must be positive, got {shape_px}")
     if specimen not in SPECIMENS:
-        raise ValueError(
-            f"unknown specimen kind {specimen!r}; choose one of {', '.join(SPECIMENS)}"
-        )
+        raise ValueError(f"unknown specimen kind {specimen!r}; choose one of {', '.join(SPECIMENS)}")
     rng = np.random.default_rng(p["seed"])
     lr = p["lr"]
     n = lr["pixels"]
@@ -1782,9 +1652,7 @@ def write_slide(
                 origin=(-pad, -pad),
                 pixel_size=ps,
             )
-            image[y0:y1, x0:x1] = detect(
-                signal[:, : x1 - x0], dwell_us=lr["dwell_us"], detector=p["detector"], rng=rng
-            )
+            image[y0:y1, x0:x1] = detect(signal[:, : x1 - x0], dwell_us=lr["dwell_us"], detector=p["detector"], rng=rng)
     info = {
         "shape_px": [height, width],
         "pixel_size_um": lr_px,
@@ -1808,8 +1676,7 @@ def write_slide(
                 name=Path(path).name,
                 uid=_file_uuid(f"slide {height}x{width}", specimen, p),
                 description=(
-                    f"fastscan simulated fast-mode slide: {specimen}, resonant bidirectional "
-                    f"strips of {n} px, dwell {lr['dwell_us']} us, seed {p['seed']}"
+                    f"fastscan simulated fast-mode slide: {specimen}, resonant bidirectional strips of {n} px, dwell {lr['dwell_us']} us, seed {p['seed']}"
                 ),
             ),
         )

@@ -43,6 +43,7 @@ def lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
     x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, 2 * r + 1), groups=c)
     return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, 2 * r + 1, 1), groups=c)
 
+
 #: fastai NormType names this file implements (``model.json``'s ``architecture.norm_type``).
 NORM_TYPES = (None, "Weight", "Spectral", "Batch", "BatchZero", "Instance", "InstanceZero")
 
@@ -98,7 +99,14 @@ def _norm(nf: int, norm_type: str | None) -> nn.Module | None:
 
 
 def conv_layer(
-    ni: int, nf: int, ks: int = 3, *, norm_type: str | None, act: bool = True, bias: bool | None = None, ndim: int = 2,
+    ni: int,
+    nf: int,
+    ks: int = 3,
+    *,
+    norm_type: str | None,
+    act: bool = True,
+    bias: bool | None = None,
+    ndim: int = 2,
     xtra: nn.Module | None = None,
 ) -> nn.Sequential:
     """fastai's ``ConvLayer``: convolution, [norm], [ReLU], [extra], as one ``nn.Sequential``."""
@@ -234,9 +242,7 @@ class DynamicUnet(nn.Module):
     placeholders so that every parameter sits at the index fastai gave it.
     """
 
-    def __init__(
-        self, *, n_in: int, n_out: int, blur: bool, self_attention: bool, norm_type: str | None, y_range: tuple[float, float] | None
-    ) -> None:
+    def __init__(self, *, n_in: int, n_out: int, blur: bool, self_attention: bool, norm_type: str | None, y_range: tuple[float, float] | None) -> None:
         super().__init__()
         encoder = resnet34_body(n_in)
         skip_channels = [64, 64, 128, 256]  # outputs of encoder layers SKIP_LAYERS
@@ -247,9 +253,7 @@ class DynamicUnet(nn.Module):
         n_blocks = len(SKIP_LAYERS)
         for i, x_in in enumerate(reversed(skip_channels)):
             not_final = i != n_blocks - 1
-            block = UnetBlock(
-                up_in, x_in, final_div=not_final, blur=blur, self_attention=self_attention and i == n_blocks - 3, norm_type=norm_type
-            )
+            block = UnetBlock(up_in, x_in, final_div=not_final, blur=blur, self_attention=self_attention and i == n_blocks - 3, norm_type=norm_type)
             layers.append(block)
             up_in = block.out_channels
         layers.append(pixel_shuffle_icnr(up_in, up_in, blur=False, norm_type=norm_type))

@@ -149,7 +149,12 @@ def _epoch_logger(stage: str, rows: list[dict], *, start: int = 0):
             rows.append(row)
             log.info(
                 "%s epoch %d: train_loss %.5f valid_loss %.5f valid_psnr %.2f dB (%.1f s)",
-                stage, row["epoch"], row["train_loss"], row["valid_loss"], row["valid_psnr"], time.time() - self.t0,
+                stage,
+                row["epoch"],
+                row["train_loss"],
+                row["valid_loss"],
+                row["valid_psnr"],
+                time.time() - self.t0,
             )
 
     return EpochLog()
@@ -250,9 +255,7 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _fit_resumable(
-    learn, *, stage: str, epochs: int, lr: float, one_cycle: bool, checkpoint_dir, fingerprint: str
-) -> list[dict]:
+def _fit_resumable(learn, *, stage: str, epochs: int, lr: float, one_cycle: bool, checkpoint_dir, fingerprint: str) -> list[dict]:
     """Fit a single-phase stage with per-epoch checkpoints, resuming a killed run."""
     ckpt_path = Path(checkpoint_dir) / f"{stage}.pth" if checkpoint_dir else None
     ckpt = _resume_state(_load_checkpoint(ckpt_path), fingerprint, ckpt_path)
@@ -336,7 +339,9 @@ def train_generator(
         log.warning(
             "train.generator.sizes %s: the lowres U-Net runs on the LR crop itself, and below %d px its deepest "
             "features are 1 px; it learnt less per hour than on whole %d-px crops (see config/README.md)",
-            gen["sizes"], LOWRES_MIN_SIZE, LOWRES_MIN_SIZE,
+            gen["sizes"],
+            LOWRES_MIN_SIZE,
+            LOWRES_MIN_SIZE,
         )
     ckpt_path = Path(checkpoint_dir) / "mse.pth" if checkpoint_dir else None
     fingerprint = _fingerprint("mse", cfg, seed, meta["normalisation"], meta["dataset"])
@@ -347,7 +352,13 @@ def train_generator(
         if ckpt and (ckpt["phase"] > phase or (ckpt["phase"] == phase and ckpt["epoch"] >= epochs)):
             continue  # finished before the interruption
         dls = make_dataloaders(
-            dataset, size=size, batch_size=cfg["batch_size"], seed=seed, device=device, augment=cfg["augment"], num_workers=cfg["num_workers"],
+            dataset,
+            size=size,
+            batch_size=cfg["batch_size"],
+            seed=seed,
+            device=device,
+            augment=cfg["augment"],
+            num_workers=cfg["num_workers"],
             frames=model_frames(meta),
         )
         if learn is None:
@@ -409,9 +420,7 @@ def _critic_learner(dls, critic, *, lr_wd: float | None = None):
     from fastai.vision.gan import AdaptiveLoss, accuracy_thresh_expand
     from torch import nn
 
-    return Learner(
-        dls, critic, loss_func=AdaptiveLoss(nn.BCEWithLogitsLoss()), metrics=[accuracy_thresh_expand], opt_func=partial(Adam, mom=0.0), wd=lr_wd
-    )
+    return Learner(dls, critic, loss_func=AdaptiveLoss(nn.BCEWithLogitsLoss()), metrics=[accuracy_thresh_expand], opt_func=partial(Adam, mom=0.0), wd=lr_wd)
 
 
 def train_critic(
@@ -449,8 +458,13 @@ def train_critic(
     _quiet(learn)
     fingerprint = _fingerprint("critic", cfg, seed, _file_digest(Path(generator_dir) / "generator.pth"))
     rows = _fit_resumable(
-        learn, stage="critic", epochs=int(cfg["critic"]["epochs"]), lr=float(cfg["critic"]["lr"]), one_cycle=True,
-        checkpoint_dir=checkpoint_dir, fingerprint=fingerprint,
+        learn,
+        stage="critic",
+        epochs=int(cfg["critic"]["epochs"]),
+        lr=float(cfg["critic"]["lr"]),
+        one_cycle=True,
+        checkpoint_dir=checkpoint_dir,
+        fingerprint=fingerprint,
     )
     save_state_dict(critic, out_dir / "critic.pth")
     meta = _base_meta(stage="critic", dataset=dataset, config=cfg, seed=seed, device=device)
@@ -494,7 +508,12 @@ def train_gan(
     critic = build_critic(nf=int(crit_meta["critic"]["nf"]))
     critic.load_state_dict(load_state_dict(Path(critic_dir) / "critic.pth"))
     dls = make_dataloaders(
-        dataset, batch_size=cfg["batch_size"], seed=seed, device=device, augment=cfg["augment"], num_workers=cfg["num_workers"],
+        dataset,
+        batch_size=cfg["batch_size"],
+        seed=seed,
+        device=device,
+        augment=cfg["augment"],
+        num_workers=cfg["num_workers"],
         frames=model_frames(gen_meta),
     )
     learn_gen = _generator_learner(dls, generator, lr_wd=cfg["generator"]["wd"])
@@ -511,12 +530,15 @@ def train_gan(
     )
     accelerations = accelerate(learn, device=device, config=cfg)
     _quiet(learn)
-    fingerprint = _fingerprint(
-        "gan", cfg, seed, _file_digest(Path(generator_dir) / "generator.pth"), _file_digest(Path(critic_dir) / "critic.pth")
-    )
+    fingerprint = _fingerprint("gan", cfg, seed, _file_digest(Path(generator_dir) / "generator.pth"), _file_digest(Path(critic_dir) / "critic.pth"))
     rows = _fit_resumable(
-        learn, stage="gan", epochs=int(gcfg["epochs"]), lr=float(gcfg["lr"]), one_cycle=False,
-        checkpoint_dir=checkpoint_dir, fingerprint=fingerprint,
+        learn,
+        stage="gan",
+        epochs=int(gcfg["epochs"]),
+        lr=float(gcfg["lr"]),
+        one_cycle=False,
+        checkpoint_dir=checkpoint_dir,
+        fingerprint=fingerprint,
     )
     save_state_dict(learn.model.generator, out_dir / "generator.pth")
     save_state_dict(learn.model.critic, out_dir / "critic.pth")

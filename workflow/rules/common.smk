@@ -55,9 +55,7 @@ if SAMPLES.empty and SERIES.empty and SLIDES.empty:
 for _model, _spec in config["models"].items():
     _unknown = sorted(set(_spec["samples"]) - set(SAMPLES["sample"]))
     if _unknown:
-        raise SheetError(
-            f"config models.{_model}.samples names {_unknown}, which {config['samples']} does not have"
-        )
+        raise SheetError(f"config models.{_model}.samples names {_unknown}, which {config['samples']} does not have")
 for _name, _spec in config.get("finetune", {}).items():
     if _spec["model"] not in config["models"]:
         raise SheetError(f"config finetune.{_name}.model is {_spec['model']!r}, not one of config models {sorted(config['models'])}")
@@ -102,10 +100,7 @@ def fov_row(wildcards):
 
 
 def fov_paths(rows, pattern):
-    return [
-        pattern.format(sample=r["sample"], session=r["session"], fov=r["fov"])
-        for _, r in rows.iterrows()
-    ]
+    return [pattern.format(sample=r["sample"], session=r["session"], fov=r["fov"]) for _, r in rows.iterrows()]
 
 
 def get_raw_fov(wildcards):
@@ -136,8 +131,7 @@ def get_specimen(wildcards):
     specimens = config["simulate"]["specimens"]
     if wildcards.sample not in specimens:
         raise SheetError(
-            f"sample {wildcards.sample!r} points at simulated data but config simulate.specimens "
-            f"has no specimen kind for it (known: {sorted(specimens)})"
+            f"sample {wildcards.sample!r} points at simulated data but config simulate.specimens has no specimen kind for it (known: {sorted(specimens)})"
         )
     return specimens[wildcards.sample]
 
@@ -254,11 +248,7 @@ def series_models(row):
 
 
 def get_all_series(wildcards):
-    return [
-        f"results/restore/series/{m}/{r['sample']}/{r['session']}/{r['fov']}.ome.zarr"
-        for _, r in SERIES.iterrows()
-        for m in series_models(r)
-    ]
+    return [f"results/restore/series/{m}/{r['sample']}/{r['session']}/{r['fov']}.ome.zarr" for _, r in SERIES.iterrows() for m in series_models(r)]
 
 
 def get_series_input(wildcards):
@@ -283,10 +273,7 @@ def get_series_params(wildcards):
 
 
 def get_restored_params(wildcards):
-    return [
-        {"restored": f"results/restore/fov/{m}/{s}/{se}/{f}.zarr", "model": m, "sample": s, "session": se, "fov": f}
-        for m, s, se, f in test_fov_models()
-    ]
+    return [{"restored": f"results/restore/fov/{m}/{s}/{se}/{f}.zarr", "model": m, "sample": s, "session": se, "fov": f} for m, s, se, f in test_fov_models()]
 
 
 def get_ablation_metrics(wildcards):

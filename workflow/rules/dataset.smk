@@ -10,13 +10,13 @@ rule build_dataset:
         "logs/dataset/{model}.log",
     benchmark:
         "benchmarks/dataset/{model}.tsv"
-    params:
-        fovs=get_dataset_params,
-        dataset=config["dataset"],
+    conda:
+        "../../envs/fastscan.yaml"
     resources:
         mem_mb=8000,
         runtime=30,
-    conda:
-        "../../envs/fastscan.yaml"
+    params:
+        fovs=get_dataset_params,
+        dataset=config["dataset"],
     script:
         "../scripts/build_dataset.py"

@@ -12,13 +12,13 @@ rule export_model:
         "logs/export/{model}.log",
     benchmark:
         "benchmarks/export/{model}.tsv"
-    params:
-        export=config["export"],
+    conda:
+        "../../envs/fastscan-ml.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=30,
-    conda:
-        "../../envs/fastscan-ml.yaml"
+    params:
+        export=config["export"],
     script:
         "../scripts/export_model.py"

@@ -12,15 +12,15 @@ rule finetune_dataset:
         "logs/finetune/{name}/dataset_n{pairs}.log",
     benchmark:
         "benchmarks/finetune/{name}/dataset_n{pairs}.tsv"
+    conda:
+        "../../envs/fastscan.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=30,
     params:
         fovs=get_finetune_fov_params,
         dataset=config["dataset"],
         seed=config["seed"],
-    resources:
-        mem_mb=8000,
-        runtime=30,
-    conda:
-        "../../envs/fastscan.yaml"
     script:
         "../scripts/subset_dataset.py"
 
@@ -38,17 +38,17 @@ rule finetune:
         "logs/finetune/{name}/n{pairs}.log",
     benchmark:
         "benchmarks/finetune/{name}/n{pairs}.tsv"
-    params:
-        train=get_finetune_train_config,
-        seed=config["seed"],
-        checkpoints="results/finetune/{name}/n{pairs}/checkpoints",
+    conda:
+        "../../envs/fastscan-ml.yaml"
     threads: 8
     resources:
         mem_mb=16000,
         runtime=240,
         gpu=1,
-    conda:
-        "../../envs/fastscan-ml.yaml"
+    params:
+        train=get_finetune_train_config,
+        seed=config["seed"],
+        checkpoints="results/finetune/{name}/n{pairs}/checkpoints",
     script:
         "../scripts/finetune.py"
 
@@ -63,15 +63,15 @@ rule finetune_restore:
         "logs/finetune/{name}/restore/{sample}/{session}/{fov}.log",
     benchmark:
         "benchmarks/finetune/{name}/restore/{sample}/{session}/{fov}.tsv"
-    params:
-        restore=config["restore"],
+    conda:
+        "../../envs/fastscan-ml.yaml"
     threads: 4
     resources:
         mem_mb=8000,
         runtime=60,
         gpu=1,
-    conda:
-        "../../envs/fastscan-ml.yaml"
+    params:
+        restore=config["restore"],
     script:
         "../scripts/restore_models.py"
 
@@ -85,13 +85,13 @@ rule finetune_metrics:
         "logs/finetune/{name}/metrics.log",
     benchmark:
         "benchmarks/finetune/{name}/metrics.tsv"
-    params:
-        stores=get_finetune_restored_params,
+    conda:
+        "../../envs/fastscan.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../../envs/fastscan.yaml"
+    params:
+        stores=get_finetune_restored_params,
     script:
         "../scripts/metrics.py"
 
@@ -105,15 +105,15 @@ rule ablation_dataset:
         "logs/ablation/{model}/dataset_n{pairs}.log",
     benchmark:
         "benchmarks/ablation/{model}/dataset_n{pairs}.tsv"
+    conda:
+        "../../envs/fastscan.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=30,
     params:
         fovs=get_dataset_params,
         dataset=config["dataset"],
         seed=config["seed"],
-    resources:
-        mem_mb=8000,
-        runtime=30,
-    conda:
-        "../../envs/fastscan.yaml"
     script:
         "../scripts/subset_dataset.py"
 
@@ -129,17 +129,17 @@ rule ablation_train:
         "logs/ablation/{model}/n{pairs}.log",
     benchmark:
         "benchmarks/ablation/{model}/n{pairs}.tsv"
-    params:
-        train=config["train"],
-        seed=config["seed"],
-        checkpoints="results/ablation/{model}/n{pairs}/checkpoints",
+    conda:
+        "../../envs/fastscan-ml.yaml"
     threads: 8
     resources:
         mem_mb=16000,
         runtime=1440,
         gpu=1,
-    conda:
-        "../../envs/fastscan-ml.yaml"
+    params:
+        train=config["train"],
+        seed=config["seed"],
+        checkpoints="results/ablation/{model}/n{pairs}/checkpoints",
     script:
         "../scripts/ablation_train.py"
 
@@ -155,15 +155,15 @@ rule ablation_restore:
         "logs/ablation/{model}/n{pairs}/restore/{sample}/{session}/{fov}.log",
     benchmark:
         "benchmarks/ablation/{model}/n{pairs}/restore/{sample}/{session}/{fov}.tsv"
-    params:
-        restore=config["restore"],
+    conda:
+        "../../envs/fastscan-ml.yaml"
     threads: 4
     resources:
         mem_mb=8000,
         runtime=60,
         gpu=1,
-    conda:
-        "../../envs/fastscan-ml.yaml"
+    params:
+        restore=config["restore"],
     script:
         "../scripts/restore_models.py"
 
@@ -177,12 +177,12 @@ rule ablation_metrics:
         "logs/ablation/{model}/metrics.log",
     benchmark:
         "benchmarks/ablation/{model}/metrics.tsv"
-    params:
-        stores=get_ablation_restored_params,
+    conda:
+        "../../envs/fastscan.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../../envs/fastscan.yaml"
+    params:
+        stores=get_ablation_restored_params,
     script:
         "../scripts/metrics.py"

@@ -10,12 +10,12 @@ rule ingest_fov:
         "logs/ingest/{sample}/{session}/{fov}.log",
     benchmark:
         "benchmarks/ingest/{sample}/{session}/{fov}.tsv"
-    params:
-        fov=get_ingest_params,
+    conda:
+        "../../envs/fastscan.yaml"
     resources:
         mem_mb=4000,
         runtime=10,
-    conda:
-        "../../envs/fastscan.yaml"
+    params:
+        fov=get_ingest_params,
     script:
         "../scripts/ingest_fov.py"

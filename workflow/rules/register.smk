@@ -11,13 +11,13 @@ rule register_fov:
         "logs/register/{sample}/{session}/{fov}.log",
     benchmark:
         "benchmarks/register/{sample}/{session}/{fov}.tsv"
-    params:
-        register=config["register"],
+    conda:
+        "../../envs/fastscan.yaml"
     resources:
         mem_mb=4000,
         runtime=20,
-    conda:
-        "../../envs/fastscan.yaml"
+    params:
+        register=config["register"],
     script:
         "../scripts/register_fov.py"
 
@@ -35,10 +35,10 @@ rule registration_qc:
         "logs/qc/registration.log",
     benchmark:
         "benchmarks/qc/registration.tsv"
+    conda:
+        "../../envs/fastscan.yaml"
     resources:
         mem_mb=1000,
         runtime=5,
-    conda:
-        "../../envs/fastscan.yaml"
     script:
         "../scripts/registration_qc.py"

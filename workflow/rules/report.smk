@@ -15,13 +15,13 @@ rule metrics:
         "logs/report/metrics.log",
     benchmark:
         "benchmarks/report/metrics.tsv"
-    params:
-        stores=get_restored_params,
+    conda:
+        "../../envs/fastscan.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../../envs/fastscan.yaml"
+    params:
+        stores=get_restored_params,
     script:
         "../scripts/metrics.py"
 
@@ -137,12 +137,12 @@ rule report:
         "logs/report/figures.log",
     benchmark:
         "benchmarks/report/figures.tsv"
-    params:
-        example_fovs=config["report"]["example_fovs"],
+    conda:
+        "../../envs/fastscan.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../../envs/fastscan.yaml"
+    params:
+        example_fovs=config["report"]["example_fovs"],
     script:
         "../scripts/report_figures.py"

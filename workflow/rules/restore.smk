@@ -15,15 +15,15 @@ rule restore_fov:
         "logs/restore/fov/{model}/{sample}/{session}/{fov}.log",
     benchmark:
         "benchmarks/restore/fov/{model}/{sample}/{session}/{fov}.tsv"
-    params:
-        restore=config["restore"],
+    conda:
+        "../../envs/fastscan-ml.yaml"
     threads: 4
     resources:
         mem_mb=8000,
         runtime=60,
         gpu=1,
-    conda:
-        "../../envs/fastscan-ml.yaml"
+    params:
+        restore=config["restore"],
     script:
         "../scripts/restore_fov.py"
 
@@ -39,16 +39,16 @@ rule restore_slide_plan:
         "logs/restore/slides/{slide}.plan.log",
     benchmark:
         "benchmarks/restore/slides/{slide}.plan.tsv"
-    params:
-        restore=config["restore"],
-        channel=get_slide_channel,
-        store="results/restore/slides/{slide}.ome.zarr",
+    conda:
+        "../../envs/fastscan-ml.yaml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../../envs/fastscan-ml.yaml"
+    params:
+        restore=config["restore"],
+        channel=get_slide_channel,
+        store="results/restore/slides/{slide}.ome.zarr",
     script:
         "../scripts/restore_slide_plan.py"
 
@@ -67,17 +67,17 @@ rule restore_slide_part:
         "benchmarks/restore/slides/{slide}.part{part}.tsv"
     wildcard_constraints:
         part=r"[0-9]+",
-    params:
-        restore=config["restore"],
-        channel=get_slide_channel,
-        store="results/restore/slides/{slide}.ome.zarr",
+    conda:
+        "../../envs/fastscan-ml.yaml"
     threads: 4
     resources:
         mem_mb=8000,
         runtime=240,
         gpu=1,
-    conda:
-        "../../envs/fastscan-ml.yaml"
+    params:
+        restore=config["restore"],
+        channel=get_slide_channel,
+        store="results/restore/slides/{slide}.ome.zarr",
     script:
         "../scripts/restore_slide_part.py"
 
@@ -94,16 +94,16 @@ rule restore_slide:
         "logs/restore/slides/{slide}.log",
     benchmark:
         "benchmarks/restore/slides/{slide}.tsv"
-    params:
-        restore=config["restore"],
-        channel=get_slide_channel,
+    conda:
+        "../../envs/fastscan-ml.yaml"
     threads: 4
     resources:
         mem_mb=8000,
         runtime=240,
         gpu=get_restore_slide_gpu,
-    conda:
-        "../../envs/fastscan-ml.yaml"
+    params:
+        restore=config["restore"],
+        channel=get_slide_channel,
     script:
         "../scripts/restore_slide.py"
 
@@ -118,15 +118,15 @@ rule restore_series:
         "logs/restore/series/{model}/{sample}/{session}/{fov}.log",
     benchmark:
         "benchmarks/restore/series/{model}/{sample}/{session}/{fov}.tsv"
-    params:
-        restore=config["restore"],
-        series=get_series_params,
+    conda:
+        "../../envs/fastscan-ml.yaml"
     threads: 4
     resources:
         mem_mb=8000,
         runtime=120,
         gpu=1,
-    conda:
-        "../../envs/fastscan-ml.yaml"
+    params:
+        restore=config["restore"],
+        series=get_series_params,
     script:
         "../scripts/restore_series.py"

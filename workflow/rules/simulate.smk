@@ -10,15 +10,15 @@ rule simulate_fov:
         "logs/simulate/{sample}/{session}/{fov}.log",
     benchmark:
         "benchmarks/simulate/{sample}/{session}/{fov}.tsv"
+    conda:
+        "../../envs/fastscan.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
     params:
         specimen=get_specimen,
         seed=get_fov_seed,
         sim=config["simulate"]["params"],
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../../envs/fastscan.yaml"
     script:
         "../scripts/simulate_fov.py"
 
@@ -30,14 +30,14 @@ rule simulate_slide:
         "logs/simulate/slides/{slide}.log",
     benchmark:
         "benchmarks/simulate/slides/{slide}.tsv"
+    conda:
+        "../../envs/fastscan.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=10,
     params:
         spec=get_slide_spec,
         seed=config["seed"],
         sim=config["simulate"]["params"],
-    resources:
-        mem_mb=4000,
-        runtime=10,
-    conda:
-        "../../envs/fastscan.yaml"
     script:
         "../scripts/simulate_slide.py"

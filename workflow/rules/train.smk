@@ -12,17 +12,17 @@ rule train_generator:
         "logs/train/{model}/generator.log",
     benchmark:
         "benchmarks/train/{model}/generator.tsv"
-    params:
-        train=config["train"],
-        seed=config["seed"],
-        checkpoints="results/train/{model}/checkpoints",
+    conda:
+        "../../envs/fastscan-ml.yaml"
     threads: 8
     resources:
         mem_mb=16000,
         runtime=720,
         gpu=1,
-    conda:
-        "../../envs/fastscan-ml.yaml"
+    params:
+        train=config["train"],
+        seed=config["seed"],
+        checkpoints="results/train/{model}/checkpoints",
     script:
         "../scripts/train_generator.py"
 
@@ -40,17 +40,17 @@ rule train_critic:
         "logs/train/{model}/critic.log",
     benchmark:
         "benchmarks/train/{model}/critic.tsv"
-    params:
-        train=config["train"],
-        seed=config["seed"],
-        checkpoints="results/train/{model}/checkpoints",
+    conda:
+        "../../envs/fastscan-ml.yaml"
     threads: 8
     resources:
         mem_mb=16000,
         runtime=240,
         gpu=1,
-    conda:
-        "../../envs/fastscan-ml.yaml"
+    params:
+        train=config["train"],
+        seed=config["seed"],
+        checkpoints="results/train/{model}/checkpoints",
     script:
         "../scripts/train_critic.py"
 
@@ -71,16 +71,16 @@ rule train_gan:
         "logs/train/{model}/gan.log",
     benchmark:
         "benchmarks/train/{model}/gan.tsv"
-    params:
-        train=config["train"],
-        seed=config["seed"],
-        checkpoints="results/train/{model}/checkpoints",
+    conda:
+        "../../envs/fastscan-ml.yaml"
     threads: 8
     resources:
         mem_mb=16000,
         runtime=720,
         gpu=1,
-    conda:
-        "../../envs/fastscan-ml.yaml"
+    params:
+        train=config["train"],
+        seed=config["seed"],
+        checkpoints="results/train/{model}/checkpoints",
     script:
         "../scripts/train_gan.py"
