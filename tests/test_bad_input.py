@@ -309,7 +309,7 @@ def test_unreadable_file_simulated(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     """The permission error of an unreadable file, raised by the first read of the reader."""
     import builtins
 
-    import fastscan.io
+    import fastscan.io.sources
 
     lr, hr = _pair(tmp_path / "raw")
     real_open = builtins.open
@@ -319,7 +319,7 @@ def test_unreadable_file_simulated(tmp_path: Path, monkeypatch: pytest.MonkeyPat
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(file))
         return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(fastscan.io, "open", guarded_open, raising=False)
+    monkeypatch.setattr(fastscan.io.sources, "open", guarded_open, raising=False)
     _refused(InputError, _ingest(tmp_path, lr, hr), f"{lr}: cannot be read ([Errno 13] Permission denied", out=_out(tmp_path))
     with pytest.raises(InputError, match=r"cannot be read \(\[Errno 13\] Permission denied"):
         open_slide(lr)
@@ -377,7 +377,7 @@ def test_lr_series_without_frames(tmp_path: Path) -> None:
     refused earlier for its axes), so the check that ingestion runs on the declared and on the
     read frame count is called directly.
     """
-    from fastscan.io import _check_frame_count
+    from fastscan.io.fov_store import _check_frame_count
 
     lr = tmp_path / "lr.ome.tif"
     with pytest.raises(InputError, match="LR series has no frame") as err:
