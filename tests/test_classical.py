@@ -11,13 +11,12 @@ from scipy import ndimage as ndi
 from skimage.metrics import peak_signal_noise_ratio
 from skimage.registration import phase_cross_correlation
 
-from fastscan import baselines, classical, register, simulate
+from fastscan import baselines, classical, register, scan, simulate
 from fastscan.classical import (
     estimate_noise_sigma,
     restore_classical,
-    unwarp_resonant,
-    warp_resonant,
 )
+from fastscan.scan import unwarp_resonant, warp_resonant
 
 FIELD_FRACTION = 0.8
 
@@ -68,7 +67,7 @@ def test_unwarp_matches_undistort_and_forward_model():
     image = _smooth_image((32, 64), seed=2)
     np.testing.assert_array_equal(
         unwarp_resonant(image, field_fraction=0.6),
-        simulate.undistort_x(image, field_fraction=0.6),
+        scan.unwarp_resonant(image, field_fraction=0.6),
     )
     # warp_resonant is the resonant warp of the registration's forward model.
     hr = np.kron(image, np.ones((2, 2), dtype=np.float32))
@@ -107,13 +106,13 @@ def test_unwarp_restores_simulated_geometry(line_phase):
     n = truth.shape[1]
     display = np.interp(
         np.arange(n),
-        simulate.resonant_pixel_coordinates(n, field_fraction=FIELD_FRACTION),
+        scan.nominal_columns(n, field_fraction=FIELD_FRACTION),
         np.arange(n),
     )
     midway_x = np.interp(
         display,
         np.arange(n),
-        simulate.resonant_pixel_coordinates(n, field_fraction=FIELD_FRACTION, phase_px=-0.5 * line_phase),
+        scan.nominal_columns(n, field_fraction=FIELD_FRACTION, phase_px=-0.5 * line_phase),
     )
     coords = np.stack(np.meshgrid(np.arange(n, dtype=np.float64), midway_x, indexing="ij"))
     midway = ndi.map_coordinates(truth, coords, order=3, mode="nearest")

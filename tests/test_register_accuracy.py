@@ -21,6 +21,7 @@ import pytest
 import zarr
 
 from fastscan import register as reg
+from fastscan import scan
 from fastscan.simulate import (
     DEFAULTS,
     acquire_hr,
@@ -203,7 +204,7 @@ def expected_hr_shift_lr_px(result: dict) -> np.ndarray:
     rows, which carry the simulator's geometry. The line phase is ``p`` display columns, and a
     display column is ``h / sin h`` nominal px wide at the centre of the line (h = field
     fraction pi / 2) and narrower towards the ends; the correlation that places the HR
-    averages those widths with the weights of ``_resonant_gain`` (1.12 for a field fraction of
+    averages those widths with the weights of ``scan.resonant_gain`` (1.12 for a field fraction of
     0.8 and its 0.25 taper), so the midway position is ``p / 2 * gain`` nominal px. That
     average assumes content spread along the whole line, which holds for these 102.4 µm
     fields within a few hundredths of a pixel; a sparse specimen concentrated at the ends of the
@@ -212,7 +213,7 @@ def expected_hr_shift_lr_px(result: dict) -> np.ndarray:
     truth = result["truth"]
     _, reference = drift_errors(result)
     n = np.shape(result["lr"])[2]
-    gain = reg._resonant_gain(n, truth["field_fraction"], 0.25)
+    gain = scan.resonant_gain(n, truth["field_fraction"], 0.25)
     midway = np.array([0.0, 0.5 * truth["line_phase_px"] * gain])
     return np.asarray(truth["hr_to_lr_shift_px"]) + reference + midway
 
@@ -337,8 +338,8 @@ def test_nominal_drift_aligns_both_ends_of_resonant_lines():
     frames = lr_signal(sample, params=params, drift_px=planted) * 1000.0
 
     # The geometry helpers invert each other.
-    x = reg._nominal_columns(pixels, ff)
-    np.testing.assert_allclose(reg._display_columns(x, pixels, ff), np.arange(pixels), atol=1e-9)
+    x = scan.nominal_columns(pixels, ff)
+    np.testing.assert_allclose(scan.display_columns(x, pixels, ff), np.arange(pixels), atol=1e-9)
 
     drift = reg.estimate_drift(frames, field_fraction=ff)
     err = drift + planted

@@ -12,6 +12,7 @@ import pytest
 import tifffile
 from skimage.registration import phase_cross_correlation
 
+from fastscan import scan
 from fastscan import simulate as sim
 
 # A 25.6 µm field keeps the default pixel sizes (0.4 µm LR, 0.2 µm HR) at a sixteenth of the work.
@@ -117,7 +118,7 @@ def test_resolve_params_rejects_bad_values(overrides: dict, key: str) -> None:
 @pytest.mark.parametrize("n", [16, 64, 256])
 @pytest.mark.parametrize("field_fraction", [0.3, 0.8, 0.95])
 def test_resonant_positions(n: int, field_fraction: float) -> None:
-    u = sim.resonant_positions(n, field_fraction=field_fraction)
+    u = scan.resonant_positions(n, field_fraction=field_fraction)
     assert u.shape == (n,)
     assert u[0] == pytest.approx(-1.0) and u[-1] == pytest.approx(1.0)
     spacing = np.diff(u)
@@ -133,7 +134,7 @@ def test_resonant_positions(n: int, field_fraction: float) -> None:
 
 
 def test_resonant_pixel_coordinates_approach_linear_grid() -> None:
-    x = sim.resonant_pixel_coordinates(64, field_fraction=1e-4)
+    x = scan.nominal_columns(64, field_fraction=1e-4)
     np.testing.assert_allclose(x, np.arange(64), atol=1e-6)
 
 
@@ -143,10 +144,10 @@ def test_undistort_x_inverts_the_resonant_sampling() -> None:
     def truth(x):
         return np.sin(2 * np.pi * x / 41.0) + 0.3 * np.cos(2 * np.pi * x / 19.0)
 
-    even = truth(sim.resonant_pixel_coordinates(n, field_fraction=ff))
-    odd = truth(sim.resonant_pixel_coordinates(n, field_fraction=ff, phase_px=-phase))
+    even = truth(scan.nominal_columns(n, field_fraction=ff))
+    odd = truth(scan.nominal_columns(n, field_fraction=ff, phase_px=-phase))
     image = np.stack([even, odd] * 4)
-    linear = sim.undistort_x(image, field_fraction=ff, line_phase_px=phase)
+    linear = scan.unwarp_resonant(image, field_fraction=ff, line_phase_px=phase)
     inner = slice(2, n - 2)
     np.testing.assert_allclose(linear[:, inner], np.broadcast_to(truth(np.arange(n)), image.shape)[:, inner], atol=0.02)
 
@@ -235,7 +236,7 @@ def test_drift_in_truth_matches_measured_frame_shifts() -> None:
     assert drift.shape == (4, 2)
     np.testing.assert_array_equal(drift[0], [0.0, 0.0])
     assert np.abs(drift[1:]).max() > 0.2  # large enough to be measured
-    linear = sim.undistort_x(series, field_fraction=truth["field_fraction"], line_phase_px=truth["line_phase_px"])
+    linear = scan.unwarp_resonant(series, field_fraction=truth["field_fraction"], line_phase_px=truth["line_phase_px"])
     for t in range(1, 4):
         # The shift that registers frame t onto frame 0 is minus the displacement of its content.
         # Plain cross-correlation: whitening would lock onto the row-parity pattern that the

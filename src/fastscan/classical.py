@@ -6,7 +6,8 @@ a trained model:
 1. line-phase correction of the bidirectional scan
    (:func:`fastscan.register.correct_line_phase`, split symmetrically between the two scan
    directions);
-2. un-warping of the sinusoidal fast axis onto the uniform nominal grid (:func:`unwarp_resonant`);
+2. un-warping of the sinusoidal fast axis onto the uniform nominal grid
+   (:func:`fastscan.scan.unwarp_resonant`);
 3. denoising (non-local means by default, BM3D when the ``bm3d`` package is installed);
 4. bicubic upsampling to the HR grid (:func:`fastscan.baselines.upsample` with ``order=3``).
 
@@ -30,7 +31,7 @@ between the two scan directions: :func:`fastscan.register.forward_model` shifts 
 ``-line_phase_px / 2`` and odd rows by ``+line_phase_px / 2`` after the resonant warp. Undoing
 exactly that, a symmetric line-phase correction followed by an un-warp with the phase-0 resonant
 coordinates, puts the restored frame on the geometry of the registered HR. Un-warping with the
-true coordinates of each scan direction (``simulate.undistort_x(..., line_phase_px=...)``) would
+true coordinates of each scan direction (``scan.unwarp_resonant(..., line_phase_px=...)``) would
 instead land on the even (forward) lines' geometry, about ``line_phase_px / 2`` centre pixels
 away from the target (0.1-0.5 dB of PSNR lost on simulated frames at the default 0.6 px line
 phase, more for a larger phase or sharper, cleaner data).
@@ -57,8 +58,7 @@ from fastscan.photons import (
     inverse_generalized_anscombe,
 )
 from fastscan.register import correct_line_phase
-from fastscan.register import warp_resonant as _warp_resonant
-from fastscan.simulate import undistort_x
+from fastscan.scan import check_field_fraction, unwarp_resonant
 
 __all__ = [
     "DENOISERS",
@@ -66,8 +66,6 @@ __all__ = [
     "VST_STRENGTH",
     "estimate_noise_sigma",
     "restore_classical",
-    "unwarp_resonant",
-    "warp_resonant",
 ]
 
 logger = logging.getLogger(__name__)
@@ -99,80 +97,6 @@ _NLM_PATCH_DISTANCE: Final[int] = 6
 
 # Median absolute deviation of a standard normal variable.
 _MAD_TO_SIGMA: Final[float] = 1.0 / 0.6744897501960817
-
-
-# --------------------------------------------------------------------------------------------
-# resonant fast axis
-
-
-def _check_field_fraction(field_fraction: float) -> float:
-    ff = float(field_fraction)
-    if not math.isfinite(ff) or not 0.0 <= ff < 1.0:
-        raise ValueError(f"field_fraction must be in [0, 1), got {field_fraction!r}")
-    return ff
-
-
-def unwarp_resonant(image: np.ndarray, *, field_fraction: float) -> np.ndarray:
-    """Resample resonant display columns onto the uniform nominal grid.
-
-    Parameters
-    ----------
-    image : (..., Y, X) ndarray
-        Frames in display order whose rows all share the phase-0 resonant geometry, i.e. after a
-        symmetric line-phase correction (see the module notes).
-    field_fraction : float
-        Fraction of the mirror's half-period used for pixels (the registration's fitted
-        ``field_fraction``); 0 is a linear scan and returns the input unchanged.
-
-    Returns
-    -------
-    linear : (..., Y, X) ndarray of float32
-        For each nominal column ``x``, the row linearly interpolated at the display position
-        where ``x`` lands (the inverse of
-        :func:`fastscan.simulate.resonant_pixel_coordinates`).
-
-    Notes
-    -----
-    This is :func:`fastscan.simulate.undistort_x` with no line phase: one implementation of the
-    resonant geometry for the simulator and the cascade. Linear interpolation is kept rather
-    than a cubic spline: on simulated noisy frames it scores 0.05-0.3 dB higher after the
-    cascade, because it averages neighbouring samples where the centre is sparsely sampled.
-    """
-    ff = _check_field_fraction(field_fraction)
-    image = np.asarray(image)
-    if image.ndim < 2:
-        raise ValueError(f"image must be (..., Y, X), got shape {image.shape}")
-    if ff == 0.0:
-        return image.astype(np.float32, copy=True)
-    return undistort_x(image, field_fraction=ff, line_phase_px=0.0)
-
-
-def warp_resonant(image: np.ndarray, *, field_fraction: float) -> np.ndarray:
-    """Resample rows on the uniform nominal grid into resonant display columns.
-
-    The inverse of :func:`unwarp_resonant` and the warp of
-    :func:`fastscan.register.forward_model`: display column ``j`` shows the nominal column
-    :func:`fastscan.simulate.resonant_pixel_coordinates` gives, linearly interpolated.
-
-    Parameters
-    ----------
-    image : (..., Y, X) ndarray
-        Rows on the nominal linear grid.
-    field_fraction : float
-        As for :func:`unwarp_resonant`.
-
-    Returns
-    -------
-    warped : (..., Y, X) ndarray of float32
-        Stretched towards the left and right borders, as a resonant scan displays it.
-    """
-    ff = _check_field_fraction(field_fraction)
-    image = np.asarray(image)
-    if image.ndim < 2:
-        raise ValueError(f"image must be (..., Y, X), got shape {image.shape}")
-    if ff == 0.0:
-        return image.astype(np.float32, copy=True)
-    return _warp_resonant(image, field_fraction=ff).astype(np.float32, copy=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -379,7 +303,7 @@ def restore_classical(
         raise ValueError(f"denoise must be one of {list(DENOISERS)}, got {denoise!r}")
     if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
         raise ValueError(f"scale must be a positive integer, got {scale!r}")
-    ff = _check_field_fraction(field_fraction)
+    ff = check_field_fraction(field_fraction)
     if not math.isfinite(float(line_phase_px)):
         raise ValueError(f"line_phase_px must be finite, got {line_phase_px!r}")
     vst = _vst_parameters(calibration, normalisation) if denoise != "none" else None

@@ -6,7 +6,8 @@ every FOV: the line phase between forward and backward lines, and the sinusoidal
 A U-Net trained on tiles cannot: it is translation-equivariant and a tile does not know where in
 the field it was cut, while the resonant stretch depends on exactly that (the centre of a line is
 sampled twice as densely as its ends at field fraction 0.8). Undoing the fitted scan model first
-(:func:`correct_frames`, the geometric half of the classical cascade) leaves the network the part
+(:func:`correct_frames`, the geometric half of the classical cascade, with the scan model of
+:mod:`fastscan.scan`) leaves the network the part
 it can learn from tiles, denoising and super-resolution, and makes the restored frame land on the
 geometry of the HR target everywhere in the field.
 
@@ -28,6 +29,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from fastscan.scan import unwarp_resonant
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,6 @@ def correct_frames(frames: np.ndarray, *, line_phase_px: float, field_fraction: 
         On the nominal linear grid, midway between both scan directions: the geometry of the
         registered HR target (see :mod:`fastscan.classical` for why the correction is symmetric).
     """
-    from fastscan.classical import unwarp_resonant
     from fastscan.register import correct_line_phase
 
     arr = np.asarray(frames, dtype=np.float32)

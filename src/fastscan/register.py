@@ -41,6 +41,7 @@ from skimage.registration import phase_cross_correlation
 
 from fastscan.atomic import atomic_path
 from fastscan.photons import PhotonCalibration, calibrate_series, curve_to_text
+from fastscan.scan import display_columns, nominal_columns, resonant_gain, warp_resonant
 
 __all__ = [
     "BLUR_SIGMAS",
@@ -247,76 +248,7 @@ def _as_frames(frames: np.ndarray, name: str = "frames") -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# resonant scan geometry
-
-
-def _nominal_columns(n: int, field_fraction: float) -> np.ndarray:
-    """Nominal (linear-grid) column shown by each display column of a resonant line, ``(n,)``.
-
-    The convention of :func:`fastscan.simulate.resonant_pixel_coordinates`; the identity for a
-    linear scan (``field_fraction`` 0).
-    """
-    if not field_fraction:
-        return np.arange(n, dtype=np.float64)
-    from fastscan.simulate import resonant_pixel_coordinates
-
-    return resonant_pixel_coordinates(n, field_fraction=field_fraction)
-
-
-def warp_resonant(image: np.ndarray, *, field_fraction: float) -> np.ndarray:
-    """Resample rows on the uniform nominal grid into resonant display columns.
-
-    Display column ``j`` shows nominal column :func:`_nominal_columns` ``[j]``, linearly
-    interpolated; every row shares the weights. Float64 input stays float64, anything else
-    becomes float32.
-    """
-    image = np.asarray(image)
-    dtype = np.float64 if image.dtype == np.float64 else np.float32
-    n = image.shape[-1]
-    source = _nominal_columns(n, field_fraction)
-    left = np.clip(np.floor(source).astype(np.int64), 0, n - 2)
-    weight = (source - left).astype(dtype)
-    rows = image.astype(dtype, copy=False)
-    return rows[..., left] * (1 - weight) + rows[..., left + 1] * weight
-
-
-def _display_columns(x: np.ndarray, n: int, field_fraction: float) -> np.ndarray:
-    """Inverse of :func:`_nominal_columns`: the fractional display column of nominal column ``x``.
-
-    Display column ``j`` is sampled at the mirror phase ``phi_j = -h + j 2h / (n - 1)``,
-    ``h = field_fraction pi / 2``, and shows nominal column ``(n - 1) / 2 (1 + sin phi_j / sin h)``.
-    Positions beyond the mirror's turning points are clipped to them.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    if not field_fraction:
-        return x.copy()
-    half = 0.5 * math.pi * field_fraction
-    u = np.clip((2.0 * x / (n - 1) - 1.0) * math.sin(half), -1.0, 1.0)
-    return (np.arcsin(u) + half) * ((n - 1) / (2.0 * half))
-
-
-def _resonant_gain(n: int, field_fraction: float, taper: float) -> float:
-    """Nominal pixels per display pixel of a rigid x shift measured on resonant frames.
-
-    Content displaced by ``d`` nominal pixels moves by ``d / s_j`` display pixels in display
-    column ``j``, where ``s_j`` is the local width of that column in nominal pixels
-    (``h / sin h`` at the centre of the line, ``h cos h / sin h`` at its ends). A
-    cross-correlation weights each column by its gradient energy, which scales as ``s_j**2`` for
-    content with the same spectrum everywhere on the nominal grid, times the squared taper
-    ``w_j**2`` of both images; its peak is therefore at about ``d sum(s w**2) / sum(s**2 w**2)``
-    display pixels, and the nominal shift is the measured one times the returned
-    ``sum(s**2 w**2) / sum(s w**2)`` (1.12 for ``field_fraction`` 0.8 and a 0.25 taper, against
-    ``h / sin h`` = 1.32 at the centre alone). The estimators iterate on the residual of
-    already aligned images, whose fixed point does not depend on this factor: it only sets how
-    fast they converge. 1 for a linear scan.
-    """
-    if not field_fraction or n < 2:
-        return 1.0
-    half = 0.5 * math.pi * field_fraction
-    phi = np.linspace(-half, half, n)
-    width = half * np.cos(phi) / math.sin(half)
-    weight = np.ones(n) if taper <= 0 else windows.tukey(n, taper) ** 2
-    return float(np.sum(width**2 * weight) / np.sum(width * weight))
+# shifting resonant frames (scan model: fastscan.scan)
 
 
 def _reflect_index(index: np.ndarray, n: int) -> np.ndarray:
@@ -372,14 +304,14 @@ def _shift_resonant(
     n = frame.shape[-1]
     if not dx:
         return _shift_array(frame, [dy, 0.0], method=method, order=order, mode=mode)
-    source = _display_columns(_nominal_columns(n, field_fraction) - dx, n, field_fraction)
+    source = display_columns(nominal_columns(n, field_fraction) - dx, n, field_fraction)
     if method == "spline":
         rows = np.arange(frame.shape[0], dtype=np.float64) - dy
         coords = np.stack(np.meshgrid(rows, source, indexing="ij"))
         return ndimage.map_coordinates(frame, coords, order=order, mode=mode, prefilter=order > 1).astype(frame.dtype, copy=False)
     _check_choice("method", method, ("fourier", "spline"))
     centre = 0.5 * (n - 1)
-    centre_shift = centre - float(_display_columns(np.array(centre - dx), n, field_fraction))
+    centre_shift = centre - float(display_columns(np.array(centre - dx), n, field_fraction))
     base = _shift_array(frame, [dy, centre_shift], method="fourier")
     # base[j] = frame[j - centre_shift], so frame[source_j] = base[source_j + centre_shift].
     return _resample_columns(base, source + centre_shift)
@@ -671,7 +603,7 @@ def estimate_drift(
     average over the line (about 0.9 times the displacement for a field fraction of 0.8, and
     not that of the centre, 0.76) and leaves the ends misaligned by a third of the displacement.
     With ``field_fraction`` each pass measures the rigid residual of frames aligned by the
-    model-based shift and converts it to nominal pixels (:func:`_resonant_gain`); the passes
+    model-based shift and converts it to nominal pixels (:func:`fastscan.scan.resonant_gain`); the passes
     converge to the displacement that aligns the frames at every column.
 
     References
@@ -690,7 +622,7 @@ def estimate_drift(
     if smooth_sigma > 0:
         smoothed = ndimage.gaussian_filter(smoothed, (0, smooth_sigma, smooth_sigma), mode="reflect")
     window = _taper(frames.shape[1:], taper)
-    gain = np.array([1.0, _resonant_gain(frames.shape[2], field_fraction, taper)])
+    gain = np.array([1.0, resonant_gain(frames.shape[2], field_fraction, taper)])
 
     drift = np.zeros((frames.shape[0], 2), dtype=np.float64)
     if initial is not None:
@@ -751,7 +683,7 @@ def forward_model(
     field_fraction : float, optional
         Fraction of the resonant half-period used for imaging. Display column ``j`` of a
         resonant scan shows the nominal column
-        :func:`fastscan.simulate.resonant_pixel_coordinates` gives (wide pixels at the centre,
+        :func:`fastscan.scan.nominal_columns` gives (wide pixels at the centre,
         compressed at the edges); 0 means a linear scan.
 
     Returns
@@ -789,7 +721,7 @@ def _edge_columns(shift_px: float, n: int, field_fraction: float) -> int:
 
     The ends of a resonant line are compressed, so a shift covers more display columns there.
     """
-    return int(math.ceil(float(_display_columns(np.array(abs(shift_px)), n, field_fraction))))
+    return int(math.ceil(float(display_columns(np.array(abs(shift_px)), n, field_fraction))))
 
 
 def _check_hr_lr_shapes(hr: np.ndarray, lr_mean: np.ndarray, scale: int) -> None:
@@ -820,8 +752,8 @@ def _align_hr(
     HR image moved by it (else ``None``).
     """
     # A shift measured in resonant display columns is an average over the line of a shift that
-    # varies along it; _resonant_gain converts it to nominal pixels and iterating removes the rest.
-    gain = scale * np.array([1.0, _resonant_gain(ref_f.shape[1], field_fraction, taper)])
+    # varies along it; resonant_gain converts it to nominal pixels and iterating removes the rest.
+    gain = scale * np.array([1.0, resonant_gain(ref_f.shape[1], field_fraction, taper)])
     hr_shift = np.array(start, dtype=np.float64)
     for _ in range(iterations):
         # As in estimate_drift: measuring the residual of the already moved HR removes the
@@ -1395,7 +1327,7 @@ def register_fov(
             fit.evidence,
         )
     ny, nx = lr_mean.shape
-    gain = _resonant_gain(nx, field_fraction, 0.25)
+    gain = resonant_gain(nx, field_fraction, 0.25)
     drift = rigid * [1.0, gain]
     if iterations > 1 and not single:
         drift = estimate_drift(

@@ -24,30 +24,20 @@ margin that drift and offsets need.
 
 The resonant axis
 -----------------
-The fast mirror follows ``x(t) ∝ sin(ωt)``. Pixels are clocked at uniform time steps over the
-central ``field_fraction`` of each half-period: pixel ``j`` of an ``n``-pixel line is taken at the
-phase ``φ_j`` uniformly spaced in ``[-field_fraction π/2, +field_fraction π/2]`` and lands at the
-normalised position ``u_j = sin(φ_j) / sin(field_fraction π/2)`` (see :func:`resonant_positions`).
-``u = -1`` and ``u = +1`` are the centres of the first and last pixels of the nominal linear grid
-(``FOV / n`` µm per pixel), i.e. the sample lands at nominal pixel coordinate
-``(n - 1) / 2 · (1 + u_j)``; for ``field_fraction → 0`` the mapping becomes the identity.
-Pixels are therefore wider than nominal at the centre (by ``(fπ/2) / sin(fπ/2)``, 1.32 for
-``f = 0.8``) and compressed towards the edges; displayed on a uniform grid, structures are
-stretched towards the left and right borders. :func:`undistort_x` resamples rows back onto the
+LR frames are sampled with the scan model of :mod:`fastscan.scan` (the mirror's sinusoidal
+velocity, the field fraction, display and nominal columns, the line phase and its sign): display
+column ``j`` of an ``n``-pixel line shows nominal column
+:func:`fastscan.scan.nominal_columns` ``[j]``, and the odd (backward) rows are sampled at the
+phases of display column ``j - line_phase_px``, so their content appears displaced by
+``+line_phase_px`` columns. :func:`fastscan.scan.unwarp_resonant` resamples rows back onto the
 linear grid.
 
 Each pixel integrates the specimen along the path the beam travels during its dwell, between the
-phases ``φ_j ± Δφ / 2``. The integral is exact for the piecewise-constant specimen raster (it is
-taken from a cumulative sum along x), equivalent to sub-sampling the path infinitely finely; the
-beam speed changes by less than 3 % within one dwell for ``n = 256`` and ``f = 0.8``, so weighting
-by distance instead of by time makes no visible difference.
-
-Even lines are scanned left to right, odd lines right to left and written back in display order.
-The line phase is a timing error of the backward lines: odd rows are sampled at the phases of
-display column ``j - line_phase_px``, so the content of an odd row appears displaced by
-``+line_phase_px`` columns (towards +x) relative to the even rows, uniformly along the row in
-pixel units; at the line centre that is ``line_phase_px`` centre-pixel spacings. This is the sign
-that :func:`fastscan.register.estimate_line_phase` returns.
+phases ``φ_j ± Δφ / 2`` (:func:`fastscan.scan.dwell_phases`). The integral is exact for the
+piecewise-constant specimen raster (it is taken from a cumulative sum along x), equivalent to
+sub-sampling the path infinitely finely; the beam speed changes by less than 3 % within one dwell
+for ``n = 256`` and ``f = 0.8``, so weighting by distance instead of by time makes no visible
+difference.
 
 Drift and offsets
 -----------------
@@ -83,6 +73,7 @@ from scipy import signal as sp_signal
 from scipy.spatial import cKDTree
 
 from fastscan.atomic import atomic_path
+from fastscan.scan import dwell_phases, row_phases_px
 
 logger = logging.getLogger(__name__)
 
@@ -96,9 +87,6 @@ __all__ = [
     "lr_signal",
     "render_specimen",
     "resolve_params",
-    "resonant_pixel_coordinates",
-    "resonant_positions",
-    "undistort_x",
     "write_fov",
     "write_slide",
 ]
@@ -257,124 +245,13 @@ def resolve_params(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]
     if not all(math.isfinite(v) for v in params["lr"]["offset_um"]):
         raise ValueError(f"simulation parameter 'lr.offset_um' must be finite, got {offset!r}")
     # The dwell path of the outermost pixels must stay before the mirror's turning point.
-    _phase_edges(params["lr"]["pixels"], params["lr"]["field_fraction"], params["lr"]["line_phase_px"])
+    dwell_phases(params["lr"]["pixels"], params["lr"]["field_fraction"], params["lr"]["line_phase_px"])
     return params
 
 
 def _pixel_sizes(params: Mapping[str, Any]) -> tuple[float, float]:
     fov = params["field_of_view_um"]
     return fov / params["lr"]["pixels"], fov / params["hr"]["pixels"]
-
-
-# --------------------------------------------------------------------------------------------
-# resonant scan geometry
-
-
-def _phase_step(n: int, field_fraction: float) -> float:
-    return field_fraction * math.pi / (n - 1)
-
-
-def _phase_edges(n: int, field_fraction: float, phase_px: float) -> NDArray[np.float64]:
-    """Mirror phases at the start and end of each dwell, ``(n + 1,)``, for one line."""
-    step = _phase_step(n, field_fraction)
-    half = 0.5 * field_fraction * math.pi
-    edges = -half + step * (np.arange(n + 1, dtype=np.float64) - 0.5 + phase_px)
-    if np.abs(edges).max() >= 0.5 * math.pi:
-        raise ValueError(
-            f"the dwell of the outermost resonant pixels reaches the mirror's turning point "
-            f"(lr.pixels={n}, lr.field_fraction={field_fraction}, lr.line_phase_px={phase_px}); "
-            "reduce lr.field_fraction or |lr.line_phase_px|"
-        )
-    return edges
-
-
-def resonant_positions(n: int, *, field_fraction: float, phase_px: float = 0.0) -> NDArray[np.float64]:
-    """Normalised fast-axis positions of the ``n`` pixels of a resonant line.
-
-    Parameters
-    ----------
-    n : int
-        Pixels per line (at least 2).
-    field_fraction : float
-        Fraction of the mirror's half-period used for pixels, in ``(0, 1)``.
-    phase_px : float, optional
-        Timing offset of the pixel clock, in pixel periods: the pixels are taken at the phases of
-        columns ``j + phase_px``. The odd rows of an LR frame use ``-line_phase_px``.
-
-    Returns
-    -------
-    u : (n,) ndarray of float64
-        ``sin(φ_j) / sin(field_fraction π / 2)`` with ``φ_j`` uniformly spaced in
-        ``[-field_fraction π/2, +field_fraction π/2]``: increasing, odd-symmetric, ``u[0] = -1``
-        and ``u[-1] = 1`` for ``phase_px = 0``, and spaced more widely at the centre than at the
-        edges. ``u = ±1`` are the centres of the outermost pixels of the nominal linear grid; see
-        :func:`resonant_pixel_coordinates`.
-    """
-    if n < 2:
-        raise ValueError(f"a resonant line needs at least 2 pixels, got n={n}")
-    if not 0.0 < field_fraction < 1.0:
-        raise ValueError(f"field_fraction must be in (0, 1), got {field_fraction}")
-    half = 0.5 * field_fraction * math.pi
-    phases = np.linspace(-half, half, n) + phase_px * _phase_step(n, field_fraction)
-    return np.sin(phases) / math.sin(half)
-
-
-def resonant_pixel_coordinates(n: int, *, field_fraction: float, phase_px: float = 0.0) -> NDArray[np.float64]:
-    """Where each resonant pixel lands on the nominal linear grid, in nominal pixels.
-
-    Parameters
-    ----------
-    n, field_fraction, phase_px
-        As for :func:`resonant_positions`.
-
-    Returns
-    -------
-    x : (n,) ndarray of float64
-        ``(n - 1) / 2 · (1 + u)``: display column ``j`` shows the specimen at nominal column
-        ``x[j]`` (physical position ``(x[j] + 0.5) · FOV / n`` µm). ``x[0] = 0`` and
-        ``x[-1] = n - 1`` for ``phase_px = 0``.
-    """
-    return 0.5 * (n - 1) * (1.0 + resonant_positions(n, field_fraction=field_fraction, phase_px=phase_px))
-
-
-def undistort_x(image: NDArray[Any], *, field_fraction: float, line_phase_px: float = 0.0) -> NDArray[np.float32]:
-    """Resample resonant-scan rows onto the nominal linear grid (a classical unwarp).
-
-    Parameters
-    ----------
-    image : (..., Y, X) ndarray
-        Frames as displayed by the acquisition software, row 0 of each frame an even line.
-    field_fraction : float
-        ``lr.field_fraction`` of the acquisition.
-    line_phase_px : float, optional
-        Line phase of the odd rows (the ``truth["line_phase_px"]`` convention); 0 leaves the odd
-        rows on the even rows' positions.
-
-    Returns
-    -------
-    linear : (..., Y, X) ndarray of float32
-        Rows linearly interpolated at the nominal columns ``0 .. X - 1``; columns beyond the
-        sampled span (only with a line phase) repeat the outermost sample.
-
-    Notes
-    -----
-    Linear interpolation between irregular samples; the edges, sampled densely, lose nothing,
-    while the centre, sampled more sparsely than nominal, cannot gain resolution.
-    """
-    image = np.asarray(image)
-    if image.ndim < 2:
-        raise ValueError(f"image must be (..., Y, X), got shape {image.shape}")
-    n = image.shape[-1]
-    out = np.empty(image.shape, dtype=np.float32)
-    target = np.arange(n, dtype=np.float64)
-    for parity, phase in ((0, 0.0), (1, -line_phase_px)):
-        source = resonant_pixel_coordinates(n, field_fraction=field_fraction, phase_px=phase)
-        right = np.clip(np.searchsorted(source, target), 1, n - 1)
-        left = right - 1
-        weight = np.clip((target - source[left]) / (source[right] - source[left]), 0.0, 1.0)
-        rows = image[..., parity::2, :].astype(np.float32, copy=False)
-        out[..., parity::2, :] = rows[..., left] * (1.0 - weight).astype(np.float32) + rows[..., right] * weight.astype(np.float32)
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -1129,17 +1006,18 @@ def _lr_edges_um(params: Mapping[str, Any], phase_px: float) -> NDArray[np.float
     lr = params["lr"]
     n = lr["pixels"]
     lr_px = params["field_of_view_um"] / n
-    phases = _phase_edges(n, lr["field_fraction"], phase_px)
+    phases = dwell_phases(n, lr["field_fraction"], phase_px)
     u = np.sin(phases) / math.sin(0.5 * lr["field_fraction"] * math.pi)
     return (0.5 * (n - 1) * (1.0 + u) + 0.5) * lr_px
 
 
 def _lr_frame_edges(params: Mapping[str, Any], rows: NDArray[np.int64]) -> NDArray[np.float64]:
     """Dwell boundaries for the given (global) row indices, ``(len(rows), n + 1)``."""
-    even = _lr_edges_um(params, 0.0)
     # Timing error of the backward lines: their samples are taken at the phases of columns
     # j - line_phase, which displaces their content by +line_phase columns.
-    odd = _lr_edges_um(params, -params["lr"]["line_phase_px"])
+    even_phase, odd_phase = row_phases_px(params["lr"]["line_phase_px"])
+    even = _lr_edges_um(params, even_phase)
+    odd = _lr_edges_um(params, odd_phase)
     return np.where((rows % 2 == 1)[:, None], odd[None, :], even[None, :])
 
 
