@@ -267,9 +267,7 @@ def ingest_fov(
     if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
         raise InputError(f"scale must be a positive integer, got {scale!r}")
     out = Path(out)
-    for src in (lr, hr):
-        if not _is_glob(src) and Path(src).exists() and Path(src).resolve() == out.resolve():
-            raise InputError(f"{out}: output path is the input file itself; choose another `out`")
+    _check_out_is_not_input(out, lr, hr)
 
     lr_ch, hr_ch = _plan_reads(lr, hr, channel)
     lr_data, lr_meta = _read_series(lr, channel=lr_ch, role=_Role("LR series"))
@@ -277,41 +275,11 @@ def ingest_fov(
     # Backstop for a header the probe could not read: the counts the reads found.
     _resolve_channels(lr, hr, _counted(lr_meta), _counted(hr_meta), channel)
 
-    _check_frame_count(lr, lr_data.shape[0])
-    expected = (lr_data.shape[1] * scale, lr_data.shape[2] * scale)
-    if hr_data.shape != expected:
-        raise InputError(
-            f"{hr}: HR image is {hr_data.shape[0]}x{hr_data.shape[1]} but the LR frames of "
-            f"{lr} are {lr_data.shape[1]}x{lr_data.shape[2]}; with scale={scale} the HR must be "
-            f"{expected[0]}x{expected[1]}"
-        )
-    _check_values(lr_data, lr, "LR series")
-    _check_values(hr_data, hr, "HR image")
-
+    _check_pair(lr, hr, lr_data, hr_data, scale)
     lr_px = _resolve_pixel_size(lr_meta, lr_pixel_size_um, path=lr, column="lr_pixel_size_um")
     hr_px = _resolve_pixel_size(hr_meta, hr_pixel_size_um, path=hr, column="hr_pixel_size_um")
-    ratio = [a / b for a, b in zip(lr_px, hr_px, strict=True)]
-    if any(abs(r - scale) / scale > 0.05 for r in ratio):
-        logger.warning(
-            "%s / %s: pixel sizes %s and %s um give a ratio of %s, not the scale %d",
-            lr,
-            hr,
-            lr_px,
-            hr_px,
-            [round(r, 3) for r in ratio],
-            scale,
-        )
-
-    sources: dict[str, Any] = {}
-    for role, path, meta in (("lr", lr, lr_meta), ("hr", hr, hr_meta)):
-        digest, files = _source_sha256(path, meta)
-        entry = dict(meta)
-        entry["path"] = os.fspath(path)
-        entry["channel_read"] = lr_ch if role == "lr" else hr_ch
-        entry["sha256"] = digest
-        if files is not None and "files" not in entry:  # a glob already lists its frames
-            entry["sha256_files"] = files
-        sources[role] = entry
+    _warn_pixel_ratio(lr, hr, lr_px, hr_px, scale)
+    sources = {"lr": _source_record(lr, lr_meta, lr_ch), "hr": _source_record(hr, hr_meta, hr_ch)}
 
     attrs = _jsonable(
         {
@@ -341,6 +309,54 @@ def ingest_fov(
         out,
     )
     return attrs
+
+
+def _check_out_is_not_input(out: Path, lr: PathLike, hr: PathLike) -> None:
+    """Refuse an output store that is one of the input files (it would be replaced)."""
+    for src in (lr, hr):
+        if not _is_glob(src) and Path(src).exists() and Path(src).resolve() == out.resolve():
+            raise InputError(f"{out}: output path is the input file itself; choose another `out`")
+
+
+def _check_pair(lr: PathLike, hr: PathLike, lr_data: np.ndarray, hr_data: np.ndarray, scale: int) -> None:
+    """Refuse a read pair without frames, whose HR is not ``scale`` times the LR, or with unusable values."""
+    _check_frame_count(lr, lr_data.shape[0])
+    expected = (lr_data.shape[1] * scale, lr_data.shape[2] * scale)
+    if hr_data.shape != expected:
+        raise InputError(
+            f"{hr}: HR image is {hr_data.shape[0]}x{hr_data.shape[1]} but the LR frames of "
+            f"{lr} are {lr_data.shape[1]}x{lr_data.shape[2]}; with scale={scale} the HR must be "
+            f"{expected[0]}x{expected[1]}"
+        )
+    _check_values(lr_data, lr, "LR series")
+    _check_values(hr_data, hr, "HR image")
+
+
+def _warn_pixel_ratio(lr: PathLike, hr: PathLike, lr_px: list[float], hr_px: list[float], scale: int) -> None:
+    """Log when the pixel sizes disagree with ``scale`` by more than 5 %; the pair is still used."""
+    ratio = [a / b for a, b in zip(lr_px, hr_px, strict=True)]
+    if any(abs(r - scale) / scale > 0.05 for r in ratio):
+        logger.warning(
+            "%s / %s: pixel sizes %s and %s um give a ratio of %s, not the scale %d",
+            lr,
+            hr,
+            lr_px,
+            hr_px,
+            [round(r, 3) for r in ratio],
+            scale,
+        )
+
+
+def _source_record(path: PathLike, meta: Mapping[str, Any], channel_read: int) -> dict[str, Any]:
+    """The provenance of one source in the store: its read metadata, the channel read and its SHA-256."""
+    digest, files = _source_sha256(path, meta)
+    entry = dict(meta)
+    entry["path"] = os.fspath(path)
+    entry["channel_read"] = channel_read
+    entry["sha256"] = digest
+    if files is not None and "files" not in entry:  # a glob already lists its frames
+        entry["sha256_files"] = files
+    return entry
 
 
 def _write_store_atomically(out: Path, lr: np.ndarray, hr: np.ndarray, attrs: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fastscan.io.declared import _SERIES, _declare, _guard, _Role, _select_channel
+from fastscan.io.declared import _SERIES, _declare, _Declared, _guard, _Role, _select_channel
 from fastscan.io.errors import InputError
 from fastscan.io.metadata import _iso_time, _length_um, _unit_to_um
 
@@ -189,6 +189,24 @@ def _read_olympus(path: Path, fmt: str, *, channel: int, role: _Role = _SERIES) 
     data, axes, meta = _load_olympus(path, fmt, role=role)
     frames, meta["channels"] = _select_channel(data, axes, channel=channel, path=path)
     return frames, meta
+
+
+def _read_olympus_header(path: Path, fmt: str, header: dict[str, Any]) -> tuple[_Declared, dict[str, Any]]:
+    """Fill ``header`` from an OIB/OIF's settings; return what it declares and its metadata.
+
+    Errors other than :class:`InputError` are left to :func:`fastscan.io.readers.read_header`,
+    which words them for both formats.
+    """
+    import oiffile
+
+    if fmt == "oib":
+        _check_oib_complete(path)
+    with oiffile.OifFile(path) as oif:
+        declared = _declare(oif.shape, oif.dtype, str(oif.axes))
+        meta = _olympus_metadata(oif.mainfile, declared.channels)
+        _olympus_header(oif.mainfile, header)
+        header["instrument"] = meta.get("instrument")
+    return declared, meta
 
 
 def _olympus_header(main: Mapping[str, Any], header: dict[str, Any]) -> None:

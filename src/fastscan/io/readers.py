@@ -17,10 +17,10 @@ import numpy as np
 
 from fastscan.io.declared import _IMAGE, _SERIES, _declare, _Declared, _declared_frames, _guard, _Role
 from fastscan.io.errors import InputError
-from fastscan.io.metadata import _iso_time, _jsonable
-from fastscan.io.olympus import _check_oib_complete, _olympus_header, _olympus_metadata, _read_olympus, _truncated_olympus
+from fastscan.io.metadata import _jsonable
+from fastscan.io.olympus import _check_oib_complete, _read_olympus, _read_olympus_header, _truncated_olympus
 from fastscan.io.sources import PathLike, _detect_format, _glob_files, _is_glob
-from fastscan.io.tiff import _ome_header, _read_tiff, _tiff_format, _tiff_metadata, _tiff_series, _TiffStructureErrors
+from fastscan.io.tiff import _read_tiff, _read_tiff_header, _tiff_series, _TiffStructureErrors
 
 
 def _read_file(path: Path, *, channel: int, role: _Role = _SERIES) -> tuple[np.ndarray, dict[str, Any]]:
@@ -237,33 +237,9 @@ def read_header(path: PathLike) -> dict[str, Any]:
     }
     try:
         if fmt == "tiff":
-            import tifffile
-
-            with _TiffStructureErrors() as broken, tifffile.TiffFile(path) as tf:
-                series = _tiff_series(tf, path, broken)
-                declared = _declare(series.shape, series.dtype, str(series.axes))
-                header["format"] = "imagej-tiff" if tf.is_imagej else _tiff_format(tf)
-                meta = _tiff_metadata(tf, path)
-                if tf.is_ome:
-                    _ome_header(tf, header)
-                if tf.is_imagej and (tf.imagej_metadata or {}).get("finterval"):
-                    header["frame_interval_s"] = float(tf.imagej_metadata["finterval"])
-                    header["sources"]["frame_interval_s"] = "ImageJ finterval"
-                stamp = tf.pages.first.tags.get("DateTime")
-                if header["acquired"] is None and stamp is not None:
-                    header["acquired"] = _iso_time(stamp.value, fmt="%Y:%m:%d %H:%M:%S")
-                    if header["acquired"] is not None:
-                        header["sources"]["acquired"] = "TIFF DateTime tag"
+            declared, meta = _read_tiff_header(path, header)
         else:
-            import oiffile
-
-            if fmt == "oib":
-                _check_oib_complete(path)
-            with oiffile.OifFile(path) as oif:
-                declared = _declare(oif.shape, oif.dtype, str(oif.axes))
-                meta = _olympus_metadata(oif.mainfile, declared.channels)
-                _olympus_header(oif.mainfile, header)
-                header["instrument"] = meta.get("instrument")
+            declared, meta = _read_olympus_header(path, fmt, header)
     except InputError:
         raise
     except (struct.error, EOFError) as exc:

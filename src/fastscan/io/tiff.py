@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fastscan.io.declared import _SERIES, _declare, _guard, _Role, _select_channel
+from fastscan.io.declared import _SERIES, _declare, _Declared, _guard, _Role, _select_channel
 from fastscan.io.errors import InputError
 from fastscan.io.metadata import _iso_time, _length_um, _unit_to_um
 from fastscan.io.sources import PathLike
@@ -230,6 +230,32 @@ def _read_tiff(path: Path, *, channel: int, role: _Role = _SERIES) -> tuple[np.n
         **extra,
     }
     return frames, meta
+
+
+def _read_tiff_header(path: Path, header: dict[str, Any]) -> tuple[_Declared, dict[str, Any]]:
+    """Fill ``header`` from a TIFF's tags and OME/ImageJ metadata; return what it declares and its pixel metadata.
+
+    Errors other than :class:`InputError` are left to :func:`fastscan.io.readers.read_header`,
+    which words them for both formats.
+    """
+    import tifffile
+
+    with _TiffStructureErrors() as broken, tifffile.TiffFile(path) as tf:
+        series = _tiff_series(tf, path, broken)
+        declared = _declare(series.shape, series.dtype, str(series.axes))
+        header["format"] = "imagej-tiff" if tf.is_imagej else _tiff_format(tf)
+        meta = _tiff_metadata(tf, path)
+        if tf.is_ome:
+            _ome_header(tf, header)
+        if tf.is_imagej and (tf.imagej_metadata or {}).get("finterval"):
+            header["frame_interval_s"] = float(tf.imagej_metadata["finterval"])
+            header["sources"]["frame_interval_s"] = "ImageJ finterval"
+        stamp = tf.pages.first.tags.get("DateTime")
+        if header["acquired"] is None and stamp is not None:
+            header["acquired"] = _iso_time(stamp.value, fmt="%Y:%m:%d %H:%M:%S")
+            if header["acquired"] is not None:
+                header["sources"]["acquired"] = "TIFF DateTime tag"
+    return declared, meta
 
 
 def _ome_header(tf: Any, header: dict[str, Any]) -> None:
