@@ -14,6 +14,7 @@ from skimage.registration import phase_cross_correlation
 
 from fastscan import scan
 from fastscan import simulate as sim
+from fastscan.simulate.specimens import _build_scene
 
 # A 25.6 µm field keeps the default pixel sizes (0.4 µm LR, 0.2 µm HR) at a sixteenth of the work.
 SMALL = {
@@ -326,7 +327,7 @@ def test_render_specimen_rejects_unknown_kind() -> None:
 
 def test_scene_windows_join_seamlessly() -> None:
     # What write_slide relies on: rendering a scene in blocks equals rendering it at once.
-    scene = sim._build_scene("tissue", (40.0, 40.0), np.random.default_rng(3))
+    scene = _build_scene("tissue", (40.0, 40.0), np.random.default_rng(3))
     whole = scene.render(origin=(0.0, 0.0), shape=(400, 400), pixel_size=0.1)
     top = scene.render(origin=(0.0, 0.0), shape=(200, 400), pixel_size=0.1)
     bottom = scene.render(origin=(20.0, 0.0), shape=(200, 400), pixel_size=0.1)
