@@ -63,15 +63,18 @@ Modules
 :mod:`~fastscan.simulate.detector`
     The shared detector model.
 :mod:`~fastscan.simulate.files`
-    OME-TIFF and JSON files of a FOV, tiled OME-TIFF slides.
+    A FOV written as a microscope would: OME-TIFF series and target, ground-truth JSON.
+:mod:`~fastscan.simulate.slides`
+    Large fast-mode images scanned in strips, written as tiled OME-TIFF.
 
 The resonant scan geometry is :mod:`fastscan.scan`'s.
 """
 
 from fastscan.simulate.acquire import acquire_hr, acquire_lr_series, hr_signal, lr_signal
 from fastscan.simulate.detector import detect
-from fastscan.simulate.files import write_fov, write_slide
+from fastscan.simulate.files import write_fov
 from fastscan.simulate.params import DEFAULTS, resolve_params
+from fastscan.simulate.slides import write_slide
 from fastscan.simulate.specimens import SPECIMENS, render_specimen
 
 __all__ = [
