@@ -38,8 +38,14 @@ class _MitochondriaScene(_Scene):
 
     def __init__(self, extent: tuple[float, float], rng: np.random.Generator) -> None:
         self.extent = extent
-        height, width = extent
         self.key = int(rng.integers(0, 2**63))
+        self.cells = self._draw_cells(extent, rng)
+        self.marks = self._draw_marks(rng)
+
+    @staticmethod
+    def _draw_cells(extent: tuple[float, float], rng: np.random.Generator) -> dict[str, NDArray[np.float64]]:
+        """Cell outlines on a jittered 40 µm grid, their off-centre nuclei and their haze."""
+        height, width = extent
         spacing = 40.0
         ny = int(math.ceil(height / spacing)) + 1
         nx = int(math.ceil(width / spacing)) + 1
@@ -59,7 +65,7 @@ class _MitochondriaScene(_Scene):
         off_phi = rng.uniform(0.0, 2.0 * math.pi, k)
         na = rng.uniform(4.5, 7.0, k)
         nb = na * rng.uniform(0.7, 0.95, k)
-        self.cells = {
+        return {
             "cy": cy,
             "cx": cx,
             "a": big,
@@ -72,36 +78,43 @@ class _MitochondriaScene(_Scene):
             "nangle": angle + rng.normal(0.0, 0.3, k),
             "haze": rng.uniform(0.025, 0.05, k),
         }
+
+    def _allowed(self, owner: NDArray[np.int64], y: NDArray[np.float64], x: NDArray[np.float64]) -> NDArray[np.bool_]:
+        """Whether points lie inside their owner's cell and outside its nucleus."""
         cells = self.cells
-
-        def allowed(owner: NDArray[np.int64], y: NDArray[np.float64], x: NDArray[np.float64]) -> NDArray[np.bool_]:
-            o = owner if y.ndim == 1 else owner[:, None]
-            in_cell = (
-                _ellipse_radius(
-                    y,
-                    x,
-                    cells["cy"][o],
-                    cells["cx"][o],
-                    cells["a"][o],
-                    cells["b"][o],
-                    cells["angle"][o],
-                )
-                < 0.97
+        o = owner if y.ndim == 1 else owner[:, None]
+        in_cell = (
+            _ellipse_radius(
+                y,
+                x,
+                cells["cy"][o],
+                cells["cx"][o],
+                cells["a"][o],
+                cells["b"][o],
+                cells["angle"][o],
             )
-            out_nucleus = (
-                _ellipse_radius(
-                    y,
-                    x,
-                    cells["ny"][o],
-                    cells["nx"][o],
-                    cells["na"][o],
-                    cells["nb"][o],
-                    cells["nangle"][o],
-                )
-                > 1.08
+            < 0.97
+        )
+        out_nucleus = (
+            _ellipse_radius(
+                y,
+                x,
+                cells["ny"][o],
+                cells["nx"][o],
+                cells["na"][o],
+                cells["nb"][o],
+                cells["nangle"][o],
             )
-            return in_cell & out_nucleus
+            > 1.08
+        )
+        return in_cell & out_nucleus
 
+    def _draw_marks(self, rng: np.random.Generator) -> _Marks:
+        """Tubules (some branched) and puncta inside the cells, as Gaussian marks."""
+        cells = self.cells
+        cy, cx, big, small, angle = (cells[f] for f in ("cy", "cx", "a", "b", "angle"))
+        k = cy.size
+        allowed = self._allowed
         area = math.pi * big * small
         density = rng.uniform(0.12, 0.25, k)
         owner, sy, sx, r = _sample_in_ellipses(rng, rng.poisson(density * area * 1.6), cy, cx, big, small, angle)
@@ -152,7 +165,7 @@ class _MitochondriaScene(_Scene):
         py, px = py[keep], px[keep]
         diameter = rng.uniform(0.3, 0.6, py.size)
         marks.append(_Marks.blobs(py, px, diameter * _FWHM_TO_SIGMA, rng.uniform(0.5, 1.0, py.size)))
-        self.marks = _Marks.concat(marks)
+        marks = _Marks.concat(marks)
         logger.debug(
             "mitochondria scene: %d cells, %d tubules, %d branches, %d puncta",
             k,
@@ -160,6 +173,7 @@ class _MitochondriaScene(_Scene):
             parents.size,
             py.size,
         )
+        return marks
 
     def render(self, *, origin: tuple[float, float], shape: tuple[int, int], pixel_size: float) -> NDArray[np.float32]:
         ys, xs = _window_coords(origin, shape, pixel_size)
