@@ -16,10 +16,6 @@ from fastscan.baselines import METHODS
 from fastscan.metrics import METRIC_COLUMNS, SUMMARY_COLUMNS, write_tsv
 from fastscan.report import (
     REPORT_FILES,
-    _brightest_variance_region,
-    _curve_runs,
-    _lowest_level,
-    _nice_bar_length,
     plot_ablation,
     plot_example_panels,
     plot_hallucination_panels,
@@ -30,6 +26,8 @@ from fastscan.report import (
     table_html,
     write_report_figures,
 )
+from fastscan.report.curves import _curve_runs
+from fastscan.report.panels import _brightest_variance_region, _lowest_level, _nice_bar_length
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -1,0 +1,188 @@
+"""The whole report at once: every figure and table of :data:`REPORT_FILES` written into one directory.
+
+The driver of the report rule (``workflow/scripts/report.py``); the figures and tables themselves
+are the other modules' of :mod:`fastscan.report`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from fastscan.atomic import write_text
+from fastscan.hallucination import DEFAULT_K, hallucination_table
+from fastscan.metrics import (
+    ablation_table,
+    generalisation_table,
+    read_metrics_tsv,
+    read_optional_metrics,
+    summarise,
+    write_tsv,
+)
+from fastscan.report.ablation import _NO_ABLATION, plot_ablation
+from fastscan.report.boxes import plot_metric_boxes
+from fastscan.report.curves import plot_training_curves
+from fastscan.report.panels import _MAX_EXAMPLE_ROWS, plot_example_panels, plot_hallucination_panels, plot_slide_thumbnails
+from fastscan.report.qc import registration_qc_table
+from fastscan.report.tables import hallucination_html, table_html
+
+logger = logging.getLogger(__name__)
+
+#: Files :func:`write_report_figures` writes into its ``out_dir``, in the order returned.
+REPORT_FILES: tuple[str, ...] = (
+    "summary.tsv",
+    "summary.html",
+    "psnr_boxes.png",
+    "ssim_boxes.png",
+    "examples.png",
+    "hallucination.png",
+    "hallucination.tsv",
+    "hallucination.html",
+    "ablation.tsv",
+    "ablation.html",
+    "ablation.png",
+    "generalisation.tsv",
+    "generalisation.html",
+    "training_curves.png",
+    "registration_qc.html",
+    "slides.png",
+)
+
+_NO_FINETUNE = (
+    "No generalisation results: the optional files results/finetune/{name}/metrics.tsv do not exist. "
+    "Configure fine-tuning under the config key 'finetune' and run the workflow to fill Table IV."
+)
+
+
+def _write_text(text: str, path: Path) -> Path:
+    write_text(path, text)
+    logger.info("wrote %s", path)
+    return path
+
+
+def _pick_examples(restored: Sequence[Path], n: int = _MAX_EXAMPLE_ROWS) -> list[Path]:
+    # Prefer one FOV per sample so that the example figure shows the variety of structures.
+    chosen: list[Path] = []
+    samples: set[str] = set()
+    for path in restored:
+        sample = path.parts[-3] if len(path.parts) >= 3 else str(path)
+        if sample not in samples:
+            chosen.append(path)
+            samples.add(sample)
+    for path in restored:
+        if path not in chosen:
+            chosen.append(path)
+    return chosen[:n]
+
+
+def write_report_figures(
+    *,
+    metrics_tsv: str | Path,
+    restored: Sequence[str | Path],
+    curves: Sequence[str | Path] | Mapping[str, Sequence[str | Path]],
+    qc_tsv: str | Path | None,
+    out_dir: str | Path,
+    ablation_metrics: Sequence[str | Path] = (),
+    finetune_metrics: Sequence[str | Path] = (),
+    slides: Sequence[str | Path] = (),
+    example_fovs: int = _MAX_EXAMPLE_ROWS,
+    hallucination_k: float = DEFAULT_K,
+) -> list[Path]:
+    """Write every report figure and table into `out_dir`.
+
+    Parameters
+    ----------
+    metrics_tsv : str or Path
+        Per-image metrics (``results/report/metrics.tsv``).
+    restored : sequence of str or Path
+        Restored FOV stores; up to `example_fovs` are shown, one per sample
+        first (the sample is read from the ``.../{sample}/{session}/{fov}.zarr``
+        path). All of them enter the departure table.
+    curves : sequence of str or Path, or mapping
+        Training-curve tables (see :func:`plot_training_curves`).
+    qc_tsv : str or Path or None
+        Registration QC table; ``None`` writes a note instead of the table.
+    out_dir : str or Path
+        Directory for the outputs (created if needed).
+    ablation_metrics, finetune_metrics : sequence of str or Path, optional
+        Per-image metrics of the data-size ablation
+        (``results/ablation/{model}/metrics.tsv``) and of the fine-tuning runs
+        (``results/finetune/{name}/metrics.tsv``). Optional: files that do not
+        exist are skipped, and with none the tables and Fig. 6 say so.
+    slides : sequence of str or Path, optional
+        Restored whole-slide OME-Zarr images for the thumbnails.
+    example_fovs : int, optional
+        FOVs shown in the example and departure figures.
+    hallucination_k : float, optional
+        Departure threshold in multiples of the noise level.
+
+    Returns
+    -------
+    list of Path
+        ``out_dir`` joined with each name of :data:`REPORT_FILES`, in that
+        order: ``summary.tsv`` / ``.html`` (Table II), the box plots
+        (Fig. 5), ``examples.png`` (Fig. 4/7), the departure figure and table
+        ``hallucination.png`` / ``.tsv`` / ``.html``, ``ablation.tsv`` /
+        ``.html`` (Table III) and ``ablation.png`` (Fig. 6),
+        ``generalisation.tsv`` / ``.html`` (Table IV),
+        ``training_curves.png``, ``registration_qc.html`` and ``slides.png``.
+        Every file is written even when its input is empty, so they can all be
+        declared as rule outputs.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    df = read_metrics_tsv(metrics_tsv)
+    restored_paths = [Path(p) for p in restored]
+    examples = _pick_examples(restored_paths, len(restored_paths))
+
+    summary = summarise(df)
+    written = [write_tsv(summary, out / "summary.tsv")]
+    written.append(
+        _write_text(
+            table_html(
+                summary,
+                title="Table II: test-set metrics per method",
+                empty_note="No test images were restored, so there are no metrics.",
+            ),
+            out / "summary.html",
+        )
+    )
+    written.append(plot_metric_boxes(df, out / "psnr_boxes.png", metric="psnr"))
+    written.append(plot_metric_boxes(df, out / "ssim_boxes.png", metric="ssim"))
+    written.append(plot_example_panels(examples, out / "examples.png", max_rows=example_fovs))
+
+    written.append(plot_hallucination_panels(examples, out / "hallucination.png", k=hallucination_k, max_rows=example_fovs))
+    departures = hallucination_table(restored_paths, k=hallucination_k)
+    written.append(write_tsv(departures, out / "hallucination.tsv"))
+    written.append(_write_text(hallucination_html(departures), out / "hallucination.html"))
+
+    ablation = ablation_table(read_optional_metrics(list(ablation_metrics), key="ablation"))
+    written.append(write_tsv(ablation, out / "ablation.tsv"))
+    written.append(
+        _write_text(
+            table_html(ablation, title="Table III: metrics against the number of training pairs", empty_note=_NO_ABLATION),
+            out / "ablation.html",
+        )
+    )
+    written.append(plot_ablation(ablation, out / "ablation.png"))
+
+    generalisation = generalisation_table(read_optional_metrics(list(finetune_metrics), key="finetune"))
+    written.append(write_tsv(generalisation, out / "generalisation.tsv"))
+    written.append(
+        _write_text(
+            table_html(
+                generalisation,
+                title="Table IV: generalisation to another sample, as is and fine-tuned",
+                empty_note=_NO_FINETUNE,
+            ),
+            out / "generalisation.html",
+        )
+    )
+
+    written.append(plot_training_curves(curves, out / "training_curves.png"))
+    fragment = registration_qc_table(qc_tsv) if qc_tsv is not None else "<p>No registration QC table was given.</p>"
+    page = f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Registration QC</title></head>\n<body>\n{fragment}\n</body></html>\n'
+    written.append(_write_text(page, out / "registration_qc.html"))
+    written.append(plot_slide_thumbnails(list(slides), out / "slides.png"))
+    return written
