@@ -6,7 +6,7 @@ or an untrained generator of the default architecture):
 * ``naive fastai``: what the paper's code does, a fastai ``Learner.predict`` per tile, batch 1,
   fp32, tiles abutting without overlap or blending (seams included);
 * ``naive loop``: the same without fastai, a plain model call per tile under ``torch.no_grad``;
-* ``engine``: ``fastscan.infer.TileEngine`` in memory as users get it (folded norms, batched,
+* ``engine``: ``fastscan.restore.engine.TileEngine`` in memory as users get it (folded norms, batched,
   overlapping tiles blended with a raised-cosine window, tiling from the receptive field,
   ``precision="auto"``: bf16 weights where the processor has bf16 matrix units, AMX or
   AVX512-BF16, float32 elsewhere);
@@ -112,7 +112,7 @@ import json, resource, sys, time
 sys.path.insert(0, {root!r})
 import torch
 from benchmarks.infer import load
-from fastscan.infer import restore_slide
+from fastscan.restore.slide import restore_slide
 torch.set_num_threads({threads})
 model, meta = load({model!r})
 t0 = time.perf_counter()
@@ -153,8 +153,9 @@ def rss_children(args, crop: np.ndarray, tile: int, overlap: int, workdir: Path)
 
 def precision_quality(args, workdir: Path) -> None:
     """PSNR/SSIM against the HR target of a registered FOV, restored in float32 and in ``auto``."""
-    from fastscan.infer import resolve_precision, restore_fov
     from fastscan.metrics import evaluate_restored
+    from fastscan.restore.fov import restore_fov
+    from fastscan.restore.prepare import resolve_precision
 
     auto = str(resolve_precision("auto", "cpu")).removeprefix("torch.")
     scores = {}
@@ -177,7 +178,11 @@ def main() -> None:
     import tifffile
 
     from fastscan.dataset import normalise
-    from fastscan.infer import TileEngine, prepare_generator, restore_slide, tile_starts, training_context
+    from fastscan.restore.engine import TileEngine
+    from fastscan.restore.prepare import prepare_generator
+    from fastscan.restore.receptive import training_context
+    from fastscan.restore.slide import restore_slide
+    from fastscan.restore.tiling import tile_starts
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model directory (default: an untrained generator)")

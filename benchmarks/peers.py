@@ -5,7 +5,7 @@ normalised intensities, the LR tiles geometry-corrected as fastscan trains), eac
 wall-clock time fastscan's three stages (MSE, critic, GAN) took. All restore the same test frames,
 which the peers receive exactly as fastscan's generator sees them (normalised with the model's
 normalisation and geometry-corrected with :func:`fastscan.geometry.correct_frames`, as
-:func:`fastscan.infer.restore_fov` does); their predictions are added as arrays ``care`` and
+:func:`fastscan.restore.fov.restore_fov` does); their predictions are added as arrays ``care`` and
 ``pssr2`` to copies of the restored FOV stores and scored by :func:`fastscan.metrics.evaluate_restored`
 with the other methods. One table per sample: bilinear, bicubic, classical, care, pssr2, mse, gan;
 mean ± sd of PSNR and SSIM, the training seconds each method used, and fastscan's margins over
@@ -159,7 +159,7 @@ def ensure_env(root: Path, peer: str) -> Path:
 def network_input(registered: str | os.PathLike, model_dir: str | os.PathLike, frames: int) -> np.ndarray:
     """The first ``frames`` LR frames of a registered FOV as the generator in ``model_dir`` sees them.
 
-    As :func:`fastscan.infer.restore_fov`: normalised with the model's LR range, geometry-corrected
+    As :func:`fastscan.restore.fov.restore_fov`: normalised with the model's LR range, geometry-corrected
     with the FOV's fitted line phase and field fraction when the model was trained on corrected
     frames.
     """
@@ -398,7 +398,7 @@ def train_fastscan(dataset: Path, out: Path, config: dict, timer: Timer) -> tupl
 
 
 def restore_tests(tests: list[dict], models: dict[str, Path], out: Path, *, frames: int) -> None:
-    from fastscan.infer import restore_fov
+    from fastscan.restore.fov import restore_fov
 
     for t in tests:
         store = out / f"{t['key']}.zarr"

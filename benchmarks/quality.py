@@ -20,7 +20,7 @@ Opt-in targets:
   schedule's epochs scaled so that every generator takes as many steps as the default target),
   evaluated on the held-out registered FOVs (static) and on a held-out series whose specimen
   drifts by ``--temporal-drift`` µm per frame, restored from the raw file by
-  :func:`fastscan.infer.restore_series` (moving: each frame scored against the HR target moved
+  :func:`fastscan.restore.series.restore_series` (moving: each frame scored against the HR target moved
   onto it).
 
 Everything is written under ``--out`` (tables as TSV too). The budget of the default target is
@@ -133,8 +133,8 @@ def train_all(dataset: Path, out: Path, config: dict, *, timer: Timer, label: st
 
 def evaluate(models: dict[str, Path], fovs: list[dict], out: Path, *, model: str, frames: int, classical: bool = True) -> pd.DataFrame:
     """Restore the test FOVs with ``models`` and compute the per-frame metrics of every method."""
-    from fastscan.infer import restore_fov
     from fastscan.metrics import evaluate_many
+    from fastscan.restore.fov import restore_fov
 
     stores = []
     for f in fovs:
@@ -185,7 +185,7 @@ def inference_speed(model_dirs: dict[str, Path], *, size: int = 256, rounds: int
     """Seconds per ``size``-px LR frame for each generator, measured alternately in one process.
 
     Each generator is restored as users get it: automatic tiling (its training crops when its
-    receptive field spans the tile, else that field), batch size and precision (:func:`fastscan.infer.resolve_precision`).
+    receptive field spans the tile, else that field), batch size and precision (:func:`fastscan.restore.prepare.resolve_precision`).
     The generators take turns within each of ``rounds`` rounds after two warm-up rounds; the speed
     of a shared, noisy machine drifts by up to twice between seconds, so the speed-up is the median
     of the per-round ratios to the first generator (neighbouring measurements), not a ratio of
@@ -193,8 +193,10 @@ def inference_speed(model_dirs: dict[str, Path], *, size: int = 256, rounds: int
     """
     import torch
 
-    from fastscan.infer import TileEngine, prepare_generator, training_context
     from fastscan.models import load_generator
+    from fastscan.restore.engine import TileEngine
+    from fastscan.restore.prepare import prepare_generator
+    from fastscan.restore.receptive import training_context
 
     torch.set_num_threads(2)
     frame = np.random.default_rng(0).random((size, size), dtype=np.float32)
@@ -237,10 +239,10 @@ def moving_series(out: Path, models: dict[int, Path], *, frames: int, drift_um: 
     from fastscan.baselines import upsample
     from fastscan.dataset import normalise
     from fastscan.geometry import prepare_frames
-    from fastscan.infer import restore_series
     from fastscan.metrics import psnr, ssim
     from fastscan.models import read_model_json
     from fastscan.register import apply_shifts
+    from fastscan.restore.series import restore_series
     from fastscan.simulate import write_fov
 
     base = out / "simulated" / "moving" / "fov01"

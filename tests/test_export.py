@@ -14,13 +14,13 @@ import yaml
 from fastscan.cli import main
 from fastscan.dataset import normalise
 from fastscan.export import ARCH_KWARGS, export_model
-from fastscan.infer import predict_image
 from fastscan.models import build_generator, load_generator, resolve_architecture, save_state_dict, write_model_json
+from fastscan.restore.engine import predict_image
 from fastscan.torch_generator import FastscanGenerator
 
 #: model.json of the test model: a 12-bit-like LR range, a resonant scanner (field fraction 0.8)
 #: and 32-px training crops, which give the self-attention generator tiles of 32 px with 8 px of
-#: overlap (fastscan.infer.auto_tiling) and keep every forward pass of the tests small.
+#: overlap (fastscan.restore.receptive.auto_tiling) and keep every forward pass of the tests small.
 META = {
     "format": "fastscan-model/1",
     "stage": "gan",

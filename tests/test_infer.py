@@ -4,16 +4,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fastscan.infer import (
-    TileEngine,
-    blend_window,
-    fit_tile,
-    fuse_for_inference,
-    predict_image,
-    receptive_radius,
-    resolve_precision,
-    tile_starts,
-)
+from fastscan.restore.engine import TileEngine, predict_image
+from fastscan.restore.prepare import fuse_for_inference, resolve_precision
+from fastscan.restore.receptive import receptive_radius
+from fastscan.restore.tiling import blend_window, fit_tile, tile_starts
 
 
 class Bilinear(nn.Module):
@@ -183,7 +177,7 @@ def test_no_seam_across_tile_boundaries():
 
 
 def test_cpu_batch_holds_a_fixed_number_of_unet_input_pixels():
-    from fastscan.infer import CPU_BATCH_PIXELS, default_batch_size
+    from fastscan.restore.engine import CPU_BATCH_PIXELS, default_batch_size
 
     assert default_batch_size("cpu", (64, 64), 2) == CPU_BATCH_PIXELS // (128 * 128) == 16
     assert default_batch_size("cpu", (64, 64), 2, input_scale=1) == 64  # lowres: its U-Net runs on the LR tile
@@ -225,11 +219,11 @@ def test_reduced_precision_on_cpu_runs_bf16_weights_and_leaves_the_model_alone()
 
 
 def test_auto_precision_is_bf16_only_where_the_processor_has_bf16_units(monkeypatch):
-    import fastscan.infer as infer
+    from fastscan.restore import prepare
 
-    monkeypatch.setattr(infer, "native_bf16_cpu", lambda: True)
+    monkeypatch.setattr(prepare, "native_bf16_cpu", lambda: True)
     assert resolve_precision("auto", "cpu") == torch.bfloat16
-    monkeypatch.setattr(infer, "native_bf16_cpu", lambda: False)
+    monkeypatch.setattr(prepare, "native_bf16_cpu", lambda: False)
     assert resolve_precision("auto", "cpu") == torch.float32
     model = ConvStack()
     image = texture((40, 40))
@@ -242,8 +236,8 @@ def test_auto_precision_is_bf16_only_where_the_processor_has_bf16_units(monkeypa
 
 def test_generator_keeps_float32_input_and_residual_under_a_bf16_unet():
     """The bilinear base and the residual sum stay float32; only the U-Net's correction is bf16."""
-    from fastscan.infer import prepare_generator
     from fastscan.models import build_generator
+    from fastscan.restore.prepare import prepare_generator
 
     torch.manual_seed(0)
     for variant in ("faithful", "lowres"):
@@ -299,7 +293,7 @@ class GlobalMix(ConvStack):
 
 
 def test_attention_generators_tile_by_their_training_crops_local_ones_by_receptive_field():
-    from fastscan.infer import RADIUS_PROBE, auto_tiling, receptive_radius, training_context
+    from fastscan.restore.receptive import RADIUS_PROBE, auto_tiling, receptive_radius, training_context
 
     assert receptive_radius(GlobalMix(), size=RADIUS_PROBE) >= 0.9 * (RADIUS_PROBE // 2)
     assert training_context({"dataset": {"tile": 64}}) == 64 and training_context({}) is None
@@ -322,11 +316,11 @@ def test_attention_generators_tile_by_their_training_crops_local_ones_by_recepti
 
 
 def test_receptive_field_is_measured_once_per_model(monkeypatch):
-    import fastscan.infer as infer
+    from fastscan.restore import receptive
 
     calls = []
-    real = infer.receptive_radius
-    monkeypatch.setattr(infer, "receptive_radius", lambda model, **kw: calls.append(1) or real(model, **kw))
+    real = receptive.receptive_radius
+    monkeypatch.setattr(receptive, "receptive_radius", lambda model, **kw: calls.append(1) or real(model, **kw))
     model = ConvStack()
     image = texture((40, 40))
     for _ in range(3):  # frame after frame, as restore_fov does

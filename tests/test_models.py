@@ -162,7 +162,7 @@ def test_channels_last_generator_keeps_its_last_block_channels_last(variant):
     with default strides the result was NCHW, which the last residual block converted back."""
     from fastai.layers import ResBlock
 
-    from fastscan.infer import prepare_generator
+    from fastscan.restore.prepare import prepare_generator
 
     def built():
         torch.manual_seed(0)

@@ -16,7 +16,8 @@ from test_restore_series import META as SERIES_META
 from test_restore_series import write_series
 from test_restore_slide import read_ngff
 
-from fastscan.infer import restore_series, restore_slide
+from fastscan.restore.series import restore_series
+from fastscan.restore.slide import restore_slide
 
 #: 8-bit brightfield mapped to [0, 1], as the slide tests' stand-in generator.
 SLIDE_META = {"scale": 2, "normalisation": {"lr": [0.0, 255.0], "hr": [0.0, 1.0]}}

@@ -417,7 +417,7 @@ def test_restore_fov_hands_the_calibration_to_the_classical_cascade(tmp_path, mo
     pytest.importorskip("torch")
     import fastscan.classical
     import fastscan.models
-    from fastscan.infer import restore_fov
+    from fastscan.restore.fov import restore_fov
 
     photons = {"gain_adu_per_photon": 8.0, "variance_intercept_adu2": -791.0, "frames": 100}
     store = zarr.open_group(str(tmp_path / "reg.zarr"), mode="w")

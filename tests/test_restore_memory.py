@@ -16,7 +16,7 @@ CHILD = """
 import json, resource, sys
 sys.path.insert(0, {tests!r})
 from test_infer import ConvStack
-from fastscan.infer import restore_slide
+from fastscan.restore.slide import restore_slide
 
 prov = restore_slide({slide!r}, {out!r}, generator=(ConvStack(depth=2, width=4), {meta!r}), tile=128, overlap=16,
                      region=128, pyramid_levels=3, threads=1)

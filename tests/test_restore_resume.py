@@ -14,7 +14,7 @@ import zarr
 from conftest import assert_same_restoration
 from test_restore_slide import META, standin, svs_crop
 
-from fastscan.infer import restore_slide
+from fastscan.restore.slide import restore_slide
 
 TESTS = Path(__file__).resolve().parent
 
@@ -22,7 +22,7 @@ CHILD = """
 import json, sys, time
 sys.path.insert(0, {tests!r})
 from test_infer import ConvStack
-from fastscan.infer import restore_slide
+from fastscan.restore.slide import restore_slide
 
 class Slow(ConvStack):
     # Slow enough that the parent can kill the job part-way; same weights as ConvStack().
@@ -98,13 +98,13 @@ def test_sigkill_then_rerun_continues_and_equals_an_uninterrupted_run(tmp_path):
 
 def test_background_reads_and_writes_give_the_same_store(tmp_path, monkeypatch):
     """The CUDA / spare-core path (reads ahead, writes behind) writes exactly what the plain loop does."""
-    import fastscan.infer as infer
+    from fastscan.restore import slide as restore_slide_module
 
     slide = tmp_path / "crop.tif"
     svs_crop(slide, rows=100, cols=90)
     plain = tmp_path / "plain.ome.zarr"
     restore_slide(slide, plain, generator=standin(), tile=64, overlap=16, region=32, pyramid_levels=2)
-    monkeypatch.setattr(infer, "_overlap_io", lambda device: True)
+    monkeypatch.setattr(restore_slide_module, "_overlap_io", lambda device: True)
     threaded = tmp_path / "threaded.ome.zarr"
     restore_slide(slide, threaded, generator=standin(), tile=64, overlap=16, region=32, pyramid_levels=2)
     np.testing.assert_array_equal(zarr.open_array(threaded / "0", mode="r")[:], zarr.open_array(plain / "0", mode="r")[:])
@@ -112,12 +112,12 @@ def test_background_reads_and_writes_give_the_same_store(tmp_path, monkeypatch):
 
 def test_write_failure_leaves_no_output_and_resumes(tmp_path, monkeypatch):
     """A job that fails part-way keeps the regions it finished and publishes nothing."""
-    import fastscan.infer as infer
+    from fastscan.restore import resumable
 
     slide = tmp_path / "crop.tif"
     svs_crop(slide, rows=96, cols=96)
     out = tmp_path / "o.ome.zarr"
-    real = infer._mark_done
+    real = resumable._mark_done
     calls = []
 
     def failing(partial, key):
@@ -126,11 +126,11 @@ def test_write_failure_leaves_no_output_and_resumes(tmp_path, monkeypatch):
         calls.append(key)
         real(partial, key)
 
-    monkeypatch.setattr(infer, "_mark_done", failing)
+    monkeypatch.setattr(resumable, "_mark_done", failing)
     with pytest.raises(OSError, match="disk full"):
         restore_slide(slide, out, generator=standin(), tile=64, overlap=16, region=32)
     assert not out.exists()
-    monkeypatch.setattr(infer, "_mark_done", real)
+    monkeypatch.setattr(resumable, "_mark_done", real)
     prov = restore_slide(slide, out, generator=standin(), tile=64, overlap=16, region=32)
     assert prov["stats"]["skipped"] == 4 and prov["stats"]["computed"] == 5
     assert json.loads(json.dumps(prov))["regions"] == 9

@@ -8,7 +8,8 @@ from test_infer import ConvStack
 from test_restore_slide import read_ngff
 
 import fastscan.geometry
-from fastscan.infer import predict_image, restore_series
+from fastscan.restore.engine import predict_image
+from fastscan.restore.series import restore_series
 
 #: A model trained on 12-bit frames (normalisation of model.json).
 META = {"scale": 2, "normalisation": {"lr": [100.0, 1100.0], "hr": [0.0, 1.0]}}
@@ -78,12 +79,12 @@ def test_resonant_geometry_changes_the_input_and_none_leaves_it(tmp_path):
 
 
 def test_series_resumes_from_finished_frame_batches(tmp_path, monkeypatch):
-    import fastscan.infer as infer
+    from fastscan.restore import resumable
 
     lr = tmp_path / "lr.ome.tif"
     write_series(lr, frames=6)
     out = tmp_path / "s.ome.zarr"
-    real, calls = infer._mark_done, []
+    real, calls = resumable._mark_done, []
 
     def failing(partial, key):
         if len(calls) == 2:
@@ -91,11 +92,11 @@ def test_series_resumes_from_finished_frame_batches(tmp_path, monkeypatch):
         calls.append(key)
         real(partial, key)
 
-    monkeypatch.setattr(infer, "_mark_done", failing)
+    monkeypatch.setattr(resumable, "_mark_done", failing)
     with pytest.raises(KeyboardInterrupt):
         restore_series(lr, out, generator=(ConvStack(), META), tile=32, overlap=8, frames_per_chunk=2)
     assert not out.exists()
-    monkeypatch.setattr(infer, "_mark_done", real)
+    monkeypatch.setattr(resumable, "_mark_done", real)
     prov = restore_series(lr, out, generator=(ConvStack(), META), tile=32, overlap=8, frames_per_chunk=2)
     assert prov["stats"] == {"units": 3, "computed": 1, "skipped": 2}
     assert np.isfinite(zarr.open_array(out / "0", mode="r")[:]).all()

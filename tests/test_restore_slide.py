@@ -10,14 +10,9 @@ import zarr
 from conftest import DATA
 from test_infer import ConvStack
 
-from fastscan.infer import (
-    RestoreError,
-    finalize_slide,
-    parse_channels,
-    predict_image,
-    prepare_slide,
-    restore_slide,
-)
+from fastscan.restore import RestoreError
+from fastscan.restore.engine import predict_image
+from fastscan.restore.slide import finalize_slide, parse_channels, prepare_slide, restore_slide
 
 SVS = DATA / "cmu1_small_region_he.svs"
 #: model.json content of the stand-in generator: 8-bit brightfield mapped to [0, 1].
@@ -156,7 +151,7 @@ def test_changed_settings_start_afresh_and_progress_is_logged(tmp_path, caplog):
     out = tmp_path / "o.ome.zarr"
     prepare_slide(slide, out, generator=standin(), tile=64, overlap=8, region=32)
     restore_slide(slide, out, generator=standin(), tile=64, region=32, part=(0, 2))
-    with caplog.at_level(logging.INFO, logger="fastscan.infer"):
+    with caplog.at_level(logging.INFO, logger="fastscan.restore"):
         prov = restore_slide(slide, out, generator=standin(), tile=64, overlap=16, region=32, progress=False)
     assert "discarding the partial restoration" in caplog.text
     assert prov["stats"]["computed"] == prov["regions"] == 6
@@ -218,12 +213,12 @@ def test_the_time_left_is_estimated_after_the_first_region(monkeypatch, caplog):
     """
     import logging
 
-    from fastscan import infer
+    from fastscan.restore import resumable
 
     now = [1000.0]
-    monkeypatch.setattr(infer.time, "monotonic", lambda: now[0])
-    with caplog.at_level(logging.INFO, logger="fastscan.infer"):
-        bar = infer._Progress(100, desc="restoring small.tif", enabled=False)
+    monkeypatch.setattr(resumable.time, "monotonic", lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="fastscan.restore"):
+        bar = resumable._Progress(100, desc="restoring small.tif", enabled=False)
         now[0] += 30.0
         bar.update()
         now[0] += 30.0
@@ -234,8 +229,8 @@ def test_the_time_left_is_estimated_after_the_first_region(monkeypatch, caplog):
     assert "the first 1 unit(s) took 30 s; the remaining 99 will take about 50 min" in estimates[0].getMessage()
 
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="fastscan.infer"):
-        bar = infer._Progress(40_000, initial=10_000, desc="restoring huge.svs", enabled=False)
+    with caplog.at_level(logging.INFO, logger="fastscan.restore"):
+        bar = resumable._Progress(40_000, initial=10_000, desc="restoring huge.svs", enabled=False)
         now[0] += 12.0
         bar.update()
     (warning,) = [r for r in caplog.records if "will take about" in r.getMessage()]

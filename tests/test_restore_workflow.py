@@ -58,7 +58,7 @@ def test_dry_run_shows_the_parts_and_a_new_session_adds_only_its_own_jobs(root, 
 
 @pytest.mark.slow
 def test_scattered_slide_equals_single_job_and_a_session_series_restores(root, bin_dir, tmp_path):
-    from fastscan.infer import restore_slide
+    from fastscan.restore.slide import restore_slide
 
     work = make_workdir(root, tmp_path)
     place_model(work)

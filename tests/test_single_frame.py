@@ -23,10 +23,10 @@ from conftest import DATA, write_registered
 from scipy import ndimage
 
 from fastscan.dataset import FovEntry, build_dataset, read_dataset
-from fastscan.infer import restore_fov
 from fastscan.io import ingest_fov, read_fov, read_series
 from fastscan.metrics import evaluate_restored
 from fastscan.register import QC_COLUMNS, read_qc, register_fov
+from fastscan.restore.fov import restore_fov
 from fastscan.simulate import write_fov
 
 OIB = DATA / "mitoegfp_fv1000.oib"

@@ -107,7 +107,7 @@ def run_interval(job):
 
 @pytest.mark.slow
 def test_registration_and_scattered_slide_run_as_slurm_jobs(root, bin_dir, tmp_path, slurm_partition):
-    from fastscan.infer import restore_slide
+    from fastscan.restore.slide import restore_slide
 
     config = {**TINY_CONFIG, "restore": {**TINY_CONFIG["restore"], **RESTORE, "parts": PARTS}}
     work = make_workdir(root, tmp_path, config=config, rows=ROWS)

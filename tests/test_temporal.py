@@ -76,9 +76,14 @@ def test_temporal_generator_trains_restores_series_and_refuses_slides(tmp_path, 
     import torch
 
     from fastscan.geometry import prepare_frames
-    from fastscan.infer import RestoreError, TileEngine, restore_fov, restore_series, restore_slide, temporal_stack
     from fastscan.models import load_generator
     from fastscan.register import estimate_drift
+    from fastscan.restore import RestoreError
+    from fastscan.restore.engine import TileEngine
+    from fastscan.restore.fov import restore_fov
+    from fastscan.restore.series import restore_series
+    from fastscan.restore.slide import restore_slide
+    from fastscan.restore.temporal import temporal_stack
     from fastscan.train import train_critic, train_gan, train_generator
 
     mse, critic, gan = tmp_path / "mse", tmp_path / "critic", tmp_path / "gan"
@@ -162,8 +167,8 @@ def test_windows_of_a_drifting_series_are_moved_onto_the_restored_frame():
     shows it where the restored frame does; without, the neighbours are displaced."""
     from scipy import ndimage as ndi
 
-    from fastscan.infer import temporal_stack
     from fastscan.register import estimate_drift
+    from fastscan.restore.temporal import temporal_stack
 
     rng = np.random.default_rng(1)
     scene = ndi.gaussian_filter(rng.random((96, 96)), 3)

@@ -7,8 +7,8 @@ import torch
 import zarr
 
 from fastscan.dataset import normalise, read_dataset
-from fastscan.infer import restore_fov
 from fastscan.models import load_generator, load_state_dict
+from fastscan.restore.fov import restore_fov
 from fastscan.train import resolve_config, train_critic, train_gan, train_generator
 
 TINY = {

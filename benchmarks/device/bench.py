@@ -308,8 +308,8 @@ def generator_state(variant: str, smoke: bool):
     inference on the CPU, its architecture, its state dict as training saves it)."""
     import torch
 
-    from fastscan.infer import prepare_generator
     from fastscan.models import build_generator, resolve_architecture
+    from fastscan.restore.prepare import prepare_generator
 
     arch = resolve_architecture({"variant": variant, **({"img_size": [64, 64]} if smoke else {})})
     torch.manual_seed(0)
@@ -374,7 +374,7 @@ def measure_variant(
     """One row of the inference table, with out-of-memory batches halved and retried."""
     import torch
 
-    from fastscan.infer import default_batch_size
+    from fastscan.restore.engine import default_batch_size
 
     what = f"inference {gen} tile {tile} {name}"
     row = {"generator": gen, "tile": tile, "variant": name, "status": "ok"}
@@ -600,8 +600,12 @@ def end_to_end_section(report, models, device, cfg, budget, work: Path, engine_r
     import zarr
 
     from fastscan.dataset import normalise
-    from fastscan.infer import TileEngine, prepare_generator, restore_series, restore_slide, training_context
     from fastscan.models import load_generator
+    from fastscan.restore.engine import TileEngine
+    from fastscan.restore.prepare import prepare_generator
+    from fastscan.restore.receptive import training_context
+    from fastscan.restore.series import restore_series
+    from fastscan.restore.slide import restore_slide
 
     section = budget.section(cfg["budget"]["end_to_end"])
     dev = str(device)

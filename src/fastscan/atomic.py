@@ -38,7 +38,7 @@ class OutputError(ValueError):
 # Files an operating system's file browser drops into any folder it shows: not the user's data.
 _OS_LITTER = {".DS_Store", "Thumbs.db", "desktop.ini"}
 # What fastscan itself keeps at the root of its stores besides Zarr nodes: the bookkeeping folder
-# of a resumable restoration (fastscan.infer) and the tile table of a dataset (fastscan.dataset).
+# of a resumable restoration (fastscan.restore.resumable) and the tile table of a dataset (fastscan.dataset).
 _OWN_ENTRIES = {".progress", "tiles.tsv"}
 
 

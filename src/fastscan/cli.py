@@ -177,10 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         return _info(args)
     if args.command == "restore":
         from fastscan.atomic import OutputError
-        from fastscan.infer import RestoreError, parse_channels, restore_series, restore_slide
         from fastscan.io import InputError
         from fastscan.lock import LockedError
         from fastscan.models import ModelError
+        from fastscan.restore import RestoreError
+        from fastscan.restore.series import restore_series
+        from fastscan.restore.slide import parse_channels, restore_slide
         from fastscan.train import resolve_device
 
         common = dict(

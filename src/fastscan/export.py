@@ -117,11 +117,11 @@ def export_tiling(model: Any, meta: Mapping[str, Any], kwargs: Mapping[str, Any]
     """Tile, overlap (LR px) and the valid input sizes of the package.
 
     The tile and overlap are the ones ``fastscan restore`` chooses for this model
-    (:func:`fastscan.infer.auto_tiling`); sizes are ``min + n * step`` with ``step`` the U-Net's
+    (:func:`fastscan.restore.receptive.auto_tiling`); sizes are ``min + n * step`` with ``step`` the U-Net's
     alignment and ``min`` the smallest aligned size larger than twice the overlap, so a tile keeps
     an interior after its halo is cropped.
     """
-    from fastscan.infer import auto_tiling, training_context
+    from fastscan.restore.receptive import auto_tiling, training_context
 
     input_scale = int(getattr(model, "input_scale", kwargs["scale"]))
     tile, overlap = auto_tiling(model, device="cpu", input_scale=input_scale, context=training_context(meta))
@@ -510,8 +510,8 @@ def export_model(
 
     from fastscan import __version__
     from fastscan.dataset import normalise
-    from fastscan.infer import predict_image
     from fastscan.models import load_generator, load_state_dict
+    from fastscan.restore.engine import predict_image
     from fastscan.torch_generator import FastscanGenerator
 
     model_dir = Path(model_dir)

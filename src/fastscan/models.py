@@ -198,7 +198,7 @@ def _centre(x: torch.Tensor) -> torch.Tensor:
 
 def _unet_dtype(unet: nn.Module, x: torch.Tensor) -> torch.dtype:
     """The dtype the U-Net computes in: its weights' (bf16 for CPU inference, see
-    ``fastscan.infer.TileEngine``), else the input's. The bilinear base and the residual sum stay
+    ``fastscan.restore.engine.TileEngine``), else the input's. The bilinear base and the residual sum stay
     in the input's precision, so a bf16 U-Net only rounds the small correction it adds."""
     w = next(unet.parameters(), None)
     return w.dtype if w is not None and w.dtype != x.dtype and w.is_floating_point() else x.dtype

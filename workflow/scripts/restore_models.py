@@ -5,7 +5,7 @@ import os
 from fastscan.logs import rule_logging
 
 with rule_logging(snakemake.log[0]):
-    from fastscan.infer import restore_fov
+    from fastscan.restore.fov import restore_fov
     from fastscan.train import resolve_device
 
     cfg = snakemake.params.restore

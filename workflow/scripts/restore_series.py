@@ -5,8 +5,8 @@ import os
 from fastscan.logs import rule_logging
 
 with rule_logging(snakemake.log[0]):
-    from fastscan.infer import restore_series
     from fastscan.memory import set_job_limit
+    from fastscan.restore.series import restore_series
     from fastscan.train import resolve_device
 
     # The series is read whole: refuse one whose header declares more than the job's memory.

@@ -6,7 +6,7 @@ import os
 from fastscan.logs import rule_logging
 
 with rule_logging(snakemake.log[0]):
-    from fastscan.infer import finalize_slide, restore_slide, slide_options
+    from fastscan.restore.slide import finalize_slide, restore_slide, slide_options
     from fastscan.train import resolve_device
 
     cfg = snakemake.params.restore

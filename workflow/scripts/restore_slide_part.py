@@ -7,7 +7,7 @@ from fastscan.logs import rule_logging
 
 with rule_logging(snakemake.log[0]):
     from fastscan.atomic import write_text
-    from fastscan.infer import restore_slide, slide_options
+    from fastscan.restore.slide import restore_slide, slide_options
     from fastscan.train import resolve_device
 
     cfg = snakemake.params.restore

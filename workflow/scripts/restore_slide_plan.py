@@ -7,7 +7,7 @@ from fastscan.logs import rule_logging
 
 with rule_logging(snakemake.log[0]):
     from fastscan.atomic import write_text
-    from fastscan.infer import prepare_slide, slide_options
+    from fastscan.restore.slide import prepare_slide, slide_options
 
     # The tiling is measured on the CPU here and recorded, so every part uses the same one.
     plan = prepare_slide(

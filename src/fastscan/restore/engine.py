@@ -1,0 +1,319 @@
+"""Tiled inference in memory.
+
+:class:`TileEngine` cuts normalised LR images into overlapping tiles, runs them through the
+generator in batches and blends them with a raised-cosine window whose overlapping ramps add up
+to exactly one, so tile borders leave no seams; the halo at the image border is reflected, as in
+CSBDeep's tiled prediction. Tile size and overlap default to the generator's measured receptive
+field (:func:`fastscan.restore.receptive.auto_tiling`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fastscan.restore.prepare import resolve_precision
+from fastscan.restore.receptive import auto_tiling
+from fastscan.restore.tiling import _pad, blend_window, fit_tile, tile_starts
+
+if TYPE_CHECKING:
+    import torch
+
+
+#: U-Net input pixels per forward pass on the CPU (four 256-px inputs). A fixed pixel budget keeps
+#: memory flat while small tiles are batched enough to amortise the per-call cost of the deep
+#: layers: on 2 cores a lowres GAN with 64-px LR tiles restored a 256-px frame in 0.76 s at batch 4,
+#: 0.58 s at 16 and 0.54 s at 36, while the faithful generator (128-px inputs) took 1.73 s at
+#: batch 4 and 1.74 s at 16.
+CPU_BATCH_PIXELS = 4 * 256 * 256
+
+
+def default_batch_size(device: str | torch.device, tile_shape: tuple[int, int], scale: int, *, input_scale: int | None = None) -> int:
+    """Tiles per forward pass: a fixed pixel budget on the CPU, about half the free memory on CUDA.
+
+    On the CPU the batch holds :data:`CPU_BATCH_PIXELS` pixels of the U-Net's input (``input_scale``
+    per LR pixel, ``scale`` if None), at most 64 tiles. The GPU estimate assumes about 3 kB of
+    activations per HR pixel (the ResNet34 U-Net under bf16).
+    """
+    import torch
+
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        k = int(scale if input_scale is None else input_scale)
+        return int(max(1, min(64, CPU_BATCH_PIXELS // (k * k * tile_shape[0] * tile_shape[1]))))
+    free, _ = torch.cuda.mem_get_info(dev)
+    per_tile = 3e3 * scale**2 * tile_shape[0] * tile_shape[1]
+    return int(max(1, min(64, 0.5 * free // per_tile)))
+
+
+class TileEngine:
+    """Batched, blended tiled inference of a generator on normalised LR images.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Generator mapping ``(N, 1, h, w)`` LR tiles to ``(N, 1, scale*h, scale*w)``, in eval mode
+        on ``device`` (see :func:`prepare_generator`).
+    scale : int
+        HR pixels per LR pixel.
+    tile, overlap : int, optional
+        Largest LR tile and the overlap between neighbours; None measures them
+        (:func:`auto_tiling`).
+    batch_size : int, optional
+        Tiles per forward pass; None chooses from the device (:func:`default_batch_size`).
+    device : str
+    precision : {"auto", "float32", "bfloat16", "float16"}
+        Compute dtype (:func:`resolve_precision`): autocast on CUDA, a bf16 copy of the model on
+        the CPU; the blend is always accumulated in float32.
+    channels_last : bool, optional
+        Feed tiles in NHWC layout; the default follows the model's own layout.
+    prefetch : bool, optional
+        Cut (and on CUDA pin) the next batch in a background thread while the model runs on the
+        current one; the default is on for CUDA, where the host is otherwise idle.
+    context : int, optional
+        LR size of the crops the generator was trained on (:func:`training_context`); sets the
+        automatic tiling of generators with self-attention (:func:`auto_tiling`).
+
+    Attributes
+    ----------
+    tiles_run : int
+        Tiles computed so far (for tests and benchmarks).
+    input_scale : int
+        The U-Net's input pixels per LR pixel (the model's ``input_scale``, else ``scale``).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        scale: int,
+        tile: int | None = None,
+        overlap: int | None = None,
+        batch_size: int | None = None,
+        device: str | torch.device = "cpu",
+        precision: str = "auto",
+        channels_last: bool | None = None,
+        prefetch: bool | None = None,
+        context: int | None = None,
+    ) -> None:
+        import torch
+
+        from fastscan.models import is_channels_last
+
+        self.model = model
+        self.scale = int(scale)
+        self.device = torch.device(device)
+        self.dtype = resolve_precision(precision, self.device)
+        self.channels_last = is_channels_last(model) if channels_last is None else bool(channels_last)
+        self.prefetch = self.device.type == "cuda" if prefetch is None else bool(prefetch)
+        # A generator that runs its U-Net on the LR grid affords tiles ``scale`` times larger.
+        self.input_scale = int(getattr(model, "input_scale", self.scale))
+        self.tile, self.overlap = auto_tiling(model, tile=tile, overlap=overlap, device=self.device, input_scale=self.input_scale, context=context)
+        if self.overlap < 0 or self.tile - self.overlap <= 0:
+            raise ValueError(f"overlap {self.overlap} must be at least 0 and smaller than the tile size {self.tile}")
+        self.batch_size = batch_size
+        self.tiles_run = 0
+        self._buffers: list[torch.Tensor] = []
+        # On the CPU the network runs with bf16 copies of its weights (the model itself is not
+        # changed): about 1.6 times faster than bf16 autocast, which casts every weight on every
+        # call and keeps the operations between convolutions in float32 (ResNet34 U-Net,
+        # 256-px tiles). CUDA keeps autocast.
+        self._autocast = self.dtype != torch.float32
+        self._lowp_state: dict[str, torch.Tensor] | None = None
+        self._cast_input = False
+        if self.device.type == "cpu" and self.dtype == torch.bfloat16:
+            named = [*model.named_parameters(), *model.named_buffers()]
+            self._lowp_state = {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in named}
+            self._autocast = False
+            self._cast_input = not getattr(model, "float32_io", False)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        if self._lowp_state is None:
+            return self.model(x)
+        from torch.func import functional_call
+
+        return functional_call(self.model, self._lowp_state, (x,))
+
+    def _buffer(self, index: int, shape: tuple[int, int]) -> torch.Tensor:
+        """A zeroed accumulator, reused between calls: fresh large allocations cost page faults
+        that, for a small generator, take longer than the blending itself."""
+        import torch
+
+        while len(self._buffers) <= index:
+            self._buffers.append(torch.empty(0, device=self.device))
+        buf = self._buffers[index]
+        if buf.numel() < shape[0] * shape[1]:
+            buf = self._buffers[index] = torch.empty(shape[0] * shape[1], dtype=torch.float32, device=self.device)
+        return buf[: shape[0] * shape[1]].view(shape).zero_()
+
+    def tile_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
+        """LR tile size used for images of interior ``shape`` (:func:`fit_tile` per axis)."""
+        return fit_tile(shape[0], self.tile, self.overlap), fit_tile(shape[1], self.tile, self.overlap)
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """Restore one normalised ``(Y, X)`` image, or the ``(frames, Y, X)`` temporal window of
+        a generator with temporal context; returns ``(scale*Y, scale*X)`` float32."""
+        return self.predict_stack(np.asarray(image, dtype=np.float32)[None])[0]
+
+    def predict_stack(self, images: np.ndarray) -> np.ndarray:
+        """Restore ``(N, Y, X)`` normalised frames (or ``(N, frames, Y, X)`` temporal windows);
+        their tiles share batches.
+
+        Returns
+        -------
+        ndarray, shape (N, scale*Y, scale*X), float32
+        """
+        images = np.asarray(images, dtype=np.float32)
+        o = self.overlap
+        lead = ((0, 0),) * (images.ndim - 3)
+        blocks = [_pad(f, (*lead, (o, o), (o, o))) for f in images]
+        ny, nx = images.shape[-2:]
+        out = self.predict_blocks(blocks, tile_shape=self.tile_shape((ny, nx)))
+        return np.stack(out) if out else np.zeros((0, self.scale * ny, self.scale * nx), np.float32)
+
+    def predict_blocks(self, blocks: Sequence[np.ndarray], *, tile_shape: tuple[int, int] | None = None) -> list[np.ndarray]:
+        """Restore blocks that already carry a halo of ``overlap`` px of context on every side.
+
+        Parameters
+        ----------
+        blocks : sequence of ndarray, each (Y + 2*overlap, X + 2*overlap)
+            Normalised LR blocks; sizes may differ. A generator with temporal context takes
+            ``(frames, Y + 2*overlap, X + 2*overlap)`` windows, the restored frame in the middle.
+        tile_shape : (int, int), optional
+            LR tile size to use for every block (default: fitted to the largest block). Whole
+            slides pass the size fitted to a full region, so all regions share one tile shape.
+
+        Returns
+        -------
+        list of ndarray, each (scale*Y, scale*X) float32
+            The restored interiors.
+        """
+        import torch
+
+        o, s = self.overlap, self.scale
+        if not blocks:
+            return []
+        if tile_shape is None:
+            tile_shape = self.tile_shape((max(b.shape[-2] for b in blocks) - 2 * o, max(b.shape[-1] for b in blocks) - 2 * o))
+        ty, tx = tile_shape
+        bs = self.batch_size or default_batch_size(self.device, tile_shape, s, input_scale=self.input_scale)
+        padded, grids, accs = [], [], []
+        for b in blocks:
+            if b.shape[-2] <= 2 * o or b.shape[-1] <= 2 * o:
+                raise ValueError(f"block {b.shape} has no interior inside its {o}-px halo")
+            sy, sx = tile_starts(b.shape[-2], ty, o), tile_starts(b.shape[-1], tx, o)
+            # The last tile may reach past the halo; what it sees there only feeds discarded pixels.
+            extra = (sy[-1] + ty - b.shape[-2], sx[-1] + tx - b.shape[-1])
+            lead = ((0, 0),) * (b.ndim - 2)
+            padded.append(_pad(np.asarray(b, dtype=np.float32), (*lead, (0, max(0, extra[0])), (0, max(0, extra[1])))))
+            grids.append((sy, sx))
+            accs.append(self._buffer(len(accs), (s * (sy[-1] + ty), s * (sx[-1] + tx))))
+        wy = torch.from_numpy(blend_window(s * ty, s * o)).to(self.device)
+        wx = torch.from_numpy(blend_window(s * tx, s * o)).to(self.device)
+        win = wy[:, None] * wx[None, :]
+        items = [(i, y, x) for i, (sy, sx) in enumerate(grids) for y in sy for x in sx]
+        cuda = self.device.type == "cuda"
+
+        def assemble(batch: list[tuple[int, int, int]]) -> torch.Tensor:
+            arr = np.stack([padded[i][..., y : y + ty, x : x + tx] for i, y, x in batch])
+            if arr.ndim == 3:  # single frames: one input channel
+                arr = arr[:, None]
+            t = torch.from_numpy(arr)
+            return t.pin_memory() if cuda else t
+
+        batches = [items[k : k + bs] for k in range(0, len(items), bs)]
+        autocast = torch.autocast(device_type=self.device.type, dtype=self.dtype, enabled=self._autocast)
+        # With prefetch the next batch is cut (and pinned) on the host while the model runs.
+        with contextlib.ExitStack() as stack, torch.inference_mode(), autocast:
+            pool = stack.enter_context(ThreadPoolExecutor(1)) if self.prefetch and len(batches) > 1 else None
+            nxt = pool.submit(assemble, batches[0]) if pool else None
+            for k, batch in enumerate(batches):
+                host = nxt.result() if pool else assemble(batch)
+                if pool and k + 1 < len(batches):
+                    nxt = pool.submit(assemble, batches[k + 1])
+                xb = host.to(self.device, non_blocking=True)
+                if self._cast_input:
+                    xb = xb.to(self.dtype)
+                if self.channels_last:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                pred = self._run(xb)
+                if pred.shape[-2:] != (s * ty, s * tx):
+                    raise ValueError(f"generator returned tiles of {tuple(pred.shape[-2:])} for LR tiles of {(ty, tx)} at scale {s}")
+                pred = pred[:, 0].float() * win
+                for (i, y, x), p in zip(batch, pred):
+                    accs[i][s * y : s * (y + ty), s * x : s * (x + tx)] += p
+                self.tiles_run += len(batch)
+        out = []
+        for (sy, sx), acc, b in zip(grids, accs, blocks):
+            # The window sum is separable; inside the halo it is 1 up to rounding.
+            sum_y = torch.zeros(acc.shape[0], device=self.device)
+            sum_x = torch.zeros(acc.shape[1], device=self.device)
+            for y in sy:
+                sum_y[s * y : s * (y + ty)] += wy
+            for x in sx:
+                sum_x[s * x : s * (x + tx)] += wx
+            ny, nx = b.shape[-2] - 2 * o, b.shape[-1] - 2 * o
+            interior = acc[s * o : s * (o + ny), s * o : s * (o + nx)]
+            interior = interior / (sum_y[s * o : s * (o + ny), None] * sum_x[None, s * o : s * (o + nx)])
+            out.append(interior.cpu().numpy())
+        if len(self._buffers) > len(blocks):  # keep only what one call of this size needs
+            del self._buffers[len(blocks) :]
+        return out
+
+
+def predict_image(
+    model,
+    image: np.ndarray,
+    *,
+    scale: int,
+    tile: int | None = 128,
+    overlap: int | None = 32,
+    batch_size: int | None = 4,
+    device: str = "cpu",
+    precision: str = "float32",
+    channels_last: bool | None = False,
+    context: int | None = None,
+) -> np.ndarray:
+    """Restore one normalised 2-D LR image with overlapping, blended tiles.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Generator mapping ``(N, 1, t, t)`` LR tiles to ``(N, 1, scale*t, scale*t)``, on ``device``.
+    image : ndarray, shape (Y, X)
+        Normalised LR image.
+    scale : int
+    tile, overlap : int or None
+        Largest LR tile and overlap between neighbouring tiles (LR px); None measures them from
+        the generator's receptive field (:func:`auto_tiling`).
+    batch_size : int or None
+        None chooses from the device.
+    device : str
+    precision : str
+        See :func:`resolve_precision`; float32 unless asked, so evaluations stay exact.
+    channels_last : bool or None
+        NHWC input tiles (None: when the model's weights are NHWC). The model is not changed here.
+    context : int or None
+        LR training crop of the generator, for the automatic tiling (see :class:`TileEngine`).
+
+    Returns
+    -------
+    ndarray, shape (scale*Y, scale*X), float32
+    """
+    model.eval()
+    engine = TileEngine(
+        model,
+        scale=scale,
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        channels_last=channels_last,
+        context=context,
+    )
+    return engine.predict(image)
