@@ -17,6 +17,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/restore.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/finetune.smk"
+include: "workflow/rules/ablation.smk"
 include: "workflow/rules/export.smk"
 
 

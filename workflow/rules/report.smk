@@ -145,4 +145,4 @@ rule report:
     params:
         example_fovs=config["report"]["example_fovs"],
     script:
-        "../scripts/report_figures.py"
+        "../scripts/report.py"

@@ -1,4 +1,7 @@
-"""PSNR, SSIM and NRMSE of every method on every restored held-out frame."""
+"""PSNR, SSIM and NRMSE of every method on every restored held-out frame.
+
+One script for rules metrics, finetune_metrics and ablation_metrics (they differ only in the stores).
+"""
 
 from fastscan.logs import rule_logging
 

@@ -1,4 +1,5 @@
-"""A dataset of at most N training pairs: fine-tuning on a new sample, or the data-size ablation."""
+"""A dataset of at most N training pairs: fine-tuning on a new sample (rule finetune_dataset), or the
+data-size ablation (rule ablation_dataset)."""
 
 import json
 
