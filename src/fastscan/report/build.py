@@ -1,14 +1,18 @@
 """The whole report at once: every figure and table of :data:`REPORT_FILES` written into one directory.
 
-The driver of the report rule (``workflow/scripts/report.py``); the figures and tables themselves
-are the other modules' of :mod:`fastscan.report`.
+The driver of the report rule (``workflow/scripts/report.py``): read the inputs, compute the
+tables and pages, then write the files in a fixed order. The figures and tables themselves are
+the other modules' of :mod:`fastscan.report`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+import pandas as pd
 
 from fastscan.atomic import write_text
 from fastscan.hallucination import DEFAULT_K, hallucination_table
@@ -24,7 +28,7 @@ from fastscan.report.ablation import _NO_ABLATION, plot_ablation
 from fastscan.report.boxes import plot_metric_boxes
 from fastscan.report.curves import plot_training_curves
 from fastscan.report.panels import _MAX_EXAMPLE_ROWS, plot_example_panels, plot_hallucination_panels, plot_slide_thumbnails
-from fastscan.report.qc import registration_qc_table
+from fastscan.report.qc import registration_qc_page
 from fastscan.report.tables import hallucination_html, table_html
 
 logger = logging.getLogger(__name__)
@@ -74,6 +78,61 @@ def _pick_examples(restored: Sequence[Path], n: int = _MAX_EXAMPLE_ROWS) -> list
         if path not in chosen:
             chosen.append(path)
     return chosen[:n]
+
+
+@dataclass(frozen=True)
+class _Table:
+    """A table of the report and its HTML page, computed before anything is written."""
+
+    name: str  # the file stem: {name}.tsv and {name}.html
+    frame: pd.DataFrame
+    page: str
+
+
+def _report_tables(
+    df: pd.DataFrame,
+    restored: Sequence[Path],
+    *,
+    ablation_metrics: Sequence[str | Path],
+    finetune_metrics: Sequence[str | Path],
+    k: float,
+) -> dict[str, _Table]:
+    """Tables II-IV and the departure table, each with its HTML page, keyed by file stem."""
+    summary = summarise(df)
+    departures = hallucination_table(restored, k=k)
+    ablation = ablation_table(read_optional_metrics(list(ablation_metrics), key="ablation"))
+    generalisation = generalisation_table(read_optional_metrics(list(finetune_metrics), key="finetune"))
+    tables = [
+        _Table(
+            "summary",
+            summary,
+            table_html(
+                summary,
+                title="Table II: test-set metrics per method",
+                empty_note="No test images were restored, so there are no metrics.",
+            ),
+        ),
+        _Table("hallucination", departures, hallucination_html(departures)),
+        _Table(
+            "ablation",
+            ablation,
+            table_html(ablation, title="Table III: metrics against the number of training pairs", empty_note=_NO_ABLATION),
+        ),
+        _Table(
+            "generalisation",
+            generalisation,
+            table_html(
+                generalisation,
+                title="Table IV: generalisation to another sample, as is and fine-tuned",
+                empty_note=_NO_FINETUNE,
+            ),
+        ),
+    ]
+    return {table.name: table for table in tables}
+
+
+def _write_table(table: _Table, out: Path) -> list[Path]:
+    return [write_tsv(table.frame, out / f"{table.name}.tsv"), _write_text(table.page, out / f"{table.name}.html")]
 
 
 def write_report_figures(
@@ -135,54 +194,20 @@ def write_report_figures(
     df = read_metrics_tsv(metrics_tsv)
     restored_paths = [Path(p) for p in restored]
     examples = _pick_examples(restored_paths, len(restored_paths))
-
-    summary = summarise(df)
-    written = [write_tsv(summary, out / "summary.tsv")]
-    written.append(
-        _write_text(
-            table_html(
-                summary,
-                title="Table II: test-set metrics per method",
-                empty_note="No test images were restored, so there are no metrics.",
-            ),
-            out / "summary.html",
-        )
-    )
-    written.append(plot_metric_boxes(df, out / "psnr_boxes.png", metric="psnr"))
-    written.append(plot_metric_boxes(df, out / "ssim_boxes.png", metric="ssim"))
-    written.append(plot_example_panels(examples, out / "examples.png", max_rows=example_fovs))
-
-    written.append(plot_hallucination_panels(examples, out / "hallucination.png", k=hallucination_k, max_rows=example_fovs))
-    departures = hallucination_table(restored_paths, k=hallucination_k)
-    written.append(write_tsv(departures, out / "hallucination.tsv"))
-    written.append(_write_text(hallucination_html(departures), out / "hallucination.html"))
-
-    ablation = ablation_table(read_optional_metrics(list(ablation_metrics), key="ablation"))
-    written.append(write_tsv(ablation, out / "ablation.tsv"))
-    written.append(
-        _write_text(
-            table_html(ablation, title="Table III: metrics against the number of training pairs", empty_note=_NO_ABLATION),
-            out / "ablation.html",
-        )
-    )
-    written.append(plot_ablation(ablation, out / "ablation.png"))
-
-    generalisation = generalisation_table(read_optional_metrics(list(finetune_metrics), key="finetune"))
-    written.append(write_tsv(generalisation, out / "generalisation.tsv"))
-    written.append(
-        _write_text(
-            table_html(
-                generalisation,
-                title="Table IV: generalisation to another sample, as is and fine-tuned",
-                empty_note=_NO_FINETUNE,
-            ),
-            out / "generalisation.html",
-        )
-    )
-
-    written.append(plot_training_curves(curves, out / "training_curves.png"))
-    fragment = registration_qc_table(qc_tsv) if qc_tsv is not None else "<p>No registration QC table was given.</p>"
-    page = f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Registration QC</title></head>\n<body>\n{fragment}\n</body></html>\n'
-    written.append(_write_text(page, out / "registration_qc.html"))
-    written.append(plot_slide_thumbnails(list(slides), out / "slides.png"))
-    return written
+    tables = _report_tables(df, restored_paths, ablation_metrics=ablation_metrics, finetune_metrics=finetune_metrics, k=hallucination_k)
+    qc_page = registration_qc_page(qc_tsv)
+    # In the order of REPORT_FILES.
+    return [
+        *_write_table(tables["summary"], out),
+        plot_metric_boxes(df, out / "psnr_boxes.png", metric="psnr"),
+        plot_metric_boxes(df, out / "ssim_boxes.png", metric="ssim"),
+        plot_example_panels(examples, out / "examples.png", max_rows=example_fovs),
+        plot_hallucination_panels(examples, out / "hallucination.png", k=hallucination_k, max_rows=example_fovs),
+        *_write_table(tables["hallucination"], out),
+        *_write_table(tables["ablation"], out),
+        plot_ablation(tables["ablation"].frame, out / "ablation.png"),
+        *_write_table(tables["generalisation"], out),
+        plot_training_curves(curves, out / "training_curves.png"),
+        _write_text(qc_page, out / "registration_qc.html"),
+        plot_slide_thumbnails(list(slides), out / "slides.png"),
+    ]

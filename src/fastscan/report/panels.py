@@ -17,12 +17,13 @@ import numpy as np
 from scipy import ndimage
 
 from fastscan.baselines import method_colour, method_label, method_sort_key, upsample
-from fastscan.hallucination import DEFAULT_K, departure_map
+from fastscan.hallucination import DEFAULT_K, Departure, departure_map
 from fastscan.metrics import psnr, ssim
 from fastscan.report.style import _placeholder, _pyplot, _save
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +170,73 @@ def _check_region(region: tuple[int, int, int, int], shape: tuple[int, ...], nam
         raise ValueError(f"inset {region} does not fit the HR image {shape} of {name}")
 
 
+def _grey_range(hr: np.ndarray) -> tuple[float, float]:
+    """The grey scale of a row: the 0.5th to 99.5th percentiles of its HR target."""
+    vmin, vmax = (float(v) for v in np.percentile(hr, [0.5, 99.5]))
+    if vmax <= vmin:
+        vmax = vmin + 1e-6
+    return vmin, vmax
+
+
+def _example_region(hr: np.ndarray, inset: tuple[int, int, int, int] | None, name: str) -> tuple[int, int, int, int]:
+    """The magnified region of a row: `inset` as given, or the most structured window."""
+    if inset is not None:
+        region = tuple(int(v) for v in inset)
+    else:
+        # 64 px on a 512 px target; small images get a quarter of their side so the inset still magnifies.
+        region = _brightest_variance_region(hr, min(_INSET_SIZE, min(hr.shape) // 4))
+    _check_region(region, hr.shape, name)
+    return region
+
+
+def _draw_not_restored(ax: Axes, shape: tuple[int, ...], column: str) -> None:
+    # An all-NaN image keeps the panel the same size and aspect as its neighbours.
+    ax.imshow(np.full(shape, np.nan), cmap="gray")
+    ax.set_facecolor("#eeeeee")
+    ax.text(0.5, 0.5, "not restored", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+    ax.set_title(f"{method_label(column)}\n", fontsize=8)
+
+
+def _label_image_panel(ax: Axes, column: str, ex: dict[str, Any], image: np.ndarray, bounds: list[float]) -> None:
+    """Title an input, method or target panel; the target gets the scale bar, a method its colour as the frame."""
+    hr = ex["hr"]
+    if column == "input":
+        title = f"Input (LR {ex['lr_shape'][0]}×{ex['lr_shape'][1]})\nnearest-neighbour"
+    elif column == "target":
+        title = "Ground truth (HR)\n"
+        if ex["pixel_um"] is not None:
+            # Keep the bar off the inset when the inset sits in a bottom corner.
+            bar_right = bounds[1] == 0.0 and bounds[0] == 0.0
+            _draw_scale_bar(ax, pixel_um=ex["pixel_um"], shape=hr.shape, right=bar_right)
+    else:
+        title = f"{method_label(column)}\n{psnr(image, hr):.2f} dB · SSIM {ssim(image, hr):.3f}"
+    ax.set_title(title, fontsize=8)
+    if column not in ("input", "target"):
+        # Titles stay black for legibility; the frame carries the method's colour as in the box plots.
+        for spine in ax.spines.values():
+            spine.set_edgecolor(method_colour(column))
+            spine.set_linewidth(2.0)
+
+
+def _draw_example_row(row: Sequence[Axes], ex: dict[str, Any], columns: list[str], *, inset: tuple[int, int, int, int] | None) -> None:
+    """One FOV: every column on the row's grey scale, the same region magnified in each."""
+    hr = ex["hr"]
+    vmin, vmax = _grey_range(hr)
+    region = _example_region(hr, inset, ex["name"])
+    bounds = _inset_bounds(region, hr.shape)
+    shown = {"input": ex["input"], **ex["images"], "target": hr}
+    for ax, column in zip(row, columns, strict=True):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if column not in shown:
+            _draw_not_restored(ax, hr.shape, column)
+            continue
+        image = shown[column]
+        _imshow_with_inset(ax, image, region=region, bounds=bounds, vmin=vmin, vmax=vmax)
+        _label_image_panel(ax, column, ex, image, bounds)
+    row[0].set_ylabel(f"{ex['name']}\nframe {ex['frame']}", fontsize=8)
+
+
 def plot_example_panels(
     restored_zarr_paths: Sequence[str | Path],
     out_png: str | Path,
@@ -235,47 +303,7 @@ def plot_example_panels(
         layout="constrained",
     )
     for row, ex in zip(axes, examples, strict=True):
-        hr = ex["hr"]
-        vmin, vmax = (float(v) for v in np.percentile(hr, [0.5, 99.5]))
-        if vmax <= vmin:
-            vmax = vmin + 1e-6
-        if inset is not None:
-            region = tuple(int(v) for v in inset)
-        else:
-            # 64 px on a 512 px target; small images get a quarter of their side so the inset still magnifies.
-            region = _brightest_variance_region(hr, min(_INSET_SIZE, min(hr.shape) // 4))
-        _check_region(region, hr.shape, ex["name"])
-        bounds = _inset_bounds(region, hr.shape)
-        shown = {"input": ex["input"], **ex["images"], "target": hr}
-        for ax, column in zip(row, columns, strict=True):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if column not in shown:
-                # An all-NaN image keeps the panel the same size and aspect as its neighbours.
-                ax.imshow(np.full(hr.shape, np.nan), cmap="gray")
-                ax.set_facecolor("#eeeeee")
-                ax.text(0.5, 0.5, "not restored", ha="center", va="center", transform=ax.transAxes, fontsize=8)
-                ax.set_title(f"{method_label(column)}\n", fontsize=8)
-                continue
-            image = shown[column]
-            _imshow_with_inset(ax, image, region=region, bounds=bounds, vmin=vmin, vmax=vmax)
-            if column == "input":
-                title = f"Input (LR {ex['lr_shape'][0]}×{ex['lr_shape'][1]})\nnearest-neighbour"
-            elif column == "target":
-                title = "Ground truth (HR)\n"
-                if ex["pixel_um"] is not None:
-                    # Keep the bar off the inset when the inset sits in a bottom corner.
-                    bar_right = bounds[1] == 0.0 and bounds[0] == 0.0
-                    _draw_scale_bar(ax, pixel_um=ex["pixel_um"], shape=hr.shape, right=bar_right)
-            else:
-                title = f"{method_label(column)}\n{psnr(image, hr):.2f} dB · SSIM {ssim(image, hr):.3f}"
-            ax.set_title(title, fontsize=8)
-            if column not in ("input", "target"):
-                # Titles stay black for legibility; the frame carries the method's colour as in the box plots.
-                for spine in ax.spines.values():
-                    spine.set_edgecolor(method_colour(column))
-                    spine.set_linewidth(2.0)
-        row[0].set_ylabel(f"{ex['name']}\nframe {ex['frame']}", fontsize=8)
+        _draw_example_row(row, ex, columns, inset=inset)
     return _save(fig, out_png)
 
 
@@ -294,6 +322,68 @@ def _most_flagged_region(flagged: np.ndarray, size: int) -> tuple[int, int, int,
     valid = counts[half : flagged.shape[0] - size + half + 1, half : flagged.shape[1] - size + half + 1]
     y0, x0 = np.unravel_index(int(np.argmax(valid)), valid.shape)
     return int(y0), int(x0), size, size
+
+
+def _departure_examples(paths: Sequence[Path], frame_index: int, max_rows: int) -> list[dict[str, Any]]:
+    """The first `max_rows` stores holding both ``mse`` and ``gan``, loaded (no store past them is read)."""
+    examples = []
+    for path in paths:
+        ex = _load_example(path, frame_index)
+        if "mse" in ex["images"] and "gan" in ex["images"]:
+            examples.append(ex)
+        else:
+            logger.info("%s: no 'mse' and 'gan' to compare; not in the departure figure", path)
+        if len(examples) == max_rows:
+            break
+    return examples
+
+
+def _draw_departure_panel(
+    fig: Figure,
+    ax: Axes,
+    result: Departure,
+    *,
+    region: tuple[int, int, int, int],
+    bounds: list[float],
+    k: float,
+) -> None:
+    """``|GAN - MSE|`` on its own colour scale, the flagged pixels in cyan, and the threshold in the title."""
+    overlay = np.zeros((*result.difference.shape, 4))
+    overlay[result.flagged] = _FLAG_RGBA
+    # The colour scale ends at twice the threshold so that the threshold sits mid-scale on every row.
+    dmax = max(2 * result.threshold, 1e-6)
+    shown = _imshow_with_inset(ax, result.difference, region=region, bounds=bounds, vmin=0.0, vmax=dmax, cmap="magma", overlay=overlay)
+    away = f", {100 * result.flagged_away_share:.0f} % further from HR" if np.isfinite(result.flagged_away_share) else ""
+    ax.set_title(
+        f"|GAN − MSE|, flagged (cyan) {100 * result.fraction_flagged:.2f} %\n> {result.threshold:.3f} = {k:g} × noise sd {result.noise_sd:.3f}{away}",
+        fontsize=7,
+    )
+    bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+    bar.set_label("|GAN − MSE| (normalised HR units)", fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+
+
+def _draw_departure_row(fig: Figure, row: Sequence[Axes], ex: dict[str, Any], columns: Sequence[str], *, k: float, noise: str) -> None:
+    """One FOV: input, MSE, GAN, their departure map and the target, the most flagged window magnified."""
+    hr = ex["hr"]
+    mse, gan = ex["images"]["mse"], ex["images"]["gan"]
+    result = departure_map(gan, mse, target=hr, k=k, noise=noise)
+    vmin, vmax = _grey_range(hr)
+    side = min(_INSET_SIZE, min(hr.shape) // 4)
+    region = _most_flagged_region(result.flagged, side) or _brightest_variance_region(hr, side)
+    bounds = _inset_bounds(region, hr.shape)
+    for ax, column in zip(row, columns, strict=True):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if column == "departure":
+            _draw_departure_panel(fig, ax, result, region=region, bounds=bounds, k=k)
+            continue
+        image = {"input": ex["input"], "target": hr}.get(column)
+        if image is None:
+            image = ex["images"][column]
+        _imshow_with_inset(ax, image, region=region, bounds=bounds, vmin=vmin, vmax=vmax)
+        _label_image_panel(ax, column, ex, image, bounds)
+    row[0].set_ylabel(f"{ex['name']}\nframe {ex['frame']}", fontsize=8)
 
 
 def plot_hallucination_panels(
@@ -334,15 +424,7 @@ def plot_hallucination_panels(
     Path
         `out_png`.
     """
-    examples = []
-    for path in (Path(p) for p in restored_zarr_paths):
-        ex = _load_example(path, frame_index)
-        if "mse" in ex["images"] and "gan" in ex["images"]:
-            examples.append(ex)
-        else:
-            logger.info("%s: no 'mse' and 'gan' to compare; not in the departure figure", path)
-        if len(examples) == max_rows:
-            break
+    examples = _departure_examples([Path(p) for p in restored_zarr_paths], frame_index, max_rows)
     if not examples:
         return _placeholder(out_png, "No restored FOVs with both the MSE generator and the GAN to compare.")
 
@@ -356,51 +438,7 @@ def plot_hallucination_panels(
         layout="constrained",
     )
     for row, ex in zip(axes, examples, strict=True):
-        hr = ex["hr"]
-        mse, gan = ex["images"]["mse"], ex["images"]["gan"]
-        result = departure_map(gan, mse, target=hr, k=k, noise=noise)
-        vmin, vmax = (float(v) for v in np.percentile(hr, [0.5, 99.5]))
-        if vmax <= vmin:
-            vmax = vmin + 1e-6
-        side = min(_INSET_SIZE, min(hr.shape) // 4)
-        region = _most_flagged_region(result.flagged, side) or _brightest_variance_region(hr, side)
-        bounds = _inset_bounds(region, hr.shape)
-        overlay = np.zeros((*hr.shape, 4))
-        overlay[result.flagged] = _FLAG_RGBA
-        # The colour scale ends at twice the threshold so that the threshold sits mid-scale on every row.
-        dmax = max(2 * result.threshold, 1e-6)
-        for ax, column in zip(row, columns, strict=True):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if column == "departure":
-                shown = _imshow_with_inset(ax, result.difference, region=region, bounds=bounds, vmin=0.0, vmax=dmax, cmap="magma", overlay=overlay)
-                away = f", {100 * result.flagged_away_share:.0f} % further from HR" if np.isfinite(result.flagged_away_share) else ""
-                ax.set_title(
-                    f"|GAN − MSE|, flagged (cyan) {100 * result.fraction_flagged:.2f} %\n"
-                    f"> {result.threshold:.3f} = {k:g} × noise sd {result.noise_sd:.3f}{away}",
-                    fontsize=7,
-                )
-                bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
-                bar.set_label("|GAN − MSE| (normalised HR units)", fontsize=7)
-                bar.ax.tick_params(labelsize=6)
-                continue
-            image = {"input": ex["input"], "target": hr}.get(column)
-            if image is None:
-                image = ex["images"][column]
-            _imshow_with_inset(ax, image, region=region, bounds=bounds, vmin=vmin, vmax=vmax)
-            if column == "input":
-                title = f"Input (LR {ex['lr_shape'][0]}×{ex['lr_shape'][1]})\nnearest-neighbour"
-            elif column == "target":
-                title = "Ground truth (HR)\n"
-                if ex["pixel_um"] is not None:
-                    _draw_scale_bar(ax, pixel_um=ex["pixel_um"], shape=hr.shape, right=bounds[1] == 0.0 and bounds[0] == 0.0)
-            else:
-                title = f"{method_label(column)}\n{psnr(image, hr):.2f} dB · SSIM {ssim(image, hr):.3f}"
-                for spine in ax.spines.values():
-                    spine.set_edgecolor(method_colour(column))
-                    spine.set_linewidth(2.0)
-            ax.set_title(title, fontsize=8)
-        row[0].set_ylabel(f"{ex['name']}\nframe {ex['frame']}", fontsize=8)
+        _draw_departure_row(fig, row, ex, columns, k=k, noise=noise)
     return _save(fig, out_png)
 
 

@@ -86,6 +86,12 @@ def registration_qc_table(qc_tsv: str | Path) -> str:
     return summary + "\n" + table + figure
 
 
+def registration_qc_page(qc_tsv: str | Path | None) -> str:
+    """The ``registration_qc.html`` page: :func:`registration_qc_table`, or a note without a QC table."""
+    fragment = registration_qc_table(qc_tsv) if qc_tsv is not None else "<p>No registration QC table was given.</p>"
+    return f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Registration QC</title></head>\n<body>\n{fragment}\n</body></html>\n'
+
+
 def _qc_number(row: pd.Series, column: str) -> float:
     try:
         return float(row.get(column, ""))
