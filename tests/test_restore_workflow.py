@@ -88,6 +88,24 @@ def test_scattered_slide_equals_single_job_and_a_session_series_restores(root, b
     assert [a["name"] for a in series.attrs["ome"]["multiscales"][0]["axes"]] == ["t", "y", "x"]
     assert np.isfinite(series["0"][:]).all()
 
+    # Speed and memory knobs rerun nothing (they are no params); a slide setting reruns the slide only.
+    def plan(name, **restore):
+        proc = snakemake(
+            bin_dir,
+            work,
+            "-n",
+            "--configfile",
+            "config/tiny/config.yaml",
+            write_config(work, name, {**common, "parts": 2, **restore}),
+            "--",
+            target,
+            "restore_sessions",
+        )
+        return {} if "Nothing to be done" in proc.stdout + proc.stderr else planned_jobs(proc.stdout)
+
+    assert plan("fast.yaml", batch_size=2, frames_per_chunk=1) == {}
+    assert plan("region.yaml", region=32) == {"restore_slide_plan": 1, "restore_slide_part": 2, "restore_slide": 1}
+
 
 @pytest.mark.slow
 def test_real_svs_restores_through_the_workflow(root, bin_dir, tmp_path):

@@ -211,10 +211,17 @@ def test_bad_sheet_names_the_row(root, bin_dir, tmp_path):
     assert proc.returncode != 0 and "duplicate" in out and "mito/tiny/fov01" in out
 
 
-@pytest.mark.slow
-def test_tiny_workflow_end_to_end(root, bin_dir, tmp_path):
-    work = make_workdir(root, tmp_path)
+@pytest.fixture(scope="module")
+def tiny_run(root, bin_dir, tmp_path_factory):
+    """The tiny workflow run to the end once, for the tests that inspect it and plan on top of it."""
+    work = make_workdir(root, tmp_path_factory.mktemp("tiny"))
     snakemake(bin_dir, work, "--configfile", "config/tiny/config.yaml")
+    return work
+
+
+@pytest.mark.slow
+def test_tiny_workflow_end_to_end(tiny_run, bin_dir):
+    work = tiny_run
 
     metrics = pd.read_csv(work / "results/report/metrics.tsv", sep="\t")
     assert set(metrics["method"]) == {"bilinear", "bicubic", "classical", "mse", "gan"}
@@ -268,3 +275,32 @@ def test_tiny_workflow_end_to_end(root, bin_dir, tmp_path):
     jobs = planned_jobs(snakemake(bin_dir, work, "-n", "--configfile", "config/tiny/config.yaml").stdout)
     assert jobs["simulate_fov"] == jobs["ingest_fov"] == jobs["register_fov"] == 1
     assert jobs["build_dataset"] == 1 and jobs["train_generator"] == 1
+    sheet.write_text(original)  # the completed run again, for the other tests of tiny_run
+
+
+@pytest.mark.slow
+def test_restore_knobs_rerun_only_what_they_change(tiny_run, bin_dir):
+    """A changed config key reruns a job through its params (Snakemake's default rerun triggers):
+    each rule takes only the keys its script reads, so a knob reruns only the jobs it can change."""
+    work = tiny_run
+    proc = snakemake(bin_dir, work, "-n", "--configfile", "config/tiny/config.yaml")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+    def plan(**restore):
+        knob = work / "config" / "tiny" / "knob.yaml"
+        knob.write_text(yaml.safe_dump({"restore": restore}))
+        proc = snakemake(bin_dir, work, "-n", "--configfile", "config/tiny/config.yaml", str(knob.relative_to(work)))
+        return {} if "Nothing to be done" in proc.stdout + proc.stderr else planned_jobs(proc.stdout)
+
+    slide = {"restore_slide": 1, "report": 1, "all": 1}  # the report shows the restored slide
+    # Slide settings: region sets the slide's chunks and tiles, precision its numbers. The FOV
+    # restorations behind the metrics always run in float32 and read neither.
+    assert plan(region=32) == slide
+    assert plan(precision="float32") == slide
+    # Speed and memory alone: nothing can change, nothing reruns.
+    assert plan(batch_size=2) == {}
+    assert plan(frames_per_chunk=2) == {}
+    # Scattering the slide over jobs changes its jobs (a plan and the parts), not the FOVs'.
+    assert plan(parts=2) == {"restore_slide_plan": 1, "restore_slide_part": 2, **slide}
+    # What the metrics are computed on still reruns them.
+    assert plan(frames=2) == {"restore_fov": 1, "metrics": 1, "export_model": 1, "report": 1, "all": 1}

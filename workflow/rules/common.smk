@@ -91,6 +91,18 @@ wildcard_constraints:
 GLOB_CHARS = set("*?[")
 
 
+def config_keys(section, *keys):
+    """The keys of config ``section`` that a rule's script reads, as the rule's params.
+
+    Snakemake reruns a job whose params changed: a rule given a whole section would rerun for any of
+    its keys (restore.region, a setting of whole-slide restoration, rerunning the FOV restorations
+    and the metrics). Speed and memory knobs that never change a result
+    (restore.batch_size, restore.frames_per_chunk) are no params at all: the scripts read them from
+    the config, so changing them reruns nothing.
+    """
+    return {key: config[section][key] for key in keys}
+
+
 def fov_key(wildcards):
     return f"{wildcards.sample}/{wildcards.session}/{wildcards.fov}"
 

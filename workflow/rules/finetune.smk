@@ -19,7 +19,8 @@ rule finetune_dataset:
         runtime=30,
     params:
         fovs=get_finetune_fov_params,
-        dataset=config["dataset"],
+        # No correct_geometry: the source model's geometry is reused.
+        dataset=config_keys("dataset", "tile", "stride", "max_frames", "background", "percentiles"),
         seed=config["seed"],
     script:
         "../scripts/subset_dataset.py"
@@ -71,7 +72,7 @@ rule finetune_restore:
         runtime=60,
         gpu=1,
     params:
-        restore=config["restore"],
+        restore=config_keys("restore", "frames", "tile", "overlap", "device"),
     script:
         "../scripts/restore_models.py"
 

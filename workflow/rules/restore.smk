@@ -23,7 +23,8 @@ rule restore_fov:
         runtime=60,
         gpu=1,
     params:
-        restore=config["restore"],
+        # Always float32 (restore.precision is for slides and series); restore.batch_size: see config_keys.
+        restore=config_keys("restore", "frames", "tile", "overlap", "device"),
     script:
         "../scripts/restore_fov.py"
 
@@ -46,7 +47,8 @@ rule restore_slide_plan:
         mem_mb=4000,
         runtime=30,
     params:
-        restore=config["restore"],
+        # The tiling is measured on the CPU whatever restore.device says.
+        restore=config_keys("restore", "level", "tile", "overlap", "region", "pyramid_levels", "precision"),
         channel=get_slide_channel,
         store="results/restore/slides/{slide}.ome.zarr",
     script:
@@ -75,7 +77,7 @@ rule restore_slide_part:
         runtime=240,
         gpu=1,
     params:
-        restore=config["restore"],
+        restore=config_keys("restore", "level", "tile", "overlap", "region", "pyramid_levels", "precision", "device", "parts"),
         channel=get_slide_channel,
         store="results/restore/slides/{slide}.ome.zarr",
     script:
@@ -102,7 +104,7 @@ rule restore_slide:
         runtime=240,
         gpu=get_restore_slide_gpu,
     params:
-        restore=config["restore"],
+        restore=config_keys("restore", "level", "tile", "overlap", "region", "pyramid_levels", "precision", "device"),
         channel=get_slide_channel,
     script:
         "../scripts/restore_slide.py"
@@ -126,7 +128,7 @@ rule restore_series:
         runtime=120,
         gpu=1,
     params:
-        restore=config["restore"],
+        restore=config_keys("restore", "tile", "overlap", "pyramid_levels", "precision", "device"),
         series=get_series_params,
     script:
         "../scripts/restore_series.py"

@@ -8,6 +8,8 @@ with rule_logging(snakemake.log[0]):
     from fastscan.restore.fov import restore_fov
     from fastscan.train import resolve_device
 
+    # restore.batch_size changes speed and memory, never the result: read from the config, not params
+    # (a rerun trigger), so that changing it reruns nothing.
     cfg = snakemake.params.restore
     restore_fov(
         snakemake.input.registered,
@@ -16,7 +18,7 @@ with rule_logging(snakemake.log[0]):
         frames=cfg["frames"],
         tile=cfg["tile"],
         overlap=cfg["overlap"],
-        batch_size=cfg["batch_size"],
+        batch_size=snakemake.config["restore"]["batch_size"],
         device=resolve_device(cfg["device"]),
         threads=snakemake.threads,
     )

@@ -12,7 +12,10 @@ with rule_logging(snakemake.log[0]):
     # The series is read whole: refuse one whose header declares more than the job's memory.
     set_job_limit(getattr(snakemake.resources, "mem_mb", None), rule=snakemake.rule)
 
+    # restore.batch_size and restore.frames_per_chunk change speed and memory, never the result: read
+    # from the config, not params (a rerun trigger), so that changing them reruns nothing.
     cfg = snakemake.params.restore
+    fast = snakemake.config["restore"]
     series = snakemake.params.series
     restore_series(
         series["lr"],
@@ -22,8 +25,8 @@ with rule_logging(snakemake.log[0]):
         pixel_size_um=series["lr_pixel_size_um"],
         tile=cfg["tile"],
         overlap=cfg["overlap"],
-        batch_size=cfg["batch_size"],
-        frames_per_chunk=cfg["frames_per_chunk"],
+        batch_size=fast["batch_size"],
+        frames_per_chunk=fast["frames_per_chunk"],
         pyramid_levels=cfg["pyramid_levels"],
         device=resolve_device(cfg["device"]),
         precision=cfg["precision"],
