@@ -11,7 +11,7 @@ import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import zarr
@@ -25,7 +25,7 @@ from fastscan.register.drift import _rms, estimate_drift
 from fastscan.register.hr import _edge_columns, align_hr_to_lr, forward_model
 from fastscan.register.line_phase import estimate_line_phase
 from fastscan.register.qc import write_qc
-from fastscan.register.scan_fit import fit_scan_model
+from fastscan.register.scan_fit import ScanFit, fit_scan_model
 from fastscan.register.shifts import apply_shifts
 from fastscan.scan import resonant_gain
 
@@ -163,6 +163,84 @@ def register_fov(
     the line phase, the scan model and the HR shift are estimated from the frame itself.
     """
     src, out = Path(src), Path(out)
+    attrs, lr, hr, scale = _read_fov(src)
+    ident = {k: str(attrs.get(k, "")) for k in ("sample", "session", "fov")}
+    label = "/".join(ident.values())
+    drift_options = {
+        "reference": reference,
+        "upsample_factor": upsample_factor,
+        "smooth_sigma": smooth_sigma,
+    }
+
+    reg = _register_series(
+        lr,
+        hr,
+        scale,
+        label=label,
+        drift_options=drift_options,
+        iterations=iterations,
+        upsample_factor=upsample_factor,
+        smooth_sigma=smooth_sigma,
+        blur_sigma=blur_sigma,
+    )
+    ncc = _hr_match(reg, scale=scale, blur_sigma=blur_sigma)
+    residual = _residual_drift(reg, drift_options)
+    passed = bool(ncc >= min_ncc)
+    photons = _photon_calibration(
+        lr,
+        reg.lr_mean,
+        reg.drift,
+        reg.field_fraction,
+        (attrs.get("source") or {}).get("lr", {}).get("significant_bits"),
+    )
+    median_adu = float(np.median(reg.lr_mean))
+    photons_at_median = photons.photons(median_adu)
+
+    registration = _registration_attrs(reg, ncc=ncc, residual=residual, passed=passed, min_ncc=min_ncc, photons=photons.summary(median_adu))
+    _write_registered(out, reg, _to_builtin({**attrs, "registration": registration}))
+
+    row = _qc_row(ident, reg, ncc=ncc, residual=residual, passed=passed, photons=photons, photons_at_median=photons_at_median)
+    _log_registered(label, row, photons, median_adu=median_adu, min_ncc=min_ncc)
+    if qc is not None:
+        write_qc(row, qc)
+    return row
+
+
+# --------------------------------------------------------------------------------------------
+# the steps of register_fov, in the order it calls them
+
+
+class _Registered(NamedTuple):
+    """What registration found for one FOV and the data it moved (see :func:`register_fov`)."""
+
+    #: Line phase of the raw series, LR px (kept in the registered frames).
+    line_phase: float
+    #: The scan model, fitted on the mean of the rigidly pre-registered frames.
+    fit: ScanFit
+    #: ``[dy, dx]`` per frame, nominal LR px (``(T, 2)``).
+    drift: np.ndarray
+    #: The drift-corrected frames, float32 ``(T, Y, X)``.
+    registered: np.ndarray
+    #: Their temporal mean, float64.
+    lr_mean: np.ndarray
+    #: ``[dy, dx]`` in HR px that moves the HR target onto the LR grid.
+    hr_shift: np.ndarray
+    #: The HR target moved by it, float32.
+    hr_aligned: np.ndarray
+
+    @property
+    def field_fraction(self) -> float:
+        """Resonant field fraction the frames were registered with (0: a linear scan)."""
+        return self.fit.field_fraction
+
+    @property
+    def single(self) -> bool:
+        """One frame: nothing to align it with, so no drift is measured."""
+        return self.registered.shape[0] == 1
+
+
+def _read_fov(src: Path) -> tuple[dict[str, Any], np.ndarray, np.ndarray, int]:
+    """The ``fastscan`` attributes, LR series, HR image and scale of a canonical FOV store, checked."""
     group = zarr.open_group(str(src), mode="r")
     attrs = dict(group.attrs.get("fastscan", {}))
     if attrs.get("kind") != "fov":
@@ -178,55 +256,36 @@ def register_fov(
     scale = int(attrs.get("scale", 2))
     if hr.shape != (scale * lr.shape[1], scale * lr.shape[2]):
         raise ValueError(f"{src}: hr shape {hr.shape} is not scale={scale} times the LR frame shape {lr.shape[1:]}; re-run ingestion")
-    ident = {k: str(attrs.get(k, "")) for k in ("sample", "session", "fov")}
-    label = "/".join(ident.values())
+    return attrs, lr, hr, scale
 
+
+def _register_series(
+    lr: np.ndarray,
+    hr: np.ndarray,
+    scale: int,
+    *,
+    label: str,
+    drift_options: dict[str, Any],
+    iterations: int,
+    upsample_factor: int,
+    smooth_sigma: float,
+    blur_sigma: float,
+) -> _Registered:
+    """Line phase, scan model, drift and HR shift of one FOV, and the frames and target moved by them."""
     line_phase = estimate_line_phase(lr, upsample_factor=upsample_factor)
-    drift_options = {
-        "reference": reference,
-        "upsample_factor": upsample_factor,
-        "smooth_sigma": smooth_sigma,
-    }
-    # One frame (a paired dataset, or a lab saving one fast frame per FOV) has nothing to be
-    # aligned with: its drift is zero by definition, not measured. Line phase, scan model and
-    # HR alignment come from that frame alone, as they come from the mean of a series.
-    single = lr.shape[0] == 1
-    # A first, rigid pass gives a sharp enough mean to fit the scan model on; the remaining
-    # passes measure the drift with that model, in nominal pixels (see estimate_drift).
-    if single:
-        rigid = np.zeros((1, 2), dtype=np.float64)
-        lr_mean = lr[0].astype(np.float64)
-    else:
-        rigid = estimate_drift(lr, iterations=1, **drift_options)
-        lr_mean = apply_shifts(lr, rigid).mean(axis=0, dtype=np.float64)
-    fit = fit_scan_model(
+    rigid, fit = _fit_scan_on_rigid_mean(
+        lr,
         hr,
-        lr_mean,
-        scale=scale,
-        line_phase_px=line_phase,
+        scale,
+        line_phase,
+        label=label,
+        drift_options=drift_options,
         upsample_factor=upsample_factor,
-        blur_sigma=blur_sigma,
         smooth_sigma=smooth_sigma,
+        blur_sigma=blur_sigma,
     )
-    field_fraction, hr_shift = fit.field_fraction, fit.hr_shift
-    if fit.best_field_fraction > 0 and field_fraction == 0:
-        logger.info(
-            "%s: resonant field fraction %.3f not significant over a linear scan (t = %.2f); registered as a linear scan",
-            label,
-            fit.best_field_fraction,
-            fit.evidence,
-        )
-    ny, nx = lr_mean.shape
-    gain = resonant_gain(nx, field_fraction, 0.25)
-    drift = rigid * [1.0, gain]
-    if iterations > 1 and not single:
-        drift = estimate_drift(
-            lr,
-            iterations=iterations - 1,
-            field_fraction=field_fraction,
-            initial=drift,
-            **drift_options,
-        )
+    field_fraction = fit.field_fraction
+    drift = _model_drift(lr, rigid, field_fraction, iterations=iterations, drift_options=drift_options)
     registered = apply_shifts(lr, drift, field_fraction=field_fraction).astype(np.float32, copy=False)
     lr_mean = registered.mean(axis=0, dtype=np.float64)
     # The registered frames sit where the drift reference was, a little away from the rigid
@@ -241,57 +300,117 @@ def register_fov(
         field_fraction=field_fraction,
         smooth_sigma=smooth_sigma,
         iterations=3,
-        initial=hr_shift,
+        initial=fit.hr_shift,
     )
     hr_aligned = apply_shifts(hr[None], hr_shift[None])[0].astype(np.float32, copy=False)
+    return _Registered(line_phase, fit, drift, registered, lr_mean, hr_shift, hr_aligned)
 
+
+def _fit_scan_on_rigid_mean(
+    lr: np.ndarray,
+    hr: np.ndarray,
+    scale: int,
+    line_phase: float,
+    *,
+    label: str,
+    drift_options: dict[str, Any],
+    upsample_factor: int,
+    smooth_sigma: float,
+    blur_sigma: float,
+) -> tuple[np.ndarray, ScanFit]:
+    """A rigid drift pass and the scan model fitted on the mean of the frames it aligns."""
+    # One frame (a paired dataset, or a lab saving one fast frame per FOV) has nothing to be
+    # aligned with: its drift is zero by definition, not measured. Line phase, scan model and
+    # HR alignment come from that frame alone, as they come from the mean of a series.
+    # A first, rigid pass gives a sharp enough mean to fit the scan model on; the remaining
+    # passes measure the drift with that model, in nominal pixels (see estimate_drift).
+    if lr.shape[0] == 1:
+        rigid = np.zeros((1, 2), dtype=np.float64)
+        lr_mean = lr[0].astype(np.float64)
+    else:
+        rigid = estimate_drift(lr, iterations=1, **drift_options)
+        lr_mean = apply_shifts(lr, rigid).mean(axis=0, dtype=np.float64)
+    fit = fit_scan_model(
+        hr,
+        lr_mean,
+        scale=scale,
+        line_phase_px=line_phase,
+        upsample_factor=upsample_factor,
+        blur_sigma=blur_sigma,
+        smooth_sigma=smooth_sigma,
+    )
+    if fit.best_field_fraction > 0 and fit.field_fraction == 0:
+        logger.info(
+            "%s: resonant field fraction %.3f not significant over a linear scan (t = %.2f); registered as a linear scan",
+            label,
+            fit.best_field_fraction,
+            fit.evidence,
+        )
+    return rigid, fit
+
+
+def _model_drift(lr: np.ndarray, rigid: np.ndarray, field_fraction: float, *, iterations: int, drift_options: dict[str, Any]) -> np.ndarray:
+    """The drift with the fitted scan model, in nominal pixels, starting from the rigid pass."""
+    gain = resonant_gain(lr.shape[2], field_fraction, 0.25)
+    drift = rigid * [1.0, gain]
+    if iterations > 1 and lr.shape[0] != 1:
+        drift = estimate_drift(
+            lr,
+            iterations=iterations - 1,
+            field_fraction=field_fraction,
+            initial=drift,
+            **drift_options,
+        )
+    return drift
+
+
+def _hr_match(reg: _Registered, *, scale: int, blur_sigma: float) -> float:
+    """The QC score: NCC of the forward-modelled aligned HR with the registered mean, inside the borders."""
+    ny, nx = reg.lr_mean.shape
+    drift, hr_shift = reg.drift, reg.hr_shift
     # Borders filled by the shifts carry reflected, not measured, content; the ends of resonant
     # lines are compressed, so the same shift fills more display columns there.
     my = math.ceil(np.abs(drift[:, 0]).max(initial=0) + abs(hr_shift[0]) / scale) + 1
     shift_x = np.abs(drift[:, 1]).max(initial=0) + abs(hr_shift[1]) / scale
-    mx = _edge_columns(shift_x, nx, field_fraction) + 1
+    mx = _edge_columns(shift_x, nx, reg.field_fraction) + 1
     my, mx = min(my, ny // 4), min(mx, nx // 4)
     inner = (slice(my, ny - my), slice(mx, nx - mx))
     model = forward_model(
-        hr_aligned,
+        reg.hr_aligned,
         scale=scale,
         blur_sigma=blur_sigma,
-        line_phase_px=line_phase,
-        field_fraction=field_fraction,
+        line_phase_px=reg.line_phase,
+        field_fraction=reg.field_fraction,
     )
-    if fit.blur_sigma > 0:
+    if reg.fit.blur_sigma > 0:
         # The LR acquisition's extra softness, as fitted with the scan model.
-        model = ndimage.gaussian_filter(model, fit.blur_sigma, mode="reflect")
-    ncc = normalised_cross_correlation(model[inner], lr_mean[inner])
+        model = ndimage.gaussian_filter(model, reg.fit.blur_sigma, mode="reflect")
+    return normalised_cross_correlation(model[inner], reg.lr_mean[inner])
+
+
+def _residual_drift(reg: _Registered, drift_options: dict[str, Any]) -> float:
+    """RMS drift re-estimated on the registered frames, LR px."""
     # A single frame cannot be misaligned with itself; 0.0 keeps the QC table complete.
-    residual = (
-        0.0
-        if single
-        else _rms(
-            estimate_drift(
-                registered,
-                iterations=1,
-                field_fraction=field_fraction,
-                **drift_options,
-            )
+    if reg.single:
+        return 0.0
+    return _rms(
+        estimate_drift(
+            reg.registered,
+            iterations=1,
+            field_fraction=reg.field_fraction,
+            **drift_options,
         )
     )
-    passed = bool(ncc >= min_ncc)
-    photons = _photon_calibration(
-        lr,
-        lr_mean,
-        drift,
-        field_fraction,
-        (attrs.get("source") or {}).get("lr", {}).get("significant_bits"),
-    )
-    median_adu = float(np.median(lr_mean))
-    photons_at_median = photons.photons(median_adu)
 
-    registration = {
-        "drift_px": drift.tolist(),
-        "hr_shift_px": hr_shift.tolist(),
-        "line_phase_px": float(line_phase),
-        "field_fraction": float(field_fraction),
+
+def _registration_attrs(reg: _Registered, *, ncc: float, residual: float, passed: bool, min_ncc: float, photons: dict[str, Any]) -> dict[str, Any]:
+    """The ``registration`` attribute of the registered store (see :func:`register_fov`, Notes)."""
+    fit = reg.fit
+    return {
+        "drift_px": reg.drift.tolist(),
+        "hr_shift_px": reg.hr_shift.tolist(),
+        "line_phase_px": float(reg.line_phase),
+        "field_fraction": float(reg.field_fraction),
         # The scan-model fit's evidence for the best resonant field fraction over a linear scan
         # (a t statistic; NaN when not compared) and the extra blur of the LR acquisition (LR px).
         "resonant_field_fraction": float(fit.best_field_fraction),
@@ -301,10 +420,13 @@ def register_fov(
         "residual_drift_px": float(residual),
         "passed": passed,
         "min_ncc": float(min_ncc),
-        "photons": photons.summary(median_adu),
+        "photons": photons,
     }
-    out_attrs = _to_builtin({**attrs, "registration": registration})
 
+
+def _write_registered(out: Path, reg: _Registered, attrs: dict[str, Any]) -> None:
+    """Write the registered store atomically: ``lr`` one frame per chunk, ``hr``, and ``attrs`` as ``fastscan``."""
+    registered, hr_aligned = reg.registered, reg.hr_aligned
     with atomic_path(out) as tmp:
         dest = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         dest.create_array(
@@ -314,17 +436,29 @@ def register_fov(
             dimension_names=("t", "y", "x"),
         )
         dest.create_array("hr", data=hr_aligned, chunks=hr_aligned.shape, dimension_names=("y", "x"))
-        dest.attrs["fastscan"] = out_attrs
+        dest.attrs["fastscan"] = attrs
 
-    row = {
+
+def _qc_row(
+    ident: dict[str, str],
+    reg: _Registered,
+    *,
+    ncc: float,
+    residual: float,
+    passed: bool,
+    photons: PhotonCalibration,
+    photons_at_median: float,
+) -> dict[str, Any]:
+    """The FOV's row of the registration QC table (:data:`~fastscan.register.qc.QC_COLUMNS`)."""
+    return {
         **ident,
-        "frames": int(lr.shape[0]),
+        "frames": int(reg.registered.shape[0]),
         "ncc": float(ncc),
-        "line_phase_px": float(line_phase),
-        "field_fraction": float(field_fraction),
-        "hr_shift_dy": float(hr_shift[0]),
-        "hr_shift_dx": float(hr_shift[1]),
-        "drift_rms_px": _rms(drift),
+        "line_phase_px": float(reg.line_phase),
+        "field_fraction": float(reg.field_fraction),
+        "hr_shift_dy": float(reg.hr_shift[0]),
+        "hr_shift_dx": float(reg.hr_shift[1]),
+        "drift_rms_px": _rms(reg.drift),
         "residual_drift_px": float(residual),
         "passed": passed,
         "gain_adu_per_photon": photons.gain_adu_per_photon,
@@ -333,6 +467,10 @@ def register_fov(
         "photons_at_median": photons_at_median,
         "photon_curve": curve_to_text(photons),
     }
+
+
+def _log_registered(label: str, row: Mapping[str, Any], photons: PhotonCalibration, *, median_adu: float, min_ncc: float) -> None:
+    """Log the photon calibration and the registration of one FOV; warn when it failed QC."""
     if photons.measurable:
         logger.info(
             "photon calibration of %s: %.3g ADU per photon, offset %.1f ADU, read noise %.2f ADU, %.2f photons per pixel at the median signal %.1f ADU%s",
@@ -340,7 +478,7 @@ def register_fov(
             photons.gain_adu_per_photon,
             photons.offset_adu,
             photons.read_noise_adu,
-            photons_at_median,
+            row["photons_at_median"],
             median_adu,
             f" ({photons.reason})" if photons.reason else "",
         )
@@ -350,22 +488,19 @@ def register_fov(
         "registered %s: T=%d line phase %.2f px, drift rms %.2f px (residual %.3f), hr shift (%.2f, %.2f) px, ncc %.3f",
         label,
         row["frames"],
-        line_phase,
+        row["line_phase_px"],
         row["drift_rms_px"],
-        residual,
-        hr_shift[0],
-        hr_shift[1],
-        ncc,
+        row["residual_drift_px"],
+        row["hr_shift_dy"],
+        row["hr_shift_dx"],
+        row["ncc"],
     )
-    if not passed:
+    if not row["passed"]:
         logger.warning(
             "registration QC failed for sample=%s session=%s fov=%s: ncc %.3f < min_ncc %.3f; the FOV is written with passed=False and excluded downstream",
-            ident["sample"],
-            ident["session"],
-            ident["fov"],
-            ncc,
+            row["sample"],
+            row["session"],
+            row["fov"],
+            row["ncc"],
             min_ncc,
         )
-    if qc is not None:
-        write_qc(row, qc)
-    return row

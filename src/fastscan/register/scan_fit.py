@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -177,6 +177,63 @@ def fit_scan_model(
     lr_mean = np.asarray(lr_mean)
     hr = np.asarray(hr)
     _check_hr_lr_shapes(hr, lr_mean, scale)
+    grid, blurs = _check_candidates(field_fractions, blur_sigmas)
+    taper = 0.25
+    window = _taper(lr_mean.shape, taper)
+    ref_f = sp_fft.fft2(_prepare(lr_mean, smooth_sigma=smooth_sigma, window=window))
+    scores: dict[float, _Candidate] = {}
+
+    def score(ff: float, start: np.ndarray) -> np.ndarray:
+        scores[ff] = _score_candidate(
+            hr,
+            lr_mean,
+            ref_f,
+            window,
+            ff,
+            start,
+            blurs=blurs,
+            scale=scale,
+            upsample_factor=upsample_factor,
+            blur_sigma=blur_sigma,
+            line_phase_px=line_phase_px,
+            iterations=iterations,
+            smooth_sigma=smooth_sigma,
+            taper=taper,
+        )
+        return scores[ff].shift
+
+    start = np.zeros(2)
+    for ff in grid:
+        # The shift changes little between neighbouring candidates: start from the last one.
+        start = score(ff, start)
+    if refine and len(grid) > 1:
+        _refine(scores, score)
+    ff, evidence, best_resonant = _choose(scores, lr_mean, min_evidence)
+    best = scores[ff]
+    return ScanFit(float(ff), best.shift, best.ncc, float(best.blur_sigma), float(evidence), float(best_resonant))
+
+
+# --------------------------------------------------------------------------------------------
+# the steps of fit_scan_model
+
+
+class _Candidate(NamedTuple):
+    """One field fraction as scored by :func:`fit_scan_model`."""
+
+    #: ``[dy, dx]`` in HR px.
+    shift: np.ndarray
+    #: NCC of the aligned forward model (with ``blur_sigma``) and the LR mean over ``inner``.
+    ncc: float
+    #: The extra blur that fitted best, LR px.
+    blur_sigma: float
+    #: The aligned forward model with that blur.
+    model: np.ndarray
+    #: The region away from shifted-in borders.
+    inner: tuple[slice, slice]
+
+
+def _check_candidates(field_fractions: Sequence[float], blur_sigmas: Sequence[float]) -> tuple[list[float], list[float]]:
+    """The sorted, distinct field fractions and extra blurs :func:`fit_scan_model` tries, checked."""
     grid = sorted({round(float(f), 6) for f in field_fractions})
     if not grid:
         raise ValueError("field_fractions must not be empty")
@@ -185,58 +242,73 @@ def fit_scan_model(
     blurs = sorted({float(b) for b in blur_sigmas}) or [0.0]
     if blurs[0] < 0:
         raise ValueError(f"blur_sigmas must be 0 or more, got {blurs}")
-    ny, nx = lr_mean.shape
-    taper = 0.25
-    window = _taper(lr_mean.shape, taper)
-    ref_f = sp_fft.fft2(_prepare(lr_mean, smooth_sigma=smooth_sigma, window=window))
-    # field fraction -> (shift, ncc, extra blur, blurred model, inner region)
-    scores: dict[float, tuple[np.ndarray, float, float, np.ndarray, tuple[slice, slice]]] = {}
+    return grid, blurs
 
-    def score(ff: float, start: np.ndarray) -> np.ndarray:
-        shift, model = _align_hr(
-            hr,
-            ref_f,
-            window,
-            start,
+
+def _score_candidate(
+    hr: np.ndarray,
+    lr_mean: np.ndarray,
+    ref_f: np.ndarray,
+    window: np.ndarray | None,
+    ff: float,
+    start: np.ndarray,
+    *,
+    blurs: Sequence[float],
+    scale: int,
+    upsample_factor: int,
+    blur_sigma: float,
+    line_phase_px: float,
+    iterations: int,
+    smooth_sigma: float,
+    taper: float,
+) -> _Candidate:
+    """Align the HR target for field fraction ``ff`` from ``start`` and score its forward model with the best extra blur."""
+    ny, nx = lr_mean.shape
+    shift, model = _align_hr(
+        hr,
+        ref_f,
+        window,
+        start,
+        scale=scale,
+        upsample_factor=upsample_factor,
+        blur_sigma=blur_sigma,
+        line_phase_px=line_phase_px,
+        field_fraction=ff,
+        iterations=iterations,
+        smooth_sigma=smooth_sigma,
+        taper=taper,
+        normalization=None,
+    )
+    if model is None:
+        model = forward_model(
+            _shift_array(hr, shift),
             scale=scale,
-            upsample_factor=upsample_factor,
             blur_sigma=blur_sigma,
             line_phase_px=line_phase_px,
             field_fraction=ff,
-            iterations=iterations,
-            smooth_sigma=smooth_sigma,
-            taper=taper,
-            normalization=None,
         )
-        if model is None:
-            model = forward_model(
-                _shift_array(hr, shift),
-                scale=scale,
-                blur_sigma=blur_sigma,
-                line_phase_px=line_phase_px,
-                field_fraction=ff,
-            )
-        my = min(int(math.ceil(abs(shift[0]) / scale)) + 1, ny // 4)
-        mx = min(_edge_columns(shift[1] / scale, nx, ff) + 1, nx // 4)
-        inner = (slice(my, ny - my), slice(mx, nx - mx))
-        best = None
-        for sigma in blurs:
-            blurred = ndimage.gaussian_filter(model, sigma, mode="reflect") if sigma > 0 else model
-            ncc = normalised_cross_correlation(blurred[inner], lr_mean[inner])
-            if best is None or ncc > best[1]:
-                best = (sigma, float(ncc), blurred)
-        logger.debug("field fraction %.3f: shift %s, ncc %.5f, blur %.1f", ff, shift, best[1], best[0])
-        scores[ff] = (shift, best[1], best[0], best[2], inner)
-        return shift
+    my = min(int(math.ceil(abs(shift[0]) / scale)) + 1, ny // 4)
+    mx = min(_edge_columns(shift[1] / scale, nx, ff) + 1, nx // 4)
+    inner = (slice(my, ny - my), slice(mx, nx - mx))
+    best = None
+    for sigma in blurs:
+        blurred = ndimage.gaussian_filter(model, sigma, mode="reflect") if sigma > 0 else model
+        ncc = normalised_cross_correlation(blurred[inner], lr_mean[inner])
+        if best is None or ncc > best[1]:
+            best = (sigma, float(ncc), blurred)
+    logger.debug("field fraction %.3f: shift %s, ncc %.5f, blur %.1f", ff, shift, best[1], best[0])
+    return _Candidate(shift, best[1], best[0], best[2], inner)
 
-    start = np.zeros(2)
-    for ff in grid:
-        # The shift changes little between neighbouring candidates: start from the last one.
-        start = score(ff, start)
 
-    for _ in range(4 if refine and len(grid) > 1 else 0):
+def _refine(scores: dict[float, _Candidate], score: Callable[[float, np.ndarray], np.ndarray], passes: int = 4) -> None:
+    """Score more field fractions around the best one (``score`` adds each to ``scores``).
+
+    Successive parabolic interpolation of the correlation through the best candidate and its
+    neighbours, down to 0.001; one step past the end of the grid when the best is the last one.
+    """
+    for _ in range(passes):
         fs = sorted(scores)
-        k = max(range(len(fs)), key=lambda i: scores[fs[i]][1])
+        k = max(range(len(fs)), key=lambda i: scores[fs[i]].ncc)
         best = fs[k]
         if k in (0, len(fs) - 1):
             # The optimum lies at or past the end of the grid: evaluate one step further.
@@ -244,20 +316,28 @@ def fit_scan_model(
             beyond = round(best - step if k == 0 else best + step, 3)
             if not 0.0 <= beyond <= _MAX_FIELD_FRACTION or beyond in scores or best == 0.0:
                 break
-            score(beyond, scores[best][0])
+            score(beyond, scores[best].shift)
             continue
         three = (fs[k - 1], best, fs[k + 1])
-        vertex = _parabola_vertex(three, [scores[f][1] for f in three])
+        vertex = _parabola_vertex(three, [scores[f].ncc for f in three])
         if vertex is None:
             break
         vertex = round(min(max(vertex, three[0]), three[2]), 3)
         if min(abs(vertex - f) for f in fs) < 1e-3:
             break
-        score(vertex, scores[best][0])
+        score(vertex, scores[best].shift)
 
+
+def _choose(scores: Mapping[float, _Candidate], lr_mean: np.ndarray, min_evidence: float) -> tuple[float, float, float]:
+    """The field fraction to use, the evidence of the best resonant one over a linear scan, and that one.
+
+    The best-correlating candidate wins, unless it is resonant and its
+    :func:`scan_model_evidence` over the linear model (when 0 was scored) does not exceed
+    ``min_evidence``: then the scan is taken as linear.
+    """
     resonant = [f for f in scores if f > 0]
-    best_resonant = max(resonant, key=lambda f: scores[f][1]) if resonant else 0.0
-    ff = max(scores, key=lambda f: scores[f][1])
+    best_resonant = max(resonant, key=lambda f: scores[f].ncc) if resonant else 0.0
+    ff = max(scores, key=lambda f: scores[f].ncc)
     evidence = math.nan
     if resonant and 0.0 in scores:
         # Both models on the region valid for both.
@@ -273,5 +353,4 @@ def fit_scan_model(
                 min_evidence,
             )
             ff = 0.0
-    shift, ncc, sigma = scores[ff][:3]
-    return ScanFit(float(ff), shift, ncc, float(sigma), float(evidence), float(best_resonant))
+    return ff, evidence, best_resonant
