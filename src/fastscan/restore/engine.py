@@ -57,26 +57,27 @@ class TileEngine:
     ----------
     model : torch.nn.Module
         Generator mapping ``(N, 1, h, w)`` LR tiles to ``(N, 1, scale*h, scale*w)``, in eval mode
-        on ``device`` (see :func:`prepare_generator`).
+        on ``device`` (see :func:`fastscan.restore.prepare.prepare_generator`).
     scale : int
         HR pixels per LR pixel.
     tile, overlap : int, optional
         Largest LR tile and the overlap between neighbours; None measures them
-        (:func:`auto_tiling`).
+        (:func:`fastscan.restore.receptive.auto_tiling`).
     batch_size : int, optional
         Tiles per forward pass; None chooses from the device (:func:`default_batch_size`).
     device : str
     precision : {"auto", "float32", "bfloat16", "float16"}
-        Compute dtype (:func:`resolve_precision`): autocast on CUDA, a bf16 copy of the model on
-        the CPU; the blend is always accumulated in float32.
+        Compute dtype (:func:`fastscan.restore.prepare.resolve_precision`): autocast on CUDA, a
+        bf16 copy of the model on the CPU; the blend is always accumulated in float32.
     channels_last : bool, optional
         Feed tiles in NHWC layout; the default follows the model's own layout.
     prefetch : bool, optional
         Cut (and on CUDA pin) the next batch in a background thread while the model runs on the
         current one; the default is on for CUDA, where the host is otherwise idle.
     context : int, optional
-        LR size of the crops the generator was trained on (:func:`training_context`); sets the
-        automatic tiling of generators with self-attention (:func:`auto_tiling`).
+        LR size of the crops the generator was trained on
+        (:func:`fastscan.restore.receptive.training_context`); sets the automatic tiling of
+        generators with self-attention (:func:`fastscan.restore.receptive.auto_tiling`).
 
     Attributes
     ----------
@@ -151,7 +152,8 @@ class TileEngine:
         return buf[: shape[0] * shape[1]].view(shape).zero_()
 
     def tile_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
-        """LR tile size used for images of interior ``shape`` (:func:`fit_tile` per axis)."""
+        """LR tile size used for images of interior ``shape``
+        (:func:`fastscan.restore.tiling.fit_tile` per axis)."""
         return fit_tile(shape[0], self.tile, self.overlap), fit_tile(shape[1], self.tile, self.overlap)
 
     def predict(self, image: np.ndarray) -> np.ndarray:
@@ -201,6 +203,21 @@ class TileEngine:
             tile_shape = self.tile_shape((max(b.shape[-2] for b in blocks) - 2 * o, max(b.shape[-1] for b in blocks) - 2 * o))
         ty, tx = tile_shape
         bs = self.batch_size or default_batch_size(self.device, tile_shape, s, input_scale=self.input_scale)
+        padded, grids, accs = self._lay_out(blocks, tile_shape)
+        wy = torch.from_numpy(blend_window(s * ty, s * o)).to(self.device)
+        wx = torch.from_numpy(blend_window(s * tx, s * o)).to(self.device)
+        self._accumulate(padded, grids, accs, tile_shape=tile_shape, window=wy[:, None] * wx[None, :], batch_size=bs)
+        out = [self._interior(acc, grid, b, tile_shape=tile_shape, wy=wy, wx=wx) for grid, acc, b in zip(grids, accs, blocks)]
+        if len(self._buffers) > len(blocks):  # keep only what one call of this size needs
+            del self._buffers[len(blocks) :]
+        return out
+
+    def _lay_out(
+        self, blocks: Sequence[np.ndarray], tile_shape: tuple[int, int]
+    ) -> tuple[list[np.ndarray], list[tuple[list[int], list[int]]], list[torch.Tensor]]:
+        """Each block padded to whole tiles, its tile starts per axis and its zeroed HR accumulator."""
+        o, s = self.overlap, self.scale
+        ty, tx = tile_shape
         padded, grids, accs = [], [], []
         for b in blocks:
             if b.shape[-2] <= 2 * o or b.shape[-1] <= 2 * o:
@@ -212,9 +229,24 @@ class TileEngine:
             padded.append(_pad(np.asarray(b, dtype=np.float32), (*lead, (0, max(0, extra[0])), (0, max(0, extra[1])))))
             grids.append((sy, sx))
             accs.append(self._buffer(len(accs), (s * (sy[-1] + ty), s * (sx[-1] + tx))))
-        wy = torch.from_numpy(blend_window(s * ty, s * o)).to(self.device)
-        wx = torch.from_numpy(blend_window(s * tx, s * o)).to(self.device)
-        win = wy[:, None] * wx[None, :]
+        return padded, grids, accs
+
+    def _accumulate(
+        self,
+        padded: Sequence[np.ndarray],
+        grids: Sequence[tuple[list[int], list[int]]],
+        accs: Sequence[torch.Tensor],
+        *,
+        tile_shape: tuple[int, int],
+        window: torch.Tensor,
+        batch_size: int,
+    ) -> None:
+        """Run every tile through the generator in batches and add it, weighted by ``window``, to
+        its block's accumulator."""
+        import torch
+
+        s = self.scale
+        ty, tx = tile_shape
         items = [(i, y, x) for i, (sy, sx) in enumerate(grids) for y in sy for x in sx]
         cuda = self.device.type == "cuda"
 
@@ -225,7 +257,7 @@ class TileEngine:
             t = torch.from_numpy(arr)
             return t.pin_memory() if cuda else t
 
-        batches = [items[k : k + bs] for k in range(0, len(items), bs)]
+        batches = [items[k : k + batch_size] for k in range(0, len(items), batch_size)]
         autocast = torch.autocast(device_type=self.device.type, dtype=self.dtype, enabled=self._autocast)
         # With prefetch the next batch is cut (and pinned) on the host while the model runs.
         with contextlib.ExitStack() as stack, torch.inference_mode(), autocast:
@@ -235,34 +267,54 @@ class TileEngine:
                 host = nxt.result() if pool else assemble(batch)
                 if pool and k + 1 < len(batches):
                     nxt = pool.submit(assemble, batches[k + 1])
-                xb = host.to(self.device, non_blocking=True)
-                if self._cast_input:
-                    xb = xb.to(self.dtype)
-                if self.channels_last:
-                    xb = xb.contiguous(memory_format=torch.channels_last)
-                pred = self._run(xb)
-                if pred.shape[-2:] != (s * ty, s * tx):
-                    raise ValueError(f"generator returned tiles of {tuple(pred.shape[-2:])} for LR tiles of {(ty, tx)} at scale {s}")
-                pred = pred[:, 0].float() * win
+                pred = self._forward(host, tile_shape) * window
                 for (i, y, x), p in zip(batch, pred):
                     accs[i][s * y : s * (y + ty), s * x : s * (x + tx)] += p
                 self.tiles_run += len(batch)
-        out = []
-        for (sy, sx), acc, b in zip(grids, accs, blocks):
-            # The window sum is separable; inside the halo it is 1 up to rounding.
-            sum_y = torch.zeros(acc.shape[0], device=self.device)
-            sum_x = torch.zeros(acc.shape[1], device=self.device)
-            for y in sy:
-                sum_y[s * y : s * (y + ty)] += wy
-            for x in sx:
-                sum_x[s * x : s * (x + tx)] += wx
-            ny, nx = b.shape[-2] - 2 * o, b.shape[-1] - 2 * o
-            interior = acc[s * o : s * (o + ny), s * o : s * (o + nx)]
-            interior = interior / (sum_y[s * o : s * (o + ny), None] * sum_x[None, s * o : s * (o + nx)])
-            out.append(interior.cpu().numpy())
-        if len(self._buffers) > len(blocks):  # keep only what one call of this size needs
-            del self._buffers[len(blocks) :]
-        return out
+
+    def _forward(self, host: torch.Tensor, tile_shape: tuple[int, int]) -> torch.Tensor:
+        """The generator's float32 HR tiles ``(N, s*ty, s*tx)`` for the LR tiles ``host`` (on the host)."""
+        import torch
+
+        s = self.scale
+        ty, tx = tile_shape
+        xb = host.to(self.device, non_blocking=True)
+        if self._cast_input:
+            xb = xb.to(self.dtype)
+        if self.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        pred = self._run(xb)
+        if pred.shape[-2:] != (s * ty, s * tx):
+            raise ValueError(f"generator returned tiles of {tuple(pred.shape[-2:])} for LR tiles of {(ty, tx)} at scale {s}")
+        return pred[:, 0].float()
+
+    def _interior(
+        self,
+        acc: torch.Tensor,
+        grid: tuple[list[int], list[int]],
+        block: np.ndarray,
+        *,
+        tile_shape: tuple[int, int],
+        wy: torch.Tensor,
+        wx: torch.Tensor,
+    ) -> np.ndarray:
+        """The restored interior of ``block``: its accumulator divided by the sum of the windows."""
+        import torch
+
+        o, s = self.overlap, self.scale
+        ty, tx = tile_shape
+        sy, sx = grid
+        # The window sum is separable; inside the halo it is 1 up to rounding.
+        sum_y = torch.zeros(acc.shape[0], device=self.device)
+        sum_x = torch.zeros(acc.shape[1], device=self.device)
+        for y in sy:
+            sum_y[s * y : s * (y + ty)] += wy
+        for x in sx:
+            sum_x[s * x : s * (x + tx)] += wx
+        ny, nx = block.shape[-2] - 2 * o, block.shape[-1] - 2 * o
+        interior = acc[s * o : s * (o + ny), s * o : s * (o + nx)]
+        interior = interior / (sum_y[s * o : s * (o + ny), None] * sum_x[None, s * o : s * (o + nx)])
+        return interior.cpu().numpy()
 
 
 def predict_image(
@@ -289,12 +341,13 @@ def predict_image(
     scale : int
     tile, overlap : int or None
         Largest LR tile and overlap between neighbouring tiles (LR px); None measures them from
-        the generator's receptive field (:func:`auto_tiling`).
+        the generator's receptive field (:func:`fastscan.restore.receptive.auto_tiling`).
     batch_size : int or None
         None chooses from the device.
     device : str
     precision : str
-        See :func:`resolve_precision`; float32 unless asked, so evaluations stay exact.
+        See :func:`fastscan.restore.prepare.resolve_precision`; float32 unless asked, so
+        evaluations stay exact.
     channels_last : bool or None
         NHWC input tiles (None: when the model's weights are NHWC). The model is not changed here.
     context : int or None

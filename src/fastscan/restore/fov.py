@@ -7,7 +7,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
@@ -16,6 +17,9 @@ from fastscan.atomic import atomic_path
 from fastscan.restore.engine import TileEngine
 from fastscan.restore.receptive import training_context
 from fastscan.restore.temporal import temporal_stack
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -45,54 +49,104 @@ def restore_fov(
     models : dict
         Method name (``mse``, ``gan``) -> model directory. All must share one normalisation.
     tile, overlap, batch_size : int or None
-        Tiling of :class:`TileEngine`; None chooses from each model (its training crops or
-        receptive field) and the device.
+        Tiling of :class:`fastscan.restore.engine.TileEngine`; None chooses from each model (its
+        training crops or receptive field) and the device.
     classical : bool
         Also store the classical cascade (:func:`fastscan.classical.restore_classical`) with the
         line phase and field fraction registration fitted for this FOV, as method ``classical``.
     precision : str
-        Compute dtype of the generators (:func:`resolve_precision`). Evaluations default to
-        float32, so reported metrics do not depend on the machine.
+        Compute dtype of the generators (:func:`fastscan.restore.prepare.resolve_precision`).
+        Evaluations default to float32, so reported metrics do not depend on the machine.
     """
     import torch
 
-    from fastscan.dataset import normalise
     from fastscan.geometry import model_geometry
-    from fastscan.models import load_generator, model_frames
+    from fastscan.models import model_frames
 
     if threads:
         torch.set_num_threads(int(threads))
     g = zarr.open_group(str(registered), mode="r")
     attrs = dict(g.attrs.get("fastscan", {}))
     n = min(int(frames), g["lr"].shape[0])
+    loaded, norm, scale = _load_models(models, device=device)
+    geometries = {name: model_geometry(meta) is not None for name, (_, meta) in loaded.items()}
+    reg = attrs.get("registration", {})
+    total = g["lr"].shape[0]
+    # Generators with temporal context also read the frames after the last restored one.
+    windows = {name: model_frames(meta) for name, (_, meta) in loaded.items()}
+    lr_all, corrected_all, hr = _read_frames(g, read=min(total, n + max(windows.values()) // 2), norm=norm, reg=reg, correct=any(geometries.values()))
+    lr = lr_all[:n]
+    meta = _fov_meta(registered, attrs, loaded=loaded, models=models, n=n, classical=classical, scale=scale, norm=norm)
+    with atomic_path(out) as tmp:
+        og = zarr.open_group(tmp, mode="w")
+        og.create_array("lr", data=lr, chunks=(1,) + lr.shape[1:])
+        og.create_array("hr", data=hr)
+        if classical:
+            pred = _restore_classical(lr, reg, scale=scale, norm=norm)
+            og.create_array("classical", data=pred, chunks=(1,) + pred.shape[1:])
+        for name, (model, model_meta) in loaded.items():
+            t0 = time.time()
+            source = corrected_all if geometries[name] else lr_all
+            inputs = temporal_stack(source, range(n), frames=windows[name], total=total)
+            pred = _predict_frames(
+                model, model_meta, inputs, scale=scale, tile=tile, overlap=overlap, batch_size=batch_size, device=device, precision=precision
+            )
+            og.create_array(name, data=pred, chunks=(1,) + pred.shape[1:])
+            log.info("restored %d frame(s) of %s with %s in %.1f s", n, registered, name, time.time() - t0)
+        og.attrs["fastscan"] = meta
+    return meta
+
+
+def _load_models(models: Mapping[str, str | os.PathLike], *, device: str) -> tuple[dict[str, tuple[torch.nn.Module, dict[str, Any]]], dict[str, Any], int]:
+    """Each model's generator and ``model.json``, their shared normalisation and their scale."""
+    from fastscan.models import load_generator
+
     loaded = {name: load_generator(path, device=device) for name, path in models.items()}
     norms = {name: meta["normalisation"] for name, (_, meta) in loaded.items()}
     norm = next(iter(norms.values()))
     if any(v["lr"] != norm["lr"] or v["hr"] != norm["hr"] for v in norms.values()):
         raise ValueError(f"models {list(models)} were trained with different normalisations; compare models of one dataset")
     scale = int(next(iter(loaded.values()))[1]["scale"])
-    geometries = {name: model_geometry(meta) is not None for name, (_, meta) in loaded.items()}
-    reg = attrs.get("registration", {})
-    total = g["lr"].shape[0]
-    # Generators with temporal context also read the frames after the last restored one.
-    windows = {name: model_frames(meta) for name, (_, meta) in loaded.items()}
-    read = min(total, n + max(windows.values()) // 2)
+    return loaded, norm, scale
+
+
+def _read_frames(
+    g: zarr.Group, *, read: int, norm: Mapping[str, Any], reg: Mapping[str, Any], correct: bool
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """The first ``read`` LR frames normalised, the same in the models' geometry (None unless
+    ``correct``), and the normalised HR target."""
+    from fastscan.dataset import normalise
+
     raw_all = np.asarray(g["lr"][:read], dtype=np.float32)
     lr_all = normalise(raw_all, *norm["lr"])
-    lr = lr_all[:n]
     hr = normalise(g["hr"][...], *norm["hr"])
     # The networks see the frames in the geometry they were trained on; this FOV's own fitted
     # scan model is used, as for the classical cascade. ``lr`` keeps the scan geometry: it is
     # the input of the interpolation baselines.
     corrected_all = None
-    if any(geometries.values()):
+    if correct:
         from fastscan.geometry import correct_frames
 
         corrected_all = normalise(
             correct_frames(raw_all, line_phase_px=float(reg.get("line_phase_px", 0.0)), field_fraction=float(reg.get("field_fraction", 0.0))),
             *norm["lr"],
         )
-    meta = {
+    return lr_all, corrected_all, hr
+
+
+def _fov_meta(
+    registered: str | os.PathLike,
+    attrs: Mapping[str, Any],
+    *,
+    loaded: Mapping[str, tuple[torch.nn.Module, Mapping[str, Any]]],
+    models: Mapping[str, str | os.PathLike],
+    n: int,
+    classical: bool,
+    scale: int,
+    norm: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The ``fastscan`` attribute of the restored FOV store."""
+    return {
         "kind": "restored_fov",
         "frames": list(range(n)),
         "methods": (["classical"] if classical else []) + list(models),
@@ -103,43 +157,47 @@ def restore_fov(
         "source": str(registered),
         **{k: attrs[k] for k in ("sample", "session", "fov", "lr_pixel_size_um", "hr_pixel_size_um") if k in attrs},
     }
-    with atomic_path(out) as tmp:
-        og = zarr.open_group(tmp, mode="w")
-        og.create_array("lr", data=lr, chunks=(1,) + lr.shape[1:])
-        og.create_array("hr", data=hr)
-        if classical:
-            from fastscan.classical import restore_classical
 
-            reg = attrs.get("registration", {})
-            # The series' photon calibration (registration.photons, in ADU) lets the cascade
-            # denoise in the variance-stabilised domain; ``lr`` is normalised, hence the range.
-            pred = restore_classical(
-                lr,
-                line_phase_px=float(reg.get("line_phase_px", 0.0)),
-                field_fraction=float(reg.get("field_fraction", 0.0)),
-                scale=scale,
-                calibration=reg.get("photons"),
-                normalisation=norm["lr"],
-            )
-            og.create_array("classical", data=pred, chunks=(1,) + pred.shape[1:])
-        for name, (model, _) in loaded.items():
-            t0 = time.time()
-            source = corrected_all if geometries[name] else lr_all
-            inputs = temporal_stack(source, range(n), frames=windows[name], total=total)
-            # One engine for all frames: tiling, buffers (and any low-precision weights) once.
-            engine = TileEngine(
-                model.eval(),
-                scale=scale,
-                tile=tile,
-                overlap=overlap,
-                batch_size=batch_size,
-                device=device,
-                precision=precision,
-                channels_last=False,
-                context=training_context(loaded[name][1]),
-            )
-            pred = np.stack([engine.predict(f) for f in inputs])
-            og.create_array(name, data=pred, chunks=(1,) + pred.shape[1:])
-            log.info("restored %d frame(s) of %s with %s in %.1f s", n, registered, name, time.time() - t0)
-        og.attrs["fastscan"] = meta
-    return meta
+
+def _restore_classical(lr: np.ndarray, reg: Mapping[str, Any], *, scale: int, norm: Mapping[str, Any]) -> np.ndarray:
+    """The classical cascade with the line phase and field fraction fitted for this FOV."""
+    from fastscan.classical import restore_classical
+
+    # The series' photon calibration (registration.photons, in ADU) lets the cascade
+    # denoise in the variance-stabilised domain; ``lr`` is normalised, hence the range.
+    return restore_classical(
+        lr,
+        line_phase_px=float(reg.get("line_phase_px", 0.0)),
+        field_fraction=float(reg.get("field_fraction", 0.0)),
+        scale=scale,
+        calibration=reg.get("photons"),
+        normalisation=norm["lr"],
+    )
+
+
+def _predict_frames(
+    model: torch.nn.Module,
+    model_meta: Mapping[str, Any],
+    inputs: np.ndarray,
+    *,
+    scale: int,
+    tile: int | None,
+    overlap: int | None,
+    batch_size: int | None,
+    device: str,
+    precision: str,
+) -> np.ndarray:
+    """One generator's restoration of ``inputs`` (frames or temporal windows), frame by frame."""
+    # One engine for all frames: tiling, buffers (and any low-precision weights) once.
+    engine = TileEngine(
+        model.eval(),
+        scale=scale,
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        channels_last=False,
+        context=training_context(model_meta),
+    )
+    return np.stack([engine.predict(f) for f in inputs])

@@ -1,23 +1,20 @@
 """OME-Zarr (NGFF 0.5) images of restorations: pyramid levels, multiscales and OMERO metadata.
 
-The one writer of restored OME-Zarr images; slides and series fill level 0 of ``OUT.partial`` and
-hand it to :func:`_finalize`.
+The one writer of restored OME-Zarr images: slides and series fill level 0 of ``OUT.partial``,
+:func:`_finish_image` adds the rest, and :func:`fastscan.restore.resumable._publish` renames it
+into place.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
-
-from fastscan.atomic import atomic_path
-from fastscan.restore.resumable import _partial
 
 
 def _downsample_level(prev: zarr.Array, arr: zarr.Array) -> None:
@@ -33,8 +30,8 @@ def _downsample_level(prev: zarr.Array, arr: zarr.Array) -> None:
                 arr[idx + (slice(y0, y1), slice(x0, x1))] = src.reshape(y1 - y0, 2, x1 - x0, 2).mean(axis=(1, 3))
 
 
-def _finalize(
-    out: str | os.PathLike,
+def _finish_image(
+    path: Path,
     *,
     axes: list[dict[str, str]],
     pixel_size: Sequence[float] | None,
@@ -42,18 +39,22 @@ def _finalize(
     name: str,
     provenance: dict[str, Any],
 ) -> None:
-    """Build the pyramid and the NGFF metadata in ``OUT.partial``, then rename it into place.
+    """Complete the OME-Zarr image at ``path`` whose level 0 is written: the pyramid above it, the
+    NGFF multiscales and OMERO metadata, and ``provenance`` as the ``fastscan`` attribute.
 
     ``pixel_size`` is the level-0 size (µm) of the last two axes, or None when the input does not
     record one (the transforms are then in input pixels and the axes carry no unit).
     """
-    from ome_zarr.format import FormatV05
-    from ome_zarr.writer import write_multiscales_metadata
+    root = zarr.open_group(path, mode="r+", zarr_format=3)
+    keys = _write_pyramid(root, path, pyramid_levels)
+    _write_metadata(root, keys, axes=axes, pixel_size=pixel_size, name=name, provenance=provenance)
 
+
+def _write_pyramid(root: zarr.Group, path: Path, pyramid_levels: int) -> list[str]:
+    """Levels 1 .. ``pyramid_levels - 1``, each the 2x2 mean of the one below (while they hold a
+    pixel), and no level above them; returns the paths of all levels."""
     from fastscan.atomic import remove
 
-    partial = _partial(out)
-    root = zarr.open_group(partial, mode="r+", zarr_format=3)
     prev = root["0"]
     keys = ["0"]
     for lev in range(1, pyramid_levels):
@@ -66,7 +67,23 @@ def _finalize(
         keys.append(str(lev))
     # Levels left by an earlier finish with more levels; listing the group would trip over .progress.
     for stale in range(len(keys), 32):
-        remove(partial / str(stale))
+        remove(path / str(stale))
+    return keys
+
+
+def _write_metadata(
+    root: zarr.Group,
+    keys: Sequence[str],
+    *,
+    axes: list[dict[str, str]],
+    pixel_size: Sequence[float] | None,
+    name: str,
+    provenance: dict[str, Any],
+) -> None:
+    """NGFF 0.5 multiscales of the levels ``keys`` with OMERO rendering metadata, and the provenance."""
+    from ome_zarr.format import FormatV05
+    from ome_zarr.writer import write_multiscales_metadata
+
     lead = len(root["0"].shape) - 2
     base = list(pixel_size) if pixel_size else [1.0 / provenance["scale"]] * 2
     datasets = [
@@ -77,9 +94,6 @@ def _finalize(
     omero = omero_metadata(root[keys[-1]], channels=provenance.get("channel") if axes[0]["name"] == "c" else None, name=name)
     write_multiscales_metadata(root, datasets, fmt=FormatV05(), axes=axes, name=name, metadata={"omero": omero})
     root.attrs["fastscan"] = json.loads(json.dumps(provenance, default=str))
-    with atomic_path(out) as tmp:
-        os.replace(partial, tmp)
-    remove(Path(out) / ".progress")
 
 
 #: OMERO colours of restored channels by channel index (the planes of an RGB slide show as red,

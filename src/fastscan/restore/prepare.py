@@ -40,8 +40,8 @@ def resolve_precision(precision: str, device: str | torch.device) -> torch.dtype
     matrix units (:func:`native_bf16_cpu`), float32 on other processors, where bf16 is emulated
     and slower. bf16 changes a restored pixel by about 1e-3 of the normalised range (measured
     in ``benchmarks/infer.py``), far below the noise the network removes; ask for ``float32``
-    for results that do not depend on the machine. Evaluations (:func:`restore_fov`) always
-    run in float32.
+    for results that do not depend on the machine. Evaluations
+    (:func:`fastscan.restore.fov.restore_fov`) always run in float32.
     """
     import torch
 

@@ -4,7 +4,8 @@
 says what a partial store holds, so a run with the same inputs and settings resumes it and any
 other starts afresh; one marker per finished work unit (``.progress/done/...``) is written after
 its chunks; :func:`_run_units` reads, restores and writes the units with reads and writes beside
-the computation, and :class:`_Progress` reports how far it is.
+the computation, and :class:`_Progress` reports how far it is. :func:`_publish` renames the
+complete store into place.
 """
 
 from __future__ import annotations
@@ -171,6 +172,16 @@ def _inputs(path: str | os.PathLike, model_dir: str | os.PathLike | None) -> lis
 
     images = _glob_files(str(path)) if _is_glob(path) else []
     return [path, *images, *([model_dir] if model_dir is not None else [])]
+
+
+def _publish(out: str | os.PathLike) -> None:
+    """Rename the complete ``OUT.partial`` into place, replacing an earlier output, and drop its
+    bookkeeping (``.progress``)."""
+    from fastscan.atomic import atomic_path, remove
+
+    with atomic_path(out) as tmp:
+        os.replace(_partial(out), tmp)
+    remove(Path(out) / ".progress")
 
 
 # A restoration estimated to take longer than this is announced with a warning, so that a user

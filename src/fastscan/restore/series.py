@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,10 +21,10 @@ import zarr
 
 from fastscan.lock import output_lock
 from fastscan.restore.engine import TileEngine
-from fastscan.restore.ngff import _finalize, _versions
+from fastscan.restore.ngff import _finish_image, _versions
 from fastscan.restore.prepare import _load_model
 from fastscan.restore.receptive import training_context
-from fastscan.restore.resumable import _done_keys, _inputs, _open_partial, _overlap_io, _Progress, _run_units, check_restore_output
+from fastscan.restore.resumable import _done_keys, _inputs, _open_partial, _overlap_io, _Progress, _publish, _run_units, check_restore_output
 from fastscan.restore.temporal import temporal_stack
 from fastscan.restore.tiling import _pad
 
@@ -72,7 +72,7 @@ def restore_series(
     out : path-like
         ``.ome.zarr`` to write (via ``OUT.partial``, renamed when complete).
     model_dir, generator
-        As in :func:`restore_slide`.
+        As in :func:`fastscan.restore.slide.restore_slide`.
     channel : int
         Channel of multi-channel files.
     max_frames : int, optional
@@ -84,7 +84,7 @@ def restore_series(
     pixel_size_um : float, optional
         LR pixel size when the file records none.
     overwrite, wait : bool
-        As in :func:`restore_slide`.
+        As in :func:`fastscan.restore.slide.restore_slide`.
 
     Returns
     -------
@@ -135,7 +135,7 @@ def _restore_series(
     import torch
 
     from fastscan.dataset import normalise
-    from fastscan.geometry import model_geometry, prepare_frames
+    from fastscan.geometry import prepare_frames
     from fastscan.io import read_series
     from fastscan.models import model_frames
 
@@ -158,12 +158,48 @@ def _restore_series(
         precision=precision,
         context=training_context(meta),
     )
+    px = smeta.get("pixel_size_um") or ([float(pixel_size_um)] * 2 if pixel_size_um else None)
+    plan = _series_plan(
+        lr, frames, desc=desc, engine=engine, channel=channel, frames_per_chunk=frames_per_chunk, precision=precision, pyramid_levels=pyramid_levels, px=px
+    )
+    partial, _ = _open_partial(out, plan, _create_series_store(plan))
+    # A generator with temporal context restores each frame from its window of neighbours,
+    # reflected at the ends of the series as in training.
+    window = model_frames(meta)
+    drift = _series_drift(frames, window, lr=lr)
+    stats = _restore_frame_batches(plan, engine, frames, window=window, drift=drift, partial=partial, lr=lr, progress=progress)
+    prov = _series_provenance(lr, plan, meta=meta, desc=desc, window=window, stats=stats)
+    s, px = plan["scale"], plan["input_pixel_size_um"]
+    axes = [{"name": "t", "type": "time"}, {"name": "y", "type": "space", "unit": "micrometer"}, {"name": "x", "type": "space", "unit": "micrometer"}]
+    _finish_image(
+        partial,
+        axes=axes,
+        pixel_size=[p / s for p in px] if px else None,
+        pyramid_levels=pyramid_levels,
+        name=Path(str(lr)).stem,
+        provenance=prov,
+    )
+    _publish(out)
+    log.info("wrote %s", out)
+    return prov
+
+
+def _series_plan(
+    lr: str | os.PathLike,
+    frames: np.ndarray,
+    *,
+    desc: Mapping[str, Any],
+    engine: TileEngine,
+    channel: int,
+    frames_per_chunk: int,
+    precision: str,
+    pyramid_levels: int,
+    px: Sequence[float] | None,
+) -> dict[str, Any]:
+    """What the restoration of ``frames`` writes and how; a partial store with the same plan is resumed."""
     n_t, ny, nx = frames.shape
     s = engine.scale
-    fpc = max(1, int(frames_per_chunk))
-    px = smeta.get("pixel_size_um") or ([float(pixel_size_um)] * 2 if pixel_size_um else None)
-    chunk = min(1024, s * max(ny, nx))
-    plan = {
+    return {
         "format": "fastscan-restore/1",
         "kind": "series",
         "input": {"path": str(lr), "digest": hashlib.sha256(np.ascontiguousarray(frames).tobytes()).hexdigest()},
@@ -174,14 +210,17 @@ def _restore_series(
         "tile": engine.tile,
         "overlap": engine.overlap,
         "tile_shape": list(engine.tile_shape((ny, nx))),
-        "frames_per_chunk": fpc,
-        "chunk": chunk,
+        "frames_per_chunk": max(1, int(frames_per_chunk)),
+        "chunk": min(1024, s * max(ny, nx)),
         "precision": precision,
         "pyramid_levels": int(pyramid_levels),
         "input_pixel_size_um": px,
     }
 
+
+def _create_series_store(plan: Mapping[str, Any]) -> Callable[[zarr.Group], None]:
     def create(root: zarr.Group) -> None:
+        s, (n_t, ny, nx), chunk = plan["scale"], plan["lr_shape"], plan["chunk"]
         root.create_array(
             "0",
             shape=(n_t, s * ny, s * nx),
@@ -191,27 +230,44 @@ def _restore_series(
             dimension_names=("t", "y", "x"),
         )
 
-    partial, _ = _open_partial(out, plan, create)
+    return create
+
+
+def _series_drift(frames: np.ndarray, window: int, *, lr: str | os.PathLike) -> np.ndarray | None:
+    """Drift of every frame for the temporal windows of ``window`` frames; None for single frames."""
+    if not (window > 1 and len(frames) > 1):
+        return None
+    from fastscan.register import estimate_drift
+
+    # Training windows came from registered frames: the neighbours are moved onto each
+    # restored frame the same way (a rigid drift of the whole field; what moves within the
+    # field stays for the network, which learnt to restore the centre frame).
+    drift = estimate_drift(frames, iterations=1)
+    log.info("%s: drift of the series for its %d-frame windows: rms %.2f px", lr, window, float(np.sqrt(np.mean(np.sum(drift**2, axis=1)))))
+    return drift
+
+
+def _restore_frame_batches(
+    plan: Mapping[str, Any],
+    engine: TileEngine,
+    frames: np.ndarray,
+    *,
+    window: int,
+    drift: np.ndarray | None,
+    partial: Path,
+    lr: str | os.PathLike,
+    progress: bool | None,
+) -> dict[str, int]:
+    """Restore the frame batches not yet done into level 0 of ``partial``; returns the counts."""
+    n_t = plan["lr_shape"][0]
+    fpc = plan["frames_per_chunk"]
     units = [(k,) for k in range(math.ceil(n_t / fpc))]
     done = _done_keys(partial, 1)
     todo = [u for u in units if u not in done]
     level0 = zarr.open_array(partial / "0", mode="r+")
     tile_shape = tuple(plan["tile_shape"])
     o = engine.overlap
-
-    # A generator with temporal context restores each frame from its window of neighbours,
-    # reflected at the ends of the series as in training.
-    window = model_frames(meta)
     lead = ((0, 0),) if window > 1 else ()
-    drift = None
-    if window > 1 and n_t > 1:
-        from fastscan.register import estimate_drift
-
-        # Training windows came from registered frames: the neighbours are moved onto each
-        # restored frame the same way (a rigid drift of the whole field; what moves within the
-        # field stays for the network, which learnt to restore the centre frame).
-        drift = estimate_drift(frames, iterations=1)
-        log.info("%s: drift of the series for its %d-frame windows: rms %.2f px", lr, window, float(np.sqrt(np.mean(np.sum(drift**2, axis=1)))))
 
     def read(key: tuple[int]) -> np.ndarray:
         return temporal_stack(frames, range(key[0] * fpc, min(n_t, (key[0] + 1) * fpc)), frames=window, drift=drift)
@@ -232,7 +288,7 @@ def _restore_series(
         tile_shape,
         o,
         engine.device,
-        precision,
+        plan["precision"],
     )
     bar = _Progress(len(units), desc=f"restoring {Path(str(lr)).name}", initial=len(units) - len(todo), enabled=progress)
     t0 = time.monotonic()
@@ -241,34 +297,39 @@ def _restore_series(
     finally:
         bar.close()
     log.info("%s: restored %d frame batch(es) in %.1f s (%d were already done)", lr, len(todo), time.monotonic() - t0, len(units) - len(todo))
-    prov = {
+    return {"units": len(units), "computed": len(todo), "skipped": len(units) - len(todo)}
+
+
+def _series_provenance(
+    lr: str | os.PathLike,
+    plan: Mapping[str, Any],
+    *,
+    meta: Mapping[str, Any],
+    desc: Mapping[str, Any],
+    window: int,
+    stats: Mapping[str, int],
+) -> dict[str, Any]:
+    """The ``fastscan`` attribute of the restored series."""
+    from fastscan.geometry import model_geometry
+
+    s, px = plan["scale"], plan["input_pixel_size_um"]
+    return {
         "kind": "restored_series",
         "input": str(lr),
         "model": desc["path"],
         "model_digest": desc["digest"],
-        "channel": int(channel),
-        "frames": n_t,
+        "channel": plan["channel"],
+        "frames": plan["lr_shape"][0],
         "scale": s,
         "input_pixel_size_um": px,
         "pixel_size_um": [p / s for p in px] if px else None,
         "geometry": model_geometry(meta),
         "temporal_window": window,
-        "tile": engine.tile,
-        "overlap": engine.overlap,
+        "tile": plan["tile"],
+        "overlap": plan["overlap"],
         "tile_shape": plan["tile_shape"],
-        "precision": precision,
+        "precision": plan["precision"],
         "normalisation": meta["normalisation"],
-        "stats": {"units": len(units), "computed": len(todo), "skipped": len(units) - len(todo)},
+        "stats": dict(stats),
         "versions": _versions(),
     }
-    axes = [{"name": "t", "type": "time"}, {"name": "y", "type": "space", "unit": "micrometer"}, {"name": "x", "type": "space", "unit": "micrometer"}]
-    _finalize(
-        out,
-        axes=axes,
-        pixel_size=[p / s for p in px] if px else None,
-        pyramid_levels=pyramid_levels,
-        name=Path(str(lr)).stem,
-        provenance=prov,
-    )
-    log.info("wrote %s", out)
-    return prov

@@ -26,7 +26,7 @@ import zarr
 from fastscan.lock import output_lock
 from fastscan.restore import RestoreError
 from fastscan.restore.engine import TileEngine
-from fastscan.restore.ngff import _finalize, _versions
+from fastscan.restore.ngff import _finish_image, _versions
 from fastscan.restore.prepare import _load_model
 from fastscan.restore.receptive import training_context
 from fastscan.restore.resumable import (
@@ -37,6 +37,7 @@ from fastscan.restore.resumable import (
     _overlap_io,
     _partial,
     _Progress,
+    _publish,
     _read_plan,
     _run_units,
     check_restore_output,
@@ -415,7 +416,7 @@ def restore_slide(
         Progress bar (default: when stderr is a terminal; otherwise periodic log lines).
     overwrite : bool
         Replace a fastscan store of another restoration at ``out`` (never anything else: see
-        :func:`check_restore_output`).
+        :func:`fastscan.restore.resumable.check_restore_output`).
     wait : bool
         Wait for another restoration of the same ``out`` to finish instead of failing at once
         (:func:`fastscan.lock.output_lock`; part jobs share the lock with each other).
@@ -507,13 +508,14 @@ def _finalize_slide(out: str | os.PathLike, *, stats: Mapping[str, Any] | None =
     }
     space = [{"name": "y", "type": "space", "unit": "micrometer"}, {"name": "x", "type": "space", "unit": "micrometer"}]
     axes = ([{"name": "c", "type": "channel"}] if plan["channels"] is not None else []) + space
-    _finalize(
-        out,
+    _finish_image(
+        partial,
         axes=axes,
         pixel_size=[p / s for p in px] if px else None,
         pyramid_levels=plan["pyramid_levels"],
         name=Path(plan["input"]["path"]).stem,
         provenance=prov,
     )
+    _publish(out)
     log.info("wrote %s", out)
     return prov
