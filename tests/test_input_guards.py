@@ -18,9 +18,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from fastscan import memory
-from fastscan.io import InputError, ingest_fov, read_fov, read_series
-from fastscan.memory import ENV_VAR, RULE_VAR, MemoryLimit, MemoryLimitError, check_fits, set_job_limit
+from fastscan.io import InputError, ingest_fov, memory, read_fov, read_series
+from fastscan.io.memory import ENV_VAR, RULE_VAR, MemoryLimit, MemoryLimitError, check_fits, set_job_limit
 from fastscan.sheets import load_samples
 
 ROOT = Path(__file__).resolve().parents[1]

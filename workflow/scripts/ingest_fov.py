@@ -4,7 +4,7 @@ from fastscan.logs import rule_logging
 
 with rule_logging(snakemake.log[0]):
     from fastscan.io import ingest_fov
-    from fastscan.memory import set_job_limit
+    from fastscan.io.memory import set_job_limit
 
     # mem_mb only schedules jobs; the readers compare each file's declared size with it.
     set_job_limit(getattr(snakemake.resources, "mem_mb", None), rule=snakemake.rule)

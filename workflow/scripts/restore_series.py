@@ -5,7 +5,7 @@ import os
 from fastscan.logs import rule_logging
 
 with rule_logging(snakemake.log[0]):
-    from fastscan.memory import set_job_limit
+    from fastscan.io.memory import set_job_limit
     from fastscan.restore.series import restore_series
     from fastscan.train import resolve_device
 

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from fastscan.io.errors import InputError
+from fastscan.io.memory import check_fits
 from fastscan.io.sources import PathLike
 
 logger = logging.getLogger(__name__)
@@ -128,8 +129,6 @@ def _guard(path: PathLike, declared: _Declared, *, what: str, plane_bytes: int =
     Returns the bytes the read is expected to need; ``held_bytes`` is memory another file
     already holds while this one is read.
     """
-    from fastscan.memory import check_fits
-
     factor, extra = _read_need(declared, plane_bytes=plane_bytes)
     shape, dtype = declared.shape, declared.dtype
     return check_fits(path, shape, dtype, what=what, factor=factor, extra_bytes=extra + held_bytes)

@@ -1,6 +1,6 @@
 """The one exception every reader raises, :class:`InputError`.
 
-Separate so that every module of :mod:`fastscan.io`, and :mod:`fastscan.memory` whose
+Separate so that every module of :mod:`fastscan.io`, and :mod:`fastscan.io.memory` whose
 ``MemoryLimitError`` derives from it, can import it from the lowest layer.
 """
 

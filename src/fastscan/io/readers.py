@@ -131,9 +131,9 @@ def read_series(path: PathLike, *, channel: int = 0) -> tuple[np.ndarray, dict[s
     ------
     InputError
         When the file is missing, unreadable, truncated, of unknown format, or ``channel``
-        is out of range. :class:`fastscan.memory.MemoryLimitError` (an ``InputError``) when
+        is out of range. :class:`fastscan.io.memory.MemoryLimitError` (an ``InputError``) when
         the array the header declares would not fit the memory limit
-        (:func:`fastscan.memory.memory_limit`); nothing is read then.
+        (:func:`fastscan.io.memory.memory_limit`); nothing is read then.
     """
     return _read_series(path, channel=channel, role=_SERIES)
 

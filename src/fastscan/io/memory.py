@@ -12,9 +12,8 @@ declared size with a limit first:
   the free pages ``os.sysconf`` reports elsewhere), lowered to a cgroup's limit when the
   process runs in a container that has one.
 
-:mod:`fastscan.io` calls :func:`check_fits` with the shape and dtype a header declares and a
-working factor measured for its readers (see ``_READ_HEADROOM`` there); this module imports
-:class:`fastscan.io.InputError`, so io imports it inside the readers.
+The readers (:mod:`fastscan.io.declared`) call :func:`check_fits` with the shape and dtype a
+header declares and a working factor measured for them (see ``_READ_HEADROOM`` there).
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from fastscan.io import InputError
+from fastscan.io.errors import InputError
 
 __all__ = [
     "ENV_VAR",
