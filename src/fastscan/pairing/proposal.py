@@ -1,0 +1,63 @@
+"""The driver of ``fastscan sheet``'s proposal, :func:`propose`: find, describe and pair the
+files, name the FOVs and propose splits."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fastscan.pairing.entries import PairingError, Unpaired, describe, find_files
+from fastscan.pairing.rules import Pair, _fill_pixel_sizes, pair_entries
+from fastscan.pairing.split import _name_pairs, propose_splits
+
+
+@dataclass
+class Proposal:
+    """Result of :func:`propose`: the pairs (sheet rows) and every file left out, with why."""
+
+    pairs: list[Pair]
+    unpaired: list[Unpaired]
+    scale: int
+
+
+def propose(
+    folders: Sequence[str | os.PathLike],
+    *,
+    scale: int = 2,
+    sample: str | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    split: bool = True,
+    position_tolerance: float = 0.1,
+    focus_tolerance_um: float = 2.0,
+    session_gap_h: float = 12.0,
+) -> Proposal:
+    """Find, describe and pair the files under ``folders``; name the FOVs and propose splits.
+
+    ``sample`` names every pair's sample; None takes each folder's name. ``split=False`` leaves
+    the split column empty (the workflow then assigns splits by hash).
+    """
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 2:
+        raise PairingError(f"scale must be an integer of 2 or more (HR pixels per LR pixel), got {scale!r}")
+    for name, value in (("position tolerance", position_tolerance), ("focus tolerance", focus_tolerance_um), ("session gap", session_gap_h)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise PairingError(f"{name} must be a positive number, got {value!r}")
+    if sample is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", sample):
+        raise PairingError(f"sample name {sample!r}: names may only hold letters, digits and _.- and must start with a letter or digit")
+    usable, left = describe(find_files(folders))
+    pairs, unpaired = pair_entries(
+        usable, scale=scale, position_tolerance=position_tolerance, focus_tolerance_um=focus_tolerance_um, session_gap_h=session_gap_h
+    )
+    _name_pairs(pairs, sample)
+    _fill_pixel_sizes(pairs, scale)
+    if split:
+        propose_splits(pairs, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+    else:
+        for p in pairs:
+            p.notes.append("split left to the workflow's hash")
+    pairs.sort(key=lambda p: (p.sample, p.session, p.fov))
+    return Proposal(pairs, unpaired + left, scale)

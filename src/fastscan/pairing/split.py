@@ -1,0 +1,53 @@
+"""Naming the pairs (sample, session, FOV) and proposing their splits, per sample, in the order
+of :func:`fastscan.sheets.fov_fraction` (see :mod:`fastscan.pairing`)."""
+
+from __future__ import annotations
+
+from fastscan.pairing.entries import PairingError, name_tokens, sanitise
+from fastscan.pairing.rules import Pair
+
+
+def _name_pairs(pairs: list[Pair], sample: str | None) -> None:
+    """Name each pair's sample (``sample``, else its folder's name), session (its subfolders) and
+    FOV (its file name without role words; ``-2``, ``-3``... where that name is taken)."""
+    taken: set[tuple[str, str, str]] = set()
+    for p in pairs:
+        root = p.lr.root
+        p.sample = sanitise(sample, "sample") if sample else sanitise(root.name, "sample")
+        rel = p.lr.path.parent.relative_to(root).parts
+        p.session = sanitise("-".join(rel), "session") if rel else sanitise(root.name, "session")
+        base = sanitise("_".join(name_tokens(p.lr.path)), "fov")
+        fov, n = base, 1
+        while (p.sample, p.session, fov) in taken:
+            n += 1
+            fov = f"{base}-{n}"
+        taken.add((p.sample, p.session, fov))
+        p.fov = fov
+
+
+def propose_splits(pairs: list[Pair], *, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15) -> None:
+    """Set each pair's split, per sample, in the order of :func:`fastscan.sheets.fov_fraction`.
+
+    Pairs that share an HR target are one FOV and get one split.
+    """
+    from fastscan.sheets import fov_fraction
+
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise PairingError(f"split fractions val={val_fraction} test={test_fraction} must be in [0, 1) and sum to less than 1")
+    samples: dict[str, dict[int, list[Pair]]] = {}
+    for p in pairs:
+        samples.setdefault(p.sample, {}).setdefault(id(p.hr), []).append(p)
+    for groups in samples.values():
+        fovs = sorted(groups.values(), key=lambda g: fov_fraction(g[0].sample, g[0].session, g[0].fov, seed=seed))
+        n = len(fovs)
+        n_test = max(1, round(n * test_fraction)) if test_fraction > 0 and n >= 3 else 0
+        n_val = max(1, round(n * val_fraction)) if val_fraction > 0 and n >= 2 else 0
+        while n_test + n_val > n - 1 and (n_test or n_val):
+            if n_test >= n_val and n_test:
+                n_test -= 1
+            else:
+                n_val -= 1
+        for i, group in enumerate(fovs):
+            split = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+            for p in group:
+                p.split = split
