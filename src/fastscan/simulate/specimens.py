@@ -199,40 +199,63 @@ class _TissueScene(_Scene):
 
     _CELL_SPACING = 10.5
 
+    #: Margin (µm) drawn around the field, so that structures cut by its edge are whole.
+    _MARGIN = 8.0
+
     def __init__(self, extent: tuple[float, float], rng: np.random.Generator) -> None:
+        # The steps draw from ``rng`` in this order; changing it changes every tissue scene.
         self.extent = extent
-        height, width = extent
         self.key = int(rng.integers(0, 2**63))
-        key = self.key
-        margin = 8.0
-        area = (height + 2 * margin) * (width + 2 * margin)
+        cy, cx = self._place_cells(rng)
+        epithelial = self._epithelial_nuclei(rng, cy, cx)
+        stromal = self._stromal_nuclei(rng)
+        self.nuclei = {f: np.concatenate([epithelial[f], stromal[f]]) for f in epithelial}
+        self.chromocentres = self._chromocentres(rng, epithelial)
+        self.fibres, n_fibres, n_vertices = self._fibres(rng)
+        logger.debug("tissue scene: %d cells, %d stromal nuclei, %d fibres (%d vertices)", cy.size, stromal["cy"].size, n_fibres, n_vertices)
 
-        def cellularity(y: NDArray[np.float64], x: NDArray[np.float64]) -> NDArray[np.float64]:
-            return _sigmoid(_noise_points(_subkey(key, 10), 25.0, y, x) / 0.35)
+    def _area(self) -> float:
+        height, width = self.extent
+        return (height + 2 * self._MARGIN) * (width + 2 * self._MARGIN)
 
-        def orientation(y: NDArray[np.float64], x: NDArray[np.float64]) -> NDArray[np.float64]:
-            return 1.2 * _noise_points(_subkey(key, 11), 60.0, y, x)
+    def _uniform_points(self, rng: np.random.Generator, n: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        height, width = self.extent
+        margin = self._MARGIN
+        return rng.uniform(-margin, height + margin, n), rng.uniform(-margin, width + margin, n)
 
-        g = self._CELL_SPACING
+    def _cellularity(self, y: NDArray[np.float64], x: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Where cells pack the tissue (1) and where stroma fills it (0): a smooth random field."""
+        return _sigmoid(_noise_points(_subkey(self.key, 10), 25.0, y, x) / 0.35)
+
+    def _orientation(self, y: NDArray[np.float64], x: NDArray[np.float64]) -> NDArray[np.float64]:
+        """The local direction of the stroma's fibres (radians), a smooth random field."""
+        return 1.2 * _noise_points(_subkey(self.key, 11), 60.0, y, x)
+
+    def _place_cells(self, rng: np.random.Generator) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Cell centres on a jittered grid, kept where the tissue is cellular; sets ``centres`` and ``tree``."""
+        height, width = self.extent
+        margin, g = self._MARGIN, self._CELL_SPACING
         gy = np.arange(-margin, height + margin, g) + 0.5 * g
         gx = np.arange(-margin, width + margin, g) + 0.5 * g
         cy, cx = (a.ravel() for a in np.meshgrid(gy, gx, indexing="ij"))
         cy = cy + rng.uniform(-0.35, 0.35, cy.size) * g
         cx = cx + rng.uniform(-0.35, 0.35, cx.size) * g
-        keep = rng.random(cy.size) < cellularity(cy, cx)
+        keep = rng.random(cy.size) < self._cellularity(cy, cx)
         cy, cx = cy[keep], cx[keep]
         self.centres = np.column_stack([cy, cx])
         self.tree = cKDTree(self.centres) if cy.size >= 2 else None
+        return cy, cx
 
+    def _epithelial_nuclei(self, rng: np.random.Generator, cy: NDArray[np.float64], cx: NDArray[np.float64]) -> dict[str, NDArray[np.float64]]:
         k = cy.size
         if self.tree is not None:
             neighbour = self.tree.query(self.centres, k=2)[0][:, 1]
         else:
-            neighbour = np.full(k, 2.0 * g)
+            neighbour = np.full(k, 2.0 * self._CELL_SPACING)
         # A nucleus stays inside its cell: at most ~40 % of the distance to the next centre.
         ea = np.minimum(rng.uniform(2.6, 5.2, k), 0.42 * neighbour)
         jitter = 0.1 * neighbour[:, None] * rng.normal(0.0, 1.0, (k, 2))
-        epithelial = {
+        return {
             "cy": cy + jitter[:, 0],
             "cx": cx + jitter[:, 1],
             "a": ea,
@@ -240,25 +263,26 @@ class _TissueScene(_Scene):
             "angle": rng.uniform(0.0, math.pi, k),
             "bright": rng.uniform(0.5, 0.85, k),
         }
-        n = rng.poisson(area / 500.0)
-        sy = rng.uniform(-margin, height + margin, n)
-        sx = rng.uniform(-margin, width + margin, n)
-        keep = rng.random(n) < 0.9 * (1.0 - cellularity(sy, sx))
+
+    def _stromal_nuclei(self, rng: np.random.Generator) -> dict[str, NDArray[np.float64]]:
+        n = rng.poisson(self._area() / 500.0)
+        sy, sx = self._uniform_points(rng, n)
+        keep = rng.random(n) < 0.9 * (1.0 - self._cellularity(sy, sx))
         sy, sx = sy[keep], sx[keep]
         m = sy.size
         # Spindle-shaped stromal nuclei align with the fibres around them.
-        stromal = {
+        return {
             "cy": sy,
             "cx": sx,
             "a": rng.uniform(3.5, 7.0, m),
             "b": rng.uniform(0.9, 1.8, m),
-            "angle": orientation(sy, sx) + rng.normal(0.0, 0.15, m),
+            "angle": self._orientation(sy, sx) + rng.normal(0.0, 0.15, m),
             "bright": rng.uniform(0.45, 0.75, m),
         }
-        self.nuclei = {f: np.concatenate([epithelial[f], stromal[f]]) for f in epithelial}
 
-        # Chromocentres: small bright foci inside the epithelial nuclei.
-        counts = rng.poisson(2.0, k)
+    def _chromocentres(self, rng: np.random.Generator, epithelial: dict[str, NDArray[np.float64]]) -> _Marks:
+        """Small bright foci inside the epithelial nuclei."""
+        counts = rng.poisson(2.0, epithelial["cy"].size)
         owner, py, px, _ = _sample_in_ellipses(
             rng,
             counts,
@@ -268,17 +292,18 @@ class _TissueScene(_Scene):
             0.6 * epithelial["b"],
             epithelial["angle"],
         )
-        chromo = _Marks.blobs(py, px, rng.uniform(0.15, 0.3, py.size), rng.uniform(0.15, 0.35, py.size))
+        return _Marks.blobs(py, px, rng.uniform(0.15, 0.3, py.size), rng.uniform(0.15, 0.35, py.size))
 
-        n = rng.poisson(area / 120.0)
-        fy = rng.uniform(-margin, height + margin, n)
-        fx = rng.uniform(-margin, width + margin, n)
-        keep = rng.random(n) < 0.15 + 0.85 * (1.0 - cellularity(fy, fx))
+    def _fibres(self, rng: np.random.Generator) -> tuple[_Marks, int, int]:
+        """Crimped collagen fibres of the stroma; returns the marks, the fibre and the vertex count."""
+        n = rng.poisson(self._area() / 120.0)
+        fy, fx = self._uniform_points(rng, n)
+        keep = rng.random(n) < 0.15 + 0.85 * (1.0 - self._cellularity(fy, fx))
         fy, fx = fy[keep], fx[keep]
         f = fy.size
         step = 0.1
         length = rng.uniform(12.0, 60.0, f)
-        heading = orientation(fy, fx) + rng.normal(0.0, 0.1, f)
+        heading = self._orientation(fy, fx) + rng.normal(0.0, 0.1, f)
         # Start half a length back so that a fibre runs through its seed point.
         fy = fy - 0.5 * length * np.sin(heading)
         fx = fx - 0.5 * length * np.cos(heading)
@@ -296,11 +321,8 @@ class _TissueScene(_Scene):
         fwhm = rng.uniform(0.35, 0.9, f)
         bright = rng.uniform(0.18, 0.45, f)
         # Fibres fade where cells pack the tissue.
-        fade = 1.0 - 0.85 * cellularity(py, px)
-        fibres = _Marks.lines(py, px, fwhm[rows] * _FWHM_TO_SIGMA, bright[rows] * fade, step)
-        self.fibres = fibres
-        self.chromocentres = chromo
-        logger.debug("tissue scene: %d cells, %d stromal nuclei, %d fibres (%d vertices)", k, m, f, py.size)
+        fade = 1.0 - 0.85 * self._cellularity(py, px)
+        return _Marks.lines(py, px, fwhm[rows] * _FWHM_TO_SIGMA, bright[rows] * fade, step), f, py.size
 
     def _voronoi(self, tree: cKDTree, ys: NDArray[np.float64], xs: NDArray[np.float64]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         """Distance to the nearest membrane and to the nearest cell centre, on the window."""
