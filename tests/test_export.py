@@ -191,7 +191,7 @@ def test_torchscript_alone_restores_like_fastscan(package, model_dir, tmp_path):
 def test_onnx_weights_reproduce_the_network(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from fastscan.export import _export_onnx
+    from fastscan.export.weights import _export_onnx
 
     plain = FastscanGenerator(variant="lowres", hr_head=16).eval()
     plain.load_state_dict(_generator({"variant": "lowres", "img_size": [64, 64]}).state_dict(), strict=True)
