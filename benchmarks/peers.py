@@ -163,18 +163,16 @@ def network_input(registered: str | os.PathLike, model_dir: str | os.PathLike, f
     with the FOV's fitted line phase and field fraction when the model was trained on corrected
     frames.
     """
-    import zarr
-
     from fastscan.dataset import normalise
     from fastscan.geometry import correct_frames, model_geometry
+    from fastscan.stores import read_registered
 
     meta = json.loads((Path(model_dir) / "model.json").read_text())
-    g = zarr.open_group(str(registered), mode="r")
-    reg = dict(g.attrs.get("fastscan", {})).get("registration", {})
-    n = min(int(frames), g["lr"].shape[0])
-    raw = np.asarray(g["lr"][:n], dtype=np.float32)
+    store = read_registered(registered)
+    n = min(int(frames), store.lr.shape[0])
+    raw = np.asarray(store.lr[:n], dtype=np.float32)
     if model_geometry(meta) is not None:
-        raw = correct_frames(raw, line_phase_px=float(reg.get("line_phase_px", 0.0)), field_fraction=float(reg.get("field_fraction", 0.0)))
+        raw = correct_frames(raw, line_phase_px=store.scan.line_phase_px, field_fraction=store.scan.field_fraction)
     return normalise(raw, *meta["normalisation"]["lr"])
 
 

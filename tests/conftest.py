@@ -21,22 +21,18 @@ def bin_dir() -> Path:
 def write_registered(path, *, seed=0, frames=3, size=64, scale=2, passed=True, offset=0.0):
     """A small registered FOV store (layout of docs/architecture.md) with correlated LR/HR."""
     import numpy as np
-    import zarr
     from scipy import ndimage as ndi
+
+    from fastscan import stores
 
     rng = np.random.default_rng(seed)
     hr = (ndi.gaussian_filter(rng.random((scale * size, scale * size)), 2) * 4000 + offset).astype(np.float32)
     base = hr.reshape(size, scale, size, scale).mean(axis=(1, 3))
     lr = np.stack([base + rng.normal(0, 30, base.shape) for _ in range(frames)]).astype(np.float32)
-    g = zarr.open_group(str(path), mode="w")
-    g.create_array("lr", data=lr, chunks=(1, size, size))
-    g.create_array("hr", data=hr)
-    g.attrs["fastscan"] = {
-        "scale": scale,
-        "lr_pixel_size_um": [0.4, 0.4],
-        "hr_pixel_size_um": [0.2, 0.2],
-        "registration": {"passed": passed, "ncc": 0.9 if passed else 0.1, "min_ncc": 0.3},
-    }
+    # Already aligned, a linear scan: written by the library's writer, so it is a valid store.
+    registration = stores.Registration.aligned(frames, passed=passed, ncc=0.9 if passed else 0.1, min_ncc=0.3)
+    attrs = {"scale": scale, "lr_pixel_size_um": [0.4, 0.4], "hr_pixel_size_um": [0.2, 0.2]}
+    stores.write_registered(path, lr=lr, hr=hr, attrs=attrs, registration=registration)
     return path
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 import zarr
 
 from fastscan.atomic import atomic_path
+from fastscan.stores import RegisteredStore, read_registered
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,6 @@ def percentile_range(values: np.ndarray, *, low: float, high: float) -> list[flo
     if hi <= lo:
         raise DatasetError(f"intensity percentiles {low}/{high} coincide ({lo}); the training images are constant")
     return [float(lo), float(hi)]
-
-
-def _read_registered(path: str) -> tuple[zarr.Array, np.ndarray, dict]:
-    g = zarr.open_group(path, mode="r")
-    return g["lr"], np.asarray(g["hr"][...], dtype=np.float32), dict(g.attrs.get("fastscan", {}))
 
 
 def tile_origins(size: int, tile: int, stride: int) -> list[int]:
@@ -119,29 +115,29 @@ def build_dataset(
         The attributes written (tile counts, normalisation, dropped counts).
     """
     out = Path(out)
-    usable: list[tuple[FovEntry, zarr.Array, np.ndarray, dict]] = []
+    usable: list[tuple[FovEntry, zarr.Array, np.ndarray, RegisteredStore]] = []
     excluded = []
     for entry in fovs:
         if entry.split not in ("train", "val"):
             raise DatasetError(f"FOV {entry.sample}/{entry.session}/{entry.fov} has split {entry.split!r}; only train/val FOVs go into a dataset")
-        lr, hr, attrs = _read_registered(entry.path)
-        reg = attrs.get("registration", {})
-        if not reg.get("passed", True):
+        store = read_registered(entry.path)
+        qc = store.qc
+        if not qc.passed:
             log.warning(
                 "excluding FOV %s/%s/%s from the dataset: registration QC failed (ncc=%.3f < %.3f)",
                 entry.sample,
                 entry.session,
                 entry.fov,
-                reg.get("ncc", float("nan")),
-                reg.get("min_ncc", float("nan")),
+                qc.ncc,
+                qc.min_ncc,
             )
             excluded.append(f"{entry.sample}/{entry.session}/{entry.fov}")
             continue
-        usable.append((entry, lr, hr, attrs))
+        usable.append((entry, store.lr, np.asarray(store.hr[...], dtype=np.float32), store))
     train = [u for u in usable if u[0].split == "train"]
     if not train:
         raise DatasetError("no training FOV passed registration QC: the dataset would be empty")
-    scales = {int(a.get("scale", round(h.shape[0] / lr.shape[1]))) for _, lr, h, a in usable}
+    scales = {int(a.attrs.get("scale", round(h.shape[0] / lr.shape[1]))) for _, lr, h, a in usable}
     if len(scales) != 1:
         raise DatasetError(f"FOVs disagree on the HR/LR scale: {sorted(scales)}")
     scale = scales.pop()
@@ -149,19 +145,14 @@ def build_dataset(
     def frames_of(lr: zarr.Array) -> int:
         return lr.shape[0] if max_frames is None else min(lr.shape[0], max_frames)
 
-    def scan_model(attrs: dict) -> tuple[float, float]:
-        reg = attrs.get("registration", {})
-        return float(reg.get("line_phase_px", 0.0)), float(reg.get("field_fraction", 0.0))
-
-    def read_lr(lr: zarr.Array, idx, attrs: dict) -> np.ndarray:
+    def read_lr(lr: zarr.Array, idx, store: RegisteredStore) -> np.ndarray:
         sel = lr[idx] if isinstance(idx, int) else lr.get_orthogonal_selection((idx, slice(None), slice(None)))
         frames = np.asarray(sel, dtype=np.float32)
         if not correct_geometry:
             return frames
         from fastscan.geometry import correct_frames
 
-        phase, ff = scan_model(attrs)
-        return correct_frames(frames, line_phase_px=phase, field_fraction=ff)
+        return correct_frames(frames, line_phase_px=store.scan.line_phase_px, field_fraction=store.scan.field_fraction)
 
     # Statistics from the training split only: validation and test must not leak into them.
     rng = np.random.default_rng(0)
@@ -176,7 +167,7 @@ def build_dataset(
         norm_hr = percentile_range(np.concatenate(hr_samples), low=percentiles[0], high=percentiles[1])
     else:
         norm_lr, norm_hr = [float(v) for v in normalisation["lr"]], [float(v) for v in normalisation["hr"]]
-    fitted = [scan_model(a)[1] for _, _, _, a in train]
+    fitted = [a.scan.field_fraction for _, _, _, a in train]
     geometry = {"correct": bool(correct_geometry), "field_fraction": float(np.median(fitted))}
 
     rows = []

@@ -1,8 +1,8 @@
 """The per-FOV driver: register one canonical FOV store and write the registered store.
 
 Owns the order of the registration steps (line phase, drift, scan model, HR shift, QC score,
-photon calibration) and the registered store's layout and attributes; each step's method lives
-in its own module of :mod:`fastscan.register`.
+photon calibration) and what goes into the registered store; each step's method lives in its own
+module of :mod:`fastscan.register`, the store's layout and attributes in :mod:`fastscan.stores`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import numpy as np
 import zarr
 from scipy import ndimage
 
-from fastscan.atomic import atomic_path
 from fastscan.photons import PhotonCalibration, calibrate_series, curve_to_text
 from fastscan.register.arrays import _as_frames
 from fastscan.register.correlate import normalised_cross_correlation
@@ -28,22 +27,10 @@ from fastscan.register.qc import write_qc
 from fastscan.register.scan_fit import ScanFit, fit_scan_model
 from fastscan.register.shifts import apply_shifts
 from fastscan.scan import resonant_gain
+from fastscan.stores import Registration, RegistrationQC, ScanModel, write_registered
 
 # One logger for the whole registration step (the name the CLI, the workflow logs and the tests use).
 logger = logging.getLogger("fastscan.register")
-
-
-def _to_builtin(value: Any) -> Any:
-    """JSON-friendly copy of ``value`` (numpy scalars and arrays become Python objects)."""
-    if isinstance(value, Mapping):
-        return {str(k): _to_builtin(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_to_builtin(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _to_builtin(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 class _MovedMean:
@@ -138,7 +125,8 @@ def register_fov(
 
     Notes
     -----
-    The registered store holds ``lr`` (float32, drift-corrected, one frame per chunk; the line
+    The registered store (:func:`fastscan.stores.write_registered`, whose :class:`~fastscan.stores.Registration`
+    types the attribute) holds ``lr`` (float32, drift-corrected, one frame per chunk; the line
     phase is kept because the network learns to undo it), ``hr`` (float32, moved onto the LR
     grid) and the attribute ``fastscan``: the ingest attributes plus ``registration`` with
     ``drift_px`` (T x 2, LR px), ``hr_shift_px`` ([dy, dx], HR px), ``line_phase_px`` (LR px),
@@ -196,8 +184,8 @@ def register_fov(
     median_adu = float(np.median(reg.lr_mean))
     photons_at_median = photons.photons(median_adu)
 
-    registration = _registration_attrs(reg, ncc=ncc, residual=residual, passed=passed, min_ncc=min_ncc, photons=photons.summary(median_adu))
-    _write_registered(out, reg, _to_builtin({**attrs, "registration": registration}))
+    registration = _registration(reg, ncc=ncc, residual=residual, passed=passed, min_ncc=min_ncc, photons=photons.summary(median_adu))
+    write_registered(out, lr=reg.registered, hr=reg.hr_aligned, attrs=attrs, registration=registration)
 
     row = _qc_row(ident, reg, ncc=ncc, residual=residual, passed=passed, photons=photons, photons_at_median=photons_at_median)
     _log_registered(label, row, photons, median_adu=median_adu, min_ncc=min_ncc)
@@ -403,40 +391,24 @@ def _residual_drift(reg: _Registered, drift_options: dict[str, Any]) -> float:
     )
 
 
-def _registration_attrs(reg: _Registered, *, ncc: float, residual: float, passed: bool, min_ncc: float, photons: dict[str, Any]) -> dict[str, Any]:
+def _registration(reg: _Registered, *, ncc: float, residual: float, passed: bool, min_ncc: float, photons: dict[str, Any]) -> Registration:
     """The ``registration`` attribute of the registered store (see :func:`register_fov`, Notes)."""
     fit = reg.fit
-    return {
-        "drift_px": reg.drift.tolist(),
-        "hr_shift_px": reg.hr_shift.tolist(),
-        "line_phase_px": float(reg.line_phase),
-        "field_fraction": float(reg.field_fraction),
-        # The scan-model fit's evidence for the best resonant field fraction over a linear scan
-        # (a t statistic; NaN when not compared) and the extra blur of the LR acquisition (LR px).
-        "resonant_field_fraction": float(fit.best_field_fraction),
-        "resonant_evidence": float(fit.evidence) if math.isfinite(fit.evidence) else None,
-        "blur_sigma_px": float(fit.blur_sigma),
-        "ncc": float(ncc),
-        "residual_drift_px": float(residual),
-        "passed": passed,
-        "min_ncc": float(min_ncc),
-        "photons": photons,
-    }
-
-
-def _write_registered(out: Path, reg: _Registered, attrs: dict[str, Any]) -> None:
-    """Write the registered store atomically: ``lr`` one frame per chunk, ``hr``, and ``attrs`` as ``fastscan``."""
-    registered, hr_aligned = reg.registered, reg.hr_aligned
-    with atomic_path(out) as tmp:
-        dest = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        dest.create_array(
-            "lr",
-            data=registered,
-            chunks=(1, *registered.shape[1:]),
-            dimension_names=("t", "y", "x"),
-        )
-        dest.create_array("hr", data=hr_aligned, chunks=hr_aligned.shape, dimension_names=("y", "x"))
-        dest.attrs["fastscan"] = attrs
+    return Registration(
+        drift_px=reg.drift.tolist(),
+        hr_shift_px=reg.hr_shift.tolist(),
+        scan=ScanModel(
+            line_phase_px=float(reg.line_phase),
+            field_fraction=float(reg.field_fraction),
+            resonant_field_fraction=float(fit.best_field_fraction),
+            # NaN when the fit did not compare a resonant candidate with the linear model.
+            resonant_evidence=float(fit.evidence) if math.isfinite(fit.evidence) else None,
+            blur_sigma_px=float(fit.blur_sigma),
+        ),
+        qc=RegistrationQC(passed=passed, ncc=float(ncc), min_ncc=float(min_ncc)),
+        residual_drift_px=float(residual),
+        photons=photons,
+    )
 
 
 def _qc_row(

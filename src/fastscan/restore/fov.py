@@ -17,6 +17,7 @@ from fastscan.atomic import atomic_path
 from fastscan.restore.engine import TileEngine
 from fastscan.restore.receptive import training_context
 from fastscan.restore.temporal import temporal_stack
+from fastscan.stores import RegisteredStore, read_registered
 
 if TYPE_CHECKING:
     import torch
@@ -65,24 +66,24 @@ def restore_fov(
 
     if threads:
         torch.set_num_threads(int(threads))
-    g = zarr.open_group(str(registered), mode="r")
-    attrs = dict(g.attrs.get("fastscan", {}))
-    n = min(int(frames), g["lr"].shape[0])
+    # The scan model is checked here, before any model is loaded: a store without it fails
+    # (StoreError) instead of being restored uncorrected.
+    store = read_registered(registered)
+    n = min(int(frames), store.lr.shape[0])
     loaded, norm, scale = _load_models(models, device=device)
     geometries = {name: model_geometry(meta) is not None for name, (_, meta) in loaded.items()}
-    reg = attrs.get("registration", {})
-    total = g["lr"].shape[0]
+    total = store.lr.shape[0]
     # Generators with temporal context also read the frames after the last restored one.
     windows = {name: model_frames(meta) for name, (_, meta) in loaded.items()}
-    lr_all, corrected_all, hr = _read_frames(g, read=min(total, n + max(windows.values()) // 2), norm=norm, reg=reg, correct=any(geometries.values()))
+    lr_all, corrected_all, hr = _read_frames(store, read=min(total, n + max(windows.values()) // 2), norm=norm, correct=any(geometries.values()))
     lr = lr_all[:n]
-    meta = _fov_meta(registered, attrs, loaded=loaded, models=models, n=n, classical=classical, scale=scale, norm=norm)
+    meta = _fov_meta(registered, store.attrs, loaded=loaded, models=models, n=n, classical=classical, scale=scale, norm=norm)
     with atomic_path(out) as tmp:
         og = zarr.open_group(tmp, mode="w")
         og.create_array("lr", data=lr, chunks=(1,) + lr.shape[1:])
         og.create_array("hr", data=hr)
         if classical:
-            pred = _restore_classical(lr, reg, scale=scale, norm=norm)
+            pred = _restore_classical(lr, store, scale=scale, norm=norm)
             og.create_array("classical", data=pred, chunks=(1,) + pred.shape[1:])
         for name, (model, model_meta) in loaded.items():
             t0 = time.time()
@@ -110,16 +111,14 @@ def _load_models(models: Mapping[str, str | os.PathLike], *, device: str) -> tup
     return loaded, norm, scale
 
 
-def _read_frames(
-    g: zarr.Group, *, read: int, norm: Mapping[str, Any], reg: Mapping[str, Any], correct: bool
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+def _read_frames(store: RegisteredStore, *, read: int, norm: Mapping[str, Any], correct: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """The first ``read`` LR frames normalised, the same in the models' geometry (None unless
     ``correct``), and the normalised HR target."""
     from fastscan.dataset import normalise
 
-    raw_all = np.asarray(g["lr"][:read], dtype=np.float32)
+    raw_all = np.asarray(store.lr[:read], dtype=np.float32)
     lr_all = normalise(raw_all, *norm["lr"])
-    hr = normalise(g["hr"][...], *norm["hr"])
+    hr = normalise(store.hr[...], *norm["hr"])
     # The networks see the frames in the geometry they were trained on; this FOV's own fitted
     # scan model is used, as for the classical cascade. ``lr`` keeps the scan geometry: it is
     # the input of the interpolation baselines.
@@ -128,7 +127,7 @@ def _read_frames(
         from fastscan.geometry import correct_frames
 
         corrected_all = normalise(
-            correct_frames(raw_all, line_phase_px=float(reg.get("line_phase_px", 0.0)), field_fraction=float(reg.get("field_fraction", 0.0))),
+            correct_frames(raw_all, line_phase_px=store.scan.line_phase_px, field_fraction=store.scan.field_fraction),
             *norm["lr"],
         )
     return lr_all, corrected_all, hr
@@ -159,7 +158,7 @@ def _fov_meta(
     }
 
 
-def _restore_classical(lr: np.ndarray, reg: Mapping[str, Any], *, scale: int, norm: Mapping[str, Any]) -> np.ndarray:
+def _restore_classical(lr: np.ndarray, store: RegisteredStore, *, scale: int, norm: Mapping[str, Any]) -> np.ndarray:
     """The classical cascade with the line phase and field fraction fitted for this FOV."""
     from fastscan.classical import restore_classical
 
@@ -167,10 +166,10 @@ def _restore_classical(lr: np.ndarray, reg: Mapping[str, Any], *, scale: int, no
     # denoise in the variance-stabilised domain; ``lr`` is normalised, hence the range.
     return restore_classical(
         lr,
-        line_phase_px=float(reg.get("line_phase_px", 0.0)),
-        field_fraction=float(reg.get("field_fraction", 0.0)),
+        line_phase_px=store.scan.line_phase_px,
+        field_fraction=store.scan.field_fraction,
         scale=scale,
-        calibration=reg.get("photons"),
+        calibration=store.photons,
         normalisation=norm["lr"],
     )
 
