@@ -63,6 +63,30 @@ def tile_origins(size: int, tile: int, stride: int) -> list[int]:
     return origins
 
 
+@dataclass(frozen=True)
+class _UsableFov:
+    """A FOV that passed registration QC: its entry, its open store, its frames and its HR target."""
+
+    entry: FovEntry
+    store: RegisteredStore
+    lr: zarr.Array
+    hr: np.ndarray  # float32, read once: every tile position cuts it
+
+    @property
+    def name(self) -> str:
+        """``sample/session/fov``, as the attributes list it."""
+        return f"{self.entry.sample}/{self.entry.session}/{self.entry.fov}"
+
+
+@dataclass(frozen=True)
+class _TilePlan:
+    """The tile positions ``(y, x)`` kept in one FOV, each cut from its first ``frames`` frames."""
+
+    fov: _UsableFov
+    frames: int
+    positions: list[tuple[int, int]]
+
+
 def build_dataset(
     fovs: Sequence[FovEntry],
     out: str | os.PathLike,
@@ -114,8 +138,50 @@ def build_dataset(
     dict
         The attributes written (tile counts, normalisation, dropped counts).
     """
-    out = Path(out)
-    usable: list[tuple[FovEntry, zarr.Array, np.ndarray, RegisteredStore]] = []
+    usable, excluded = _read_usable_fovs(fovs)
+    train = [u for u in usable if u.entry.split == "train"]
+    if not train:
+        raise DatasetError("no training FOV passed registration QC: the dataset would be empty")
+    scale = _common_scale(usable)
+    norm_lr, norm_hr = _decide_normalisation(train, normalisation, percentiles=percentiles, max_frames=max_frames, correct_geometry=correct_geometry)
+    fitted = [u.store.scan.field_fraction for u in train]
+    geometry = {"correct": bool(correct_geometry), "field_fraction": float(np.median(fitted))}
+
+    plans, dropped = _plan_tiles(usable, scale=scale, tile=tile, stride=stride, background=background, norm_hr=norm_hr, max_frames=max_frames)
+    rows = _tile_rows(plans)
+    if not rows:
+        raise DatasetError(f"every tile was below the background level {background}; lower dataset.background")
+    keep = _subsample_training_tiles(rows, max_tiles, seed)
+    log.info("dataset: %d tiles kept, %d dropped as background, %d FOVs excluded", len(rows), dropped, len(excluded))
+    rows = [rows[i] for i in keep]
+    if max_tiles is not None:
+        log.info("dataset: %d training tiles kept of the draw (max_tiles=%d, seed %d)", sum(r[-1] == "train" for r in rows), max_tiles, seed)
+
+    attrs = {
+        "kind": "dataset",
+        "tile": tile,
+        "stride": stride,
+        "scale": scale,
+        "normalisation": {"lr": norm_lr, "hr": norm_hr, "percentiles": list(percentiles)},
+        "counts": {
+            "tiles": len(rows),
+            "train": sum(r[-1] == "train" for r in rows),
+            "val": sum(r[-1] == "val" for r in rows),
+            "dropped_background": dropped,
+            "excluded_fovs": excluded,
+        },
+        "background": background,
+        "geometry": geometry,
+        "fovs": [u.name for u in usable],
+    }
+    _write_dataset(Path(out), plans, set(keep), rows, attrs, tile=tile, scale=scale, correct_geometry=correct_geometry)
+    return attrs
+
+
+def _read_usable_fovs(fovs: Sequence[FovEntry]) -> tuple[list[_UsableFov], list[str]]:
+    """Open every FOV's registered store; those whose registration QC failed are logged and
+    returned by name (``sample/session/fov``) instead. Only train/val FOVs are accepted."""
+    usable: list[_UsableFov] = []
     excluded = []
     for entry in fovs:
         if entry.split not in ("train", "val"):
@@ -133,116 +199,147 @@ def build_dataset(
             )
             excluded.append(f"{entry.sample}/{entry.session}/{entry.fov}")
             continue
-        usable.append((entry, store.lr, np.asarray(store.hr[...], dtype=np.float32), store))
-    train = [u for u in usable if u[0].split == "train"]
-    if not train:
-        raise DatasetError("no training FOV passed registration QC: the dataset would be empty")
-    scales = {int(a.attrs.get("scale", round(h.shape[0] / lr.shape[1]))) for _, lr, h, a in usable}
+        usable.append(_UsableFov(entry, store, store.lr, np.asarray(store.hr[...], dtype=np.float32)))
+    return usable, excluded
+
+
+def _common_scale(usable: Sequence[_UsableFov]) -> int:
+    """The HR/LR scale all FOVs share (their ``scale`` attribute, else their shapes' ratio)."""
+    scales = {int(u.store.attrs.get("scale", round(u.hr.shape[0] / u.lr.shape[1]))) for u in usable}
     if len(scales) != 1:
         raise DatasetError(f"FOVs disagree on the HR/LR scale: {sorted(scales)}")
-    scale = scales.pop()
+    return scales.pop()
 
-    def frames_of(lr: zarr.Array) -> int:
-        return lr.shape[0] if max_frames is None else min(lr.shape[0], max_frames)
 
-    def read_lr(lr: zarr.Array, idx, store: RegisteredStore) -> np.ndarray:
-        sel = lr[idx] if isinstance(idx, int) else lr.get_orthogonal_selection((idx, slice(None), slice(None)))
-        frames = np.asarray(sel, dtype=np.float32)
-        if not correct_geometry:
-            return frames
-        from fastscan.geometry import correct_frames
+def _frames_of(lr: zarr.Array, max_frames: int | None) -> int:
+    """How many of the series' frames go into the dataset."""
+    return lr.shape[0] if max_frames is None else min(lr.shape[0], max_frames)
 
-        return correct_frames(frames, line_phase_px=store.scan.line_phase_px, field_fraction=store.scan.field_fraction)
 
+def _read_lr(fov: _UsableFov, idx: int | np.ndarray, *, correct_geometry: bool) -> np.ndarray:
+    """Frame ``idx`` (or frames, an index array) of the FOV's LR series, float32, in the dataset's
+    geometry: corrected with the FOV's scan model when ``correct_geometry``."""
+    sel = fov.lr[idx] if isinstance(idx, int) else fov.lr.get_orthogonal_selection((idx, slice(None), slice(None)))
+    frames = np.asarray(sel, dtype=np.float32)
+    if not correct_geometry:
+        return frames
+    from fastscan.geometry import correct_frames
+
+    return correct_frames(frames, line_phase_px=fov.store.scan.line_phase_px, field_fraction=fov.store.scan.field_fraction)
+
+
+def _decide_normalisation(
+    train: Sequence[_UsableFov],
+    normalisation: dict[str, Any] | None,
+    *,
+    percentiles: tuple[float, float],
+    max_frames: int | None,
+    correct_geometry: bool,
+) -> tuple[list[float], list[float]]:
+    """The LR and HR ``[low, high]`` ranges: ``normalisation``'s when given, else the
+    ``percentiles`` of a sample of the training FOVs (up to 8 random frames each, every 7th value)."""
     # Statistics from the training split only: validation and test must not leak into them.
     rng = np.random.default_rng(0)
     lr_samples, hr_samples = [], []
-    for _, lr, hr, a in train:
-        n = frames_of(lr)
+    for fov in train:
+        n = _frames_of(fov.lr, max_frames)
         idx = np.unique(rng.integers(0, n, size=min(n, 8)))
-        lr_samples.append(read_lr(lr, idx, a).ravel()[::7])
-        hr_samples.append(hr.ravel()[::7])
+        lr_samples.append(_read_lr(fov, idx, correct_geometry=correct_geometry).ravel()[::7])
+        hr_samples.append(fov.hr.ravel()[::7])
     if normalisation is None:
         norm_lr = percentile_range(np.concatenate(lr_samples), low=percentiles[0], high=percentiles[1])
         norm_hr = percentile_range(np.concatenate(hr_samples), low=percentiles[0], high=percentiles[1])
     else:
         norm_lr, norm_hr = [float(v) for v in normalisation["lr"]], [float(v) for v in normalisation["hr"]]
-    fitted = [a.scan.field_fraction for _, _, _, a in train]
-    geometry = {"correct": bool(correct_geometry), "field_fraction": float(np.median(fitted))}
+    return norm_lr, norm_hr
 
-    rows = []
+
+def _plan_tiles(
+    usable: Sequence[_UsableFov],
+    *,
+    scale: int,
+    tile: int,
+    stride: int,
+    background: float,
+    norm_hr: Sequence[float],
+    max_frames: int | None,
+) -> tuple[list[_TilePlan], int]:
+    """The tile positions of every FOV, background positions left out, and how many tiles
+    (positions x frames) were dropped as background."""
+    plans = []
     dropped = 0
-    plan = []
-    for entry, lr, hr, _ in usable:
-        t, ny, nx = lr.shape
-        if hr.shape != (scale * ny, scale * nx):
-            raise DatasetError(f"{entry.path}: HR shape {hr.shape} is not {scale}x the LR frame shape {(ny, nx)}")
-        hr_n = normalise(hr, *norm_hr)
+    for fov in usable:
+        t, ny, nx = fov.lr.shape
+        if fov.hr.shape != (scale * ny, scale * nx):
+            raise DatasetError(f"{fov.entry.path}: HR shape {fov.hr.shape} is not {scale}x the LR frame shape {(ny, nx)}")
+        frames = _frames_of(fov.lr, max_frames)
+        hr_n = normalise(fov.hr, *norm_hr)
         positions = []
         for y in tile_origins(ny, tile, stride):
             for x in tile_origins(nx, tile, stride):
                 patch = hr_n[scale * y : scale * (y + tile), scale * x : scale * (x + tile)]
                 if np.percentile(patch, 99) < background:
-                    dropped += frames_of(lr)
+                    dropped += frames
                     continue
                 positions.append((y, x))
-        for f in range(frames_of(lr)):
-            for y, x in positions:
-                rows.append((entry.sample, entry.session, entry.fov, f, y, x, entry.split))
-        plan.append((entry, lr, hr, positions))
-    if not rows:
-        raise DatasetError(f"every tile was below the background level {background}; lower dataset.background")
-    if max_tiles is not None:
-        train_rows = [i for i, r in enumerate(rows) if r[-1] == "train"]
-        if max_tiles < 1:
-            raise DatasetError(f"max_tiles must be at least 1, got {max_tiles}")
-        if max_tiles < len(train_rows):
-            drop = set(np.random.default_rng(seed).choice(train_rows, size=len(train_rows) - max_tiles, replace=False).tolist())
-            keep = [i for i in range(len(rows)) if i not in drop]
-        else:
-            log.warning("max_tiles %d >= the %d training tiles available: all are used", max_tiles, len(train_rows))
-            keep = list(range(len(rows)))
-    else:
-        keep = list(range(len(rows)))
-    log.info("dataset: %d tiles kept, %d dropped as background, %d FOVs excluded", len(rows), dropped, len(excluded))
+        plans.append(_TilePlan(fov, frames, positions))
+    return plans, dropped
 
-    kept = set(keep)
-    rows = [rows[i] for i in keep]
+
+def _tile_rows(plans: Sequence[_TilePlan]) -> list[tuple]:
+    """One :data:`TILE_COLUMNS` row per candidate tile, FOV by FOV, frame by frame, position by
+    position: the order the store is written in."""
+    rows = []
+    for plan in plans:
+        e = plan.fov.entry
+        for f in range(plan.frames):
+            for y, x in plan.positions:
+                rows.append((e.sample, e.session, e.fov, f, y, x, e.split))
+    return rows
+
+
+def _subsample_training_tiles(rows: Sequence[tuple], max_tiles: int | None, seed: int) -> list[int]:
+    """Indices of the rows kept, in order: all of them, or ``max_tiles`` training rows drawn with
+    ``seed`` and every validation row."""
+    if max_tiles is None:
+        return list(range(len(rows)))
+    train_rows = [i for i, r in enumerate(rows) if r[-1] == "train"]
+    if max_tiles < 1:
+        raise DatasetError(f"max_tiles must be at least 1, got {max_tiles}")
+    if max_tiles >= len(train_rows):
+        log.warning("max_tiles %d >= the %d training tiles available: all are used", max_tiles, len(train_rows))
+        return list(range(len(rows)))
+    drop = set(np.random.default_rng(seed).choice(train_rows, size=len(train_rows) - max_tiles, replace=False).tolist())
+    return [i for i in range(len(rows)) if i not in drop]
+
+
+def _write_dataset(
+    out: Path,
+    plans: Sequence[_TilePlan],
+    kept: set[int],
+    rows: Sequence[tuple],
+    attrs: dict[str, Any],
+    *,
+    tile: int,
+    scale: int,
+    correct_geometry: bool,
+) -> None:
+    """Write the store atomically: the kept tiles of ``plans`` (``kept`` indexes the candidate
+    rows in :func:`_tile_rows` order), read frame by frame, then the attributes and the tile table."""
     n = len(rows)
-    if max_tiles is not None:
-        log.info("dataset: %d training tiles kept of the draw (max_tiles=%d, seed %d)", sum(r[-1] == "train" for r in rows), max_tiles, seed)
-    attrs = {
-        "kind": "dataset",
-        "tile": tile,
-        "stride": stride,
-        "scale": scale,
-        "normalisation": {"lr": norm_lr, "hr": norm_hr, "percentiles": list(percentiles)},
-        "counts": {
-            "tiles": n,
-            "train": sum(r[-1] == "train" for r in rows),
-            "val": sum(r[-1] == "val" for r in rows),
-            "dropped_background": dropped,
-            "excluded_fovs": excluded,
-        },
-        "background": background,
-        "geometry": geometry,
-        "fovs": [f"{e.sample}/{e.session}/{e.fov}" for e, *_ in usable],
-    }
     with atomic_path(out) as tmp:
         g = zarr.open_group(tmp, mode="w")
         lr_arr = g.create_array("lr", shape=(n, tile, tile), chunks=(1, tile, tile), dtype="float32")
         hr_arr = g.create_array("hr", shape=(n, scale * tile, scale * tile), chunks=(1, scale * tile, scale * tile), dtype="float32")
         i = 0  # index over all candidate rows; ``j`` over the kept ones written so far
         j = 0
-        for entry, lr, hr, positions in plan:
-            if not positions:
-                continue
+        for plan in plans:
+            positions, hr = plan.positions, plan.fov.hr
             k = len(positions)
-            a = next(u[3] for u in usable if u[0] is entry)
-            for f in range(frames_of(lr)):
+            for f in range(plan.frames):
                 sel = [p for p in range(k) if i + p in kept]
                 if sel:
-                    frame = read_lr(lr, f, a)
+                    frame = _read_lr(plan.fov, f, correct_geometry=correct_geometry)
                     m = len(sel)
                     lr_arr[j : j + m] = np.stack([frame[positions[p][0] : positions[p][0] + tile, positions[p][1] : positions[p][1] + tile] for p in sel])
                     hr_arr[j : j + m] = np.stack(
@@ -255,7 +352,6 @@ def build_dataset(
                 i += k
         g.attrs["fastscan"] = attrs
         pd.DataFrame(rows, columns=TILE_COLUMNS).to_csv(tmp / "tiles.tsv", sep="\t", index=False)
-    return attrs
 
 
 def read_dataset(path: str | os.PathLike) -> tuple[zarr.Group, pd.DataFrame, dict]:
