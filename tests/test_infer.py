@@ -57,7 +57,7 @@ def test_identity_copy_through_tiles():
             return F.interpolate(x, scale_factor=2, mode="nearest")
 
     image = np.arange(50 * 70, dtype=np.float32).reshape(50, 70)
-    out = predict_image(Nearest(), image, scale=2, tile=24, overlap=6)
+    out = predict_image(Nearest(), image, scale=2, tile=24, overlap=6, batch_size=4)
     np.testing.assert_allclose(out[::2, ::2], image, rtol=1e-6)
 
 
@@ -324,9 +324,26 @@ def test_receptive_field_is_measured_once_per_model(monkeypatch):
     model = ConvStack()
     image = texture((40, 40))
     for _ in range(3):  # frame after frame, as restore_fov does
-        predict_image(model, image, scale=2, tile=None, overlap=None)
+        predict_image(model, image, scale=2, tile=None, overlap=None, batch_size=4)
     assert len(calls) == 1
     with torch.no_grad():
         model.body[0].weight.mul_(2.0)  # new weights: measured again
-    predict_image(model, image, scale=2, tile=None, overlap=None)
+    predict_image(model, image, scale=2, tile=None, overlap=None, batch_size=4)
     assert len(calls) == 2
+
+
+def test_one_tiling_decision_records_where_each_value_came_from():
+    from fastscan.restore.receptive import GIVEN, PLAN, RECEPTIVE_FIELD, TRAINING_CROPS, Tiling, resolve_tiling
+
+    # Given values are kept and nothing is measured; a plan fills only what was not given.
+    assert resolve_tiling(GlobalMix(), tile=96, overlap=8, input_scale=2) == Tiling(96, 8, GIVEN, GIVEN)
+    assert resolve_tiling(GlobalMix(), tile=None, overlap=8, input_scale=2, planned={"tile": 80, "overlap": 16}) == Tiling(80, 8, PLAN, GIVEN)
+    # Then the generator: its training crops for a global field, else its receptive field.
+    assert resolve_tiling(GlobalMix(), tile=200, overlap=None, input_scale=2, context=64) == Tiling(200, 16, GIVEN, TRAINING_CROPS)
+    assert resolve_tiling(GlobalMix(), tile=None, overlap=None, input_scale=2) == Tiling(256, 32, RECEPTIVE_FIELD, RECEPTIVE_FIELD)
+    engine = TileEngine(GlobalMix(), scale=2, tiling=Tiling(64, 16), precision="float32")
+    assert (engine.tile, engine.overlap, engine.tiling.tile_from) == (64, 16, GIVEN)
+    with pytest.raises(ValueError, match="not both"):
+        TileEngine(GlobalMix(), scale=2, tiling=Tiling(64, 16), tile=64)
+    with pytest.raises(ValueError, match="smaller than the tile size"):
+        Tiling(16, 16)

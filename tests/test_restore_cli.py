@@ -148,3 +148,20 @@ def test_a_partial_path_holding_other_files_is_refused(tmp_path, model_dir, capl
     assert main(["restore", str(slide), "--model", str(model_dir), "--out", str(tmp_path / "r.ome.zarr"), *_FAST]) == 2
     assert f"{partial}: refusing to use it: it is not a partial restoration of fastscan's" in caplog.text
     assert (partial / "notes.txt").read_text() == "mine"
+
+
+def test_restore_options_default_to_the_config_schema():
+    """An option named like a restore.* config key has that key's default in the workflow's schema."""
+    from pathlib import Path
+
+    import yaml
+
+    from fastscan.cli import _parser
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    restore = schema["properties"]["restore"]["properties"]
+    sub = next(a for a in _parser()._actions if a.dest == "command").choices["restore"]
+    # --model names a model directory, restore.model a model of the workflow: not the same value.
+    options = {a.dest: a.default for a in sub._actions if "default" in restore.get(a.dest, {})}
+    assert set(options) == {"level", "tile", "overlap", "batch_size", "region", "frames_per_chunk", "pyramid_levels", "precision", "device"}
+    assert options == {key: restore[key]["default"] for key in options}

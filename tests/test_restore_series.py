@@ -39,7 +39,7 @@ def test_series_keeps_the_time_axis_and_each_frame_is_restored(tmp_path):
     got = np.asarray(node.data[0])
     for t in (0, 4):
         frame = (series[t].astype(np.float32) - 100) / 1000  # the model's normalisation, as in training
-        np.testing.assert_allclose(got[t], predict_image(ConvStack(), frame, scale=2, tile=32, overlap=8), atol=1e-5)
+        np.testing.assert_allclose(got[t], predict_image(ConvStack(), frame, scale=2, tile=32, overlap=8, batch_size=4), atol=1e-5)
 
 
 def test_geometry_is_applied_to_raw_frames_before_normalisation(tmp_path, monkeypatch):
@@ -58,7 +58,7 @@ def test_geometry_is_applied_to_raw_frames_before_normalisation(tmp_path, monkey
     assert seen["max"] == series.max() > 100  # raw counts, not normalised values
     assert seen["meta"]["geometry"]["field_fraction"] == 0.8
     frame = (series[1].astype(np.float32) + 500 - 100) / 1000
-    np.testing.assert_allclose(zarr.open_array(out / "0", mode="r")[1], predict_image(ConvStack(), frame, scale=2, tile=32, overlap=8), atol=1e-5)
+    np.testing.assert_allclose(zarr.open_array(out / "0", mode="r")[1], predict_image(ConvStack(), frame, scale=2, tile=32, overlap=8, batch_size=4), atol=1e-5)
 
 
 def test_resonant_geometry_changes_the_input_and_none_leaves_it(tmp_path):
@@ -94,9 +94,9 @@ def test_series_resumes_from_finished_frame_batches(tmp_path, monkeypatch):
 
     monkeypatch.setattr(resumable, "_mark_done", failing)
     with pytest.raises(KeyboardInterrupt):
-        restore_series(lr, out, generator=(ConvStack(), META), tile=32, overlap=8, frames_per_chunk=2)
+        restore_series(lr, out, generator=(ConvStack(), META), tile=32, overlap=8, frames_per_chunk=2, pyramid_levels=1)
     assert not out.exists()
     monkeypatch.setattr(resumable, "_mark_done", real)
-    prov = restore_series(lr, out, generator=(ConvStack(), META), tile=32, overlap=8, frames_per_chunk=2)
+    prov = restore_series(lr, out, generator=(ConvStack(), META), tile=32, overlap=8, frames_per_chunk=2, pyramid_levels=1)
     assert prov["stats"] == {"units": 3, "computed": 1, "skipped": 2}
     assert np.isfinite(zarr.open_array(out / "0", mode="r")[:]).all()

@@ -64,7 +64,7 @@ def test_real_svs_restores_into_ome_zarr(tmp_path):
     assert not (out / ".progress").exists() and not (tmp_path / "svs.ome.zarr.partial").exists()
     # A region in the interior equals restoring that part of the slide directly.
     green = tifffile.imread(SVS)[1000:1300, 700:1000, 1].astype(np.float32) / 255
-    direct = predict_image(ConvStack(depth=2, width=4), green, scale=2, tile=128, overlap=16)
+    direct = predict_image(ConvStack(depth=2, width=4), green, scale=2, tile=128, overlap=16, batch_size=4)
     level0 = node.data[0]
     np.testing.assert_allclose(np.asarray(level0[2040:2560, 1440:1960]), direct[40:560, 40:560], atol=1e-4)
     level1 = np.asarray(node.data[1][:50, :50])
@@ -77,7 +77,7 @@ def test_regions_match_restoring_the_image_whole(tmp_path):
     out = tmp_path / "crop.ome.zarr"
     restore_slide(slide, out, generator=standin(), tile=64, overlap=16, region=48, pyramid_levels=2, precision="float32")
     got = np.asarray(read_ngff(out).data[0])
-    whole = predict_image(ConvStack(), data.astype(np.float32) / 255, scale=2, tile=64, overlap=16)
+    whole = predict_image(ConvStack(), data.astype(np.float32) / 255, scale=2, tile=64, overlap=16, batch_size=4)
     np.testing.assert_allclose(got, whole, atol=1e-4)  # region borders blend like tile borders
 
 

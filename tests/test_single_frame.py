@@ -195,7 +195,7 @@ def test_one_frame_fovs_build_train_restore_and_score(tmp_path: Path) -> None:
     train_generator(dataset=tmp_path / "ds.zarr", out_dir=mse, config=config, seed=1, threads=2)
 
     held_out = write_registered(tmp_path / "test.zarr", seed=4, frames=1)
-    meta = restore_fov(held_out, tmp_path / "restored.zarr", models={"mse": mse}, frames=4, tile=32, overlap=8)
+    meta = restore_fov(held_out, tmp_path / "restored.zarr", models={"mse": mse}, frames=4, tile=32, overlap=8, batch_size=4)
     assert meta["frames"] == [0]  # four asked for, the one there is restored
     restored = zarr.open_group(str(tmp_path / "restored.zarr"), mode="r")
     assert restored["mse"].shape == restored["classical"].shape == (1, 128, 128)

@@ -144,7 +144,7 @@ def test_temporal_generator_trains_restores_series_and_refuses_slides(tmp_path, 
 
     # Evaluation restores the first frames of a registered FOV from their windows too.
     reg = write_registered(tmp_path / "test.zarr", seed=5, frames=4, size=32)
-    restore_fov(reg, tmp_path / "restored.zarr", models={"gan": str(gan)}, frames=2, tile=64, overlap=0, classical=False)
+    restore_fov(reg, tmp_path / "restored.zarr", models={"gan": str(gan)}, frames=2, tile=64, overlap=0, batch_size=4, classical=False)
     assert zarr.open_group(str(tmp_path / "restored.zarr"), mode="r")["gan"].shape == (2, 64, 64)
 
     tifffile.imwrite(tmp_path / "slide.tif", series[0])

@@ -46,7 +46,7 @@ def test_three_stages_write_loadable_models(tmp_path, tiny_dataset):
     with torch.inference_mode():
         assert model(torch.rand(1, 1, 32, 32)).shape == (1, 1, 64, 64)
     assert meta["normalisation"] == read_dataset(tiny_dataset)[2]["normalisation"]
-    restored = restore_fov(tmp_path / "reg2.zarr", tmp_path / "restored.zarr", models={"mse": mse, "gan": gan}, frames=2, tile=32, overlap=8)
+    restored = restore_fov(tmp_path / "reg2.zarr", tmp_path / "restored.zarr", models={"mse": mse, "gan": gan}, frames=2, tile=32, overlap=8, batch_size=4)
     assert restored["normalisation"] == meta["normalisation"]
     g = zarr.open_group(str(tmp_path / "restored.zarr"), mode="r")
     raw = zarr.open_group(str(tmp_path / "reg2.zarr"), mode="r")

@@ -35,13 +35,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--wait", action="store_true", help="if another restoration is writing --out, wait for it to finish instead of failing")
     r.add_argument("--series", action="store_true", help="the input is a video-rate (T, Y, X) series; the output keeps T")
     r.add_argument("--channel", default="0", help="channel index, a list such as 0,2, or 'all' (slides; default 0)")
-    r.add_argument("--level", type=int, default=0, help="pyramid level of the input slide (default 0)")
-    r.add_argument("--tile", type=int, default=None, help="largest LR tile (default: from the model's receptive field)")
-    r.add_argument("--overlap", type=int, default=None, help="tile overlap in LR px (default: from the receptive field)")
+    # The defaults of the options named like a restore.* config key are that key's default in
+    # workflow/schemas/config.schema.yaml (tests/test_restore_cli.py compares them): the schema is
+    # not installed with the package, so they are restated here rather than read.
+    r.add_argument("--level", type=int, default=0, help="pyramid level of the input slide (default %(default)s)")
+    r.add_argument("--tile", type=int, default=None, help="largest LR tile (default: from the model's training crops or receptive field)")
+    r.add_argument("--overlap", type=int, default=None, help="tile overlap in LR px (default: from the training crops or receptive field)")
     r.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass (default: chosen for the device)")
-    r.add_argument("--region", type=int, default=512, help="LR region processed at once; bounds memory (default 512)")
-    r.add_argument("--frames-per-chunk", type=int, default=8, help="series frames restored and written together (default 8)")
-    r.add_argument("--pyramid-levels", type=int, default=3, help="resolution levels of the output (default 3)")
+    r.add_argument("--region", type=int, default=512, help="LR region processed at once; bounds memory (default %(default)s)")
+    r.add_argument("--frames-per-chunk", type=int, default=8, help="series frames restored and written together (default %(default)s)")
+    r.add_argument("--pyramid-levels", type=int, default=3, help="resolution levels of the output (default %(default)s)")
     r.add_argument(
         "--precision",
         default="auto",

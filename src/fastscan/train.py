@@ -22,7 +22,12 @@ log = logging.getLogger(__name__)
 
 CURVE_COLUMNS = ["stage", "epoch", "train_loss", "valid_loss", "valid_psnr"]
 
-#: Training settings used where the configuration is silent (the schema holds the same defaults).
+#: Training settings used where the configuration is silent: the library's minimal schedule (one
+#: epoch per stage, 64-px crops), which is also the schema's ``train`` defaults
+#: (``workflow/schemas/config.schema.yaml``; ``tests/test_defaults.py`` keeps the two equal). It is
+#: kept here rather than read from the schema because the schema is not installed with the package.
+#: The workflow trains on ``config/config.yaml``'s schedule, which sets every stage's epochs, the
+#: crop sizes and the batch size itself; a key it leaves out takes this value in both.
 DEFAULTS: dict[str, Any] = {
     "arch": "resnet34",
     "pretrained": False,
@@ -47,7 +52,11 @@ LOWRES_MIN_SIZE = 64
 
 
 def resolve_config(config: dict[str, Any] | None) -> dict[str, Any]:
-    """Fill missing keys of a ``train`` config section from :data:`DEFAULTS` (one level deep)."""
+    """Fill missing keys of a ``train`` config section from :data:`DEFAULTS` (one level deep).
+
+    In the workflow the schema has filled them already (with the same values); library callers and
+    tests rely on this.
+    """
     out: dict[str, Any] = {}
     config = config or {}
     for key, default in DEFAULTS.items():

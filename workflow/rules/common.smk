@@ -335,7 +335,8 @@ def get_finetune_source(wildcards):
 
 def get_finetune_train_config(wildcards):
     spec = finetune_spec(wildcards)
-    return {**config["train"], "gan": {**config["train"]["gan"], "epochs": spec.get("epochs", 2), "lr": spec.get("lr", 1e-4)}}
+    # finetune.<name>.epochs and .lr have their defaults from the schema (validate() fills them in).
+    return {**config["train"], "gan": {**config["train"]["gan"], "epochs": spec["epochs"], "lr": spec["lr"]}}
 
 
 def get_finetune_restore_models(wildcards):

@@ -3,8 +3,9 @@
 :class:`TileEngine` cuts normalised LR images into overlapping tiles, runs them through the
 generator in batches and blends them with a raised-cosine window whose overlapping ramps add up
 to exactly one, so tile borders leave no seams; the halo at the image border is reflected, as in
-CSBDeep's tiled prediction. Tile size and overlap default to the generator's measured receptive
-field (:func:`fastscan.restore.receptive.auto_tiling`).
+CSBDeep's tiled prediction. Its :class:`~fastscan.restore.receptive.Tiling` (tile size and overlap) is
+decided once, by :func:`fastscan.restore.receptive.resolve_tiling`: by the restoration that builds the
+engine, or by the engine itself from ``tile``, ``overlap`` and ``context``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fastscan.restore.prepare import resolve_precision
-from fastscan.restore.receptive import auto_tiling
+from fastscan.restore.receptive import Tiling, resolve_tiling, unet_input_scale
 from fastscan.restore.tiling import _pad, blend_window, fit_tile, tile_starts
 
 if TYPE_CHECKING:
@@ -62,7 +63,10 @@ class TileEngine:
         HR pixels per LR pixel.
     tile, overlap : int, optional
         Largest LR tile and the overlap between neighbours; None measures them
-        (:func:`fastscan.restore.receptive.auto_tiling`).
+        (:func:`fastscan.restore.receptive.resolve_tiling`).
+    tiling : Tiling, optional
+        A tiling the restoration already decided (:func:`fastscan.restore.receptive.resolve_tiling`),
+        instead of ``tile``, ``overlap`` and ``context``.
     batch_size : int, optional
         Tiles per forward pass; None chooses from the device (:func:`default_batch_size`).
     device : str
@@ -77,10 +81,13 @@ class TileEngine:
     context : int, optional
         LR size of the crops the generator was trained on
         (:func:`fastscan.restore.receptive.training_context`); sets the automatic tiling of
-        generators with self-attention (:func:`fastscan.restore.receptive.auto_tiling`).
+        generators with self-attention (:func:`fastscan.restore.receptive.resolve_tiling`).
 
     Attributes
     ----------
+    tiling : Tiling
+        The tile size and overlap used, and where they came from; ``tile`` and ``overlap`` are
+        its values.
     tiles_run : int
         Tiles computed so far (for tests and benchmarks).
     input_scale : int
@@ -100,6 +107,7 @@ class TileEngine:
         channels_last: bool | None = None,
         prefetch: bool | None = None,
         context: int | None = None,
+        tiling: Tiling | None = None,
     ) -> None:
         import torch
 
@@ -112,10 +120,13 @@ class TileEngine:
         self.channels_last = is_channels_last(model) if channels_last is None else bool(channels_last)
         self.prefetch = self.device.type == "cuda" if prefetch is None else bool(prefetch)
         # A generator that runs its U-Net on the LR grid affords tiles ``scale`` times larger.
-        self.input_scale = int(getattr(model, "input_scale", self.scale))
-        self.tile, self.overlap = auto_tiling(model, tile=tile, overlap=overlap, device=self.device, input_scale=self.input_scale, context=context)
-        if self.overlap < 0 or self.tile - self.overlap <= 0:
-            raise ValueError(f"overlap {self.overlap} must be at least 0 and smaller than the tile size {self.tile}")
+        self.input_scale = unet_input_scale(model, self.scale)
+        if tiling is None:
+            tiling = resolve_tiling(model, tile=tile, overlap=overlap, input_scale=self.input_scale, context=context, device=self.device)
+        elif (tile, overlap, context) != (None, None, None):
+            raise ValueError("give a decided tiling or tile, overlap and context, not both")
+        self.tiling = tiling
+        self.tile, self.overlap = tiling.tile, tiling.overlap
         self.batch_size = batch_size
         self.tiles_run = 0
         self._buffers: list[torch.Tensor] = []
@@ -322,9 +333,9 @@ def predict_image(
     image: np.ndarray,
     *,
     scale: int,
-    tile: int | None = 128,
-    overlap: int | None = 32,
-    batch_size: int | None = 4,
+    tile: int | None,
+    overlap: int | None,
+    batch_size: int | None = None,
     device: str = "cpu",
     precision: str = "float32",
     channels_last: bool | None = False,
@@ -341,10 +352,13 @@ def predict_image(
     scale : int
     tile, overlap : int or None
         Largest LR tile and overlap between neighbouring tiles (LR px); None measures them from
-        the generator's receptive field (:func:`fastscan.restore.receptive.auto_tiling`).
+        the generator's receptive field (:func:`fastscan.restore.receptive.resolve_tiling`).
     batch_size : int or None
-        None chooses from the device.
+        None chooses from the device (as ``restore.batch_size``).
     device : str
+        A torch device (``cpu``, ``cuda:0``), not the config's ``auto``: callers resolve that
+        (:func:`fastscan.train.resolve_device`); the CPU by default, so results do not depend on
+        the machine.
     precision : str
         See :func:`fastscan.restore.prepare.resolve_precision`; float32 unless asked, so
         evaluations stay exact.

@@ -15,7 +15,7 @@ import zarr
 
 from fastscan.atomic import atomic_path
 from fastscan.restore.engine import TileEngine
-from fastscan.restore.receptive import training_context
+from fastscan.restore.receptive import resolve_tiling, training_context, unet_input_scale
 from fastscan.restore.temporal import temporal_stack
 from fastscan.stores import RegisteredStore, read_registered
 
@@ -30,10 +30,10 @@ def restore_fov(
     out: str | os.PathLike,
     *,
     models: dict[str, str | os.PathLike],
-    frames: int = 2,
-    tile: int | None = 128,
-    overlap: int | None = 32,
-    batch_size: int | None = 4,
+    frames: int = 4,
+    tile: int | None = None,
+    overlap: int | None = None,
+    batch_size: int | None = None,
     device: str = "cpu",
     threads: int | None = None,
     classical: bool = True,
@@ -49,9 +49,14 @@ def restore_fov(
         Restored FOV store (written atomically), see docs/architecture.md.
     models : dict
         Method name (``mse``, ``gan``) -> model directory. All must share one normalisation.
+    frames : int
+        Frames restored (``restore.frames``).
     tile, overlap, batch_size : int or None
         Tiling of :class:`fastscan.restore.engine.TileEngine`; None chooses from each model (its
-        training crops or receptive field) and the device.
+        training crops or receptive field, :func:`fastscan.restore.receptive.resolve_tiling`) and
+        the device.
+    device : str
+        A torch device, not the config's ``auto`` (see :func:`fastscan.restore.slide.restore_slide`).
     classical : bool
         Also store the classical cascade (:func:`fastscan.classical.restore_classical`) with the
         line phase and field fraction registration fitted for this FOV, as method ``classical``.
@@ -187,16 +192,8 @@ def _predict_frames(
     precision: str,
 ) -> np.ndarray:
     """One generator's restoration of ``inputs`` (frames or temporal windows), frame by frame."""
-    # One engine for all frames: tiling, buffers (and any low-precision weights) once.
-    engine = TileEngine(
-        model.eval(),
-        scale=scale,
-        tile=tile,
-        overlap=overlap,
-        batch_size=batch_size,
-        device=device,
-        precision=precision,
-        channels_last=False,
-        context=training_context(model_meta),
-    )
+    # One tiling and one engine for all frames: buffers (and any low-precision weights) once.
+    model = model.eval()
+    tiling = resolve_tiling(model, tile=tile, overlap=overlap, input_scale=unet_input_scale(model, scale), context=training_context(model_meta), device=device)
+    engine = TileEngine(model, scale=scale, tiling=tiling, batch_size=batch_size, device=device, precision=precision, channels_last=False)
     return np.stack([engine.predict(f) for f in inputs])

@@ -1,8 +1,10 @@
-"""The generator's receptive field and training crops, and the automatic tiling they give.
+"""The generator's receptive field and training crops, and the one tiling decision they inform.
 
-:func:`auto_tiling` fills in a tile size or overlap the user left open: from the measured receptive
-field (:func:`receptive_radius`, kept per model), or for generators whose every output pixel
-depends on the whole tile, from the crops the generator was trained on (:func:`training_context`).
+:func:`resolve_tiling` decides a restoration's :class:`Tiling` once: the tile size and overlap the
+caller gave, else those an earlier plan of the same restoration recorded, else from the measured
+receptive field (:func:`receptive_radius`, kept per model) or, for generators whose every output
+pixel depends on the whole tile, from the crops the generator was trained on
+(:func:`training_context`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 import math
 import weakref
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -155,6 +158,109 @@ def _measured_radius(model: torch.nn.Module, device: str | torch.device) -> int:
     return radius
 
 
+#: Where a value of a :class:`Tiling` came from (:func:`resolve_tiling`).
+GIVEN = "given"
+PLAN = "plan"
+TRAINING_CROPS = "training crops"
+RECEPTIVE_FIELD = "receptive field"
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """The tile size and overlap (LR px) of one restoration, and where each came from.
+
+    ``tile_from`` and ``overlap_from`` are :data:`GIVEN` (the caller: ``restore.tile``,
+    ``--tile``, an argument), :data:`PLAN` (the ``plan.json`` of an earlier run of the same
+    restoration), :data:`TRAINING_CROPS` (``model.json``'s training crops, for a generator whose
+    every output pixel depends on the whole tile) or :data:`RECEPTIVE_FIELD` (the measured
+    effective receptive field).
+    """
+
+    tile: int
+    overlap: int
+    tile_from: str = GIVEN
+    overlap_from: str = GIVEN
+
+    def __post_init__(self) -> None:
+        if self.overlap < 0 or self.tile - self.overlap <= 0:
+            raise ValueError(f"overlap {self.overlap} must be at least 0 and smaller than the tile size {self.tile}")
+
+
+def unet_input_scale(model: torch.nn.Module, scale: int) -> int:
+    """The U-Net's input pixels per LR pixel: the model's ``input_scale``, else ``scale`` (the
+    paper's generator runs on the LR frame resized to the HR grid)."""
+    return int(getattr(model, "input_scale", scale))
+
+
+def resolve_tiling(
+    model: torch.nn.Module,
+    *,
+    tile: int | None,
+    overlap: int | None,
+    input_scale: int,
+    context: int | None = None,
+    planned: Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+) -> Tiling:
+    """The one decision of a restoration's tile size and overlap.
+
+    Each value is taken, first found, from: the caller (``tile``, ``overlap``; the config's
+    ``restore.tile`` and ``restore.overlap``, the command line's ``--tile`` and ``--overlap``);
+    ``planned``, the ``tile`` and ``overlap`` an earlier run of the same restoration recorded in
+    its ``plan.json``, so a resumed run (and every part of a scattered one) keeps the tiling its
+    regions were restored with; and otherwise the generator itself.
+
+    A generator whose receptive field is local (it ends well inside the probe of
+    :func:`receptive_radius`) gets an overlap of its radius rounded up to 8 px within
+    :data:`AUTO_OVERLAP`, and tiles of :data:`AUTO_MAX_INPUT` or four overlaps, whichever is
+    larger: tiles then restore like the whole image. Both bounds are in pixels of the U-Net's
+    input, ``input_scale`` per LR pixel (:func:`unet_input_scale`; the result is in LR px).
+
+    With self-attention (or a receptive field as deep as the lowres variant's on the LR grid)
+    every output pixel depends on the whole tile, and no overlap makes tiles restore like the
+    whole image. Such a generator, when the LR ``context`` it was trained on is known
+    (:func:`training_context` of its ``model.json``), restores in tiles of that context with a
+    quarter of it as overlap: larger tiles take it away from what it was trained on (see
+    :data:`AUTO_CONTEXT_TILES`). The radius is measured (on ``device``) only when a value is
+    still open, and once per model until its weights change, so restoring frame after frame
+    measures once.
+
+    Raises
+    ------
+    ValueError
+        When the overlap is negative or not smaller than the tile.
+    """
+    tile_from = overlap_from = GIVEN
+    if tile is None and planned is not None and planned.get("tile") is not None:
+        tile, tile_from = planned["tile"], PLAN
+    if overlap is None and planned is not None and planned.get("overlap") is not None:
+        overlap, overlap_from = planned["overlap"], PLAN
+    if tile is not None and overlap is not None:
+        return Tiling(int(tile), int(overlap), tile_from, overlap_from)
+    lo, hi = (max(8, b // int(input_scale)) for b in AUTO_OVERLAP)
+    radius = _measured_radius(model, device)
+    # A field reaching the probe's last tenth spans the tile: global, not a large local field.
+    attention = radius >= 0.9 * (RADIUS_PROBE // 2)
+    if attention and context:
+        if overlap is None:
+            overlap, overlap_from = max(8, int(context) // 4), TRAINING_CROPS
+        if tile is None:
+            tile, tile_from = max(AUTO_CONTEXT_TILES * int(context), 4 * overlap), TRAINING_CROPS
+        log.info(
+            "receptive field spans the whole tile (self-attention or a deep field): tiles of %d px, overlap %d px, from the %d-px training crops",
+            tile,
+            overlap,
+            context,
+        )
+        return Tiling(int(tile), int(overlap), tile_from, overlap_from)
+    if overlap is None:
+        overlap, overlap_from = int(min(hi, max(lo, 8 * math.ceil(radius / 8)))), RECEPTIVE_FIELD
+        log.info("receptive field: %d px hold %.0f%% of the input gradient -> overlap %d px", radius, 100 * RECEPTIVE_FRACTION, overlap)
+    if tile is None:
+        tile, tile_from = max(AUTO_MAX_INPUT // int(input_scale), 4 * overlap), RECEPTIVE_FIELD
+    return Tiling(int(tile), int(overlap), tile_from, overlap_from)
+
+
 def auto_tiling(
     model: torch.nn.Module,
     *,
@@ -164,41 +270,8 @@ def auto_tiling(
     input_scale: int = 2,
     context: int | None = None,
 ) -> tuple[int, int]:
-    """Fill in a missing tile size or overlap from the generator's receptive field.
-
-    A generator whose receptive field is local (it ends well inside the probe of
-    :func:`receptive_radius`) gets an overlap of its radius rounded up to 8 px within
-    :data:`AUTO_OVERLAP`, and tiles of :data:`AUTO_MAX_INPUT` or four overlaps, whichever is
-    larger: tiles then restore like the whole image. Both bounds are in pixels of the U-Net's
-    input, ``input_scale`` per LR pixel (the result is in LR px).
-
-    With self-attention (or a receptive field as deep as the lowres variant's on the LR grid)
-    every output pixel depends on the whole tile, and no overlap makes tiles restore like the
-    whole image. Such a generator, when the LR ``context`` it was trained on is known
-    (:func:`training_context`), restores in tiles of that context with a quarter of it as overlap:
-    larger tiles take it away from what it was trained on (see :data:`AUTO_CONTEXT_TILES`). The
-    radius is measured once per model (until its weights change), so restoring frame after frame
-    measures once.
-    """
-    if tile is not None and overlap is not None:
-        return int(tile), int(overlap)
-    lo, hi = (max(8, b // int(input_scale)) for b in AUTO_OVERLAP)
-    radius = _measured_radius(model, device)
-    # A field reaching the probe's last tenth spans the tile: global, not a large local field.
-    attention = radius >= 0.9 * (RADIUS_PROBE // 2)
-    if attention and context:
-        overlap = max(8, int(context) // 4) if overlap is None else overlap
-        tile = max(AUTO_CONTEXT_TILES * int(context), 4 * overlap) if tile is None else tile
-        log.info(
-            "receptive field spans the whole tile (self-attention or a deep field): tiles of %d px, overlap %d px, from the %d-px training crops",
-            tile,
-            overlap,
-            context,
-        )
-        return int(tile), int(overlap)
-    if overlap is None:
-        overlap = int(min(hi, max(lo, 8 * math.ceil(radius / 8))))
-        log.info("receptive field: %d px hold %.0f%% of the input gradient -> overlap %d px", radius, 100 * RECEPTIVE_FRACTION, overlap)
-    if tile is None:
-        tile = max(AUTO_MAX_INPUT // int(input_scale), 4 * overlap)
-    return int(tile), int(overlap)
+    """``(tile, overlap)`` of :func:`resolve_tiling` without an earlier plan: what a restoration
+    of this generator chooses for the values left open (``fastscan info`` and the bioimage.io
+    package report it)."""
+    tiling = resolve_tiling(model, tile=tile, overlap=overlap, input_scale=input_scale, context=context, device=device)
+    return tiling.tile, tiling.overlap

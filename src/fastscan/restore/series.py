@@ -23,7 +23,7 @@ from fastscan.lock import output_lock
 from fastscan.restore.engine import TileEngine
 from fastscan.restore.ngff import _finish_image, _versions
 from fastscan.restore.prepare import _load_model
-from fastscan.restore.receptive import training_context
+from fastscan.restore.receptive import resolve_tiling, training_context, unet_input_scale
 from fastscan.restore.resumable import _done_keys, _inputs, _open_partial, _overlap_io, _Progress, _publish, _run_units, check_restore_output
 from fastscan.restore.temporal import temporal_stack
 from fastscan.restore.tiling import _pad
@@ -47,7 +47,7 @@ def restore_series(
     overlap: int | None = None,
     batch_size: int | None = None,
     frames_per_chunk: int = 8,
-    pyramid_levels: int = 1,
+    pyramid_levels: int = 3,
     device: str = "cpu",
     precision: str = "auto",
     threads: int | None = None,
@@ -77,6 +77,9 @@ def restore_series(
         Channel of multi-channel files.
     max_frames : int, optional
         Restore only the first frames.
+    tile, overlap, batch_size, device, precision, threads
+        As in :func:`fastscan.restore.slide.restore_slide` (a series has no earlier plan to take
+        the tiling from: a resumed series decides it again, the same way).
     frames_per_chunk : int
         Frames per work unit (restored, written and marked together).
     pyramid_levels : int
@@ -148,16 +151,10 @@ def _restore_series(
     # The geometry is fitted to the raw intensities, before normalisation, as in training.
     frames = normalise(prepare_frames(raw, meta), *meta["normalisation"]["lr"])
     del raw
-    engine = TileEngine(
-        model,
-        scale=int(meta["scale"]),
-        tile=tile,
-        overlap=overlap,
-        batch_size=batch_size,
-        device=device,
-        precision=precision,
-        context=training_context(meta),
+    tiling = resolve_tiling(
+        model, tile=tile, overlap=overlap, input_scale=unet_input_scale(model, int(meta["scale"])), context=training_context(meta), device=device
     )
+    engine = TileEngine(model, scale=int(meta["scale"]), tiling=tiling, batch_size=batch_size, device=device, precision=precision)
     px = smeta.get("pixel_size_um") or ([float(pixel_size_um)] * 2 if pixel_size_um else None)
     plan = _series_plan(
         lr, frames, desc=desc, engine=engine, channel=channel, frames_per_chunk=frames_per_chunk, precision=precision, pyramid_levels=pyramid_levels, px=px

@@ -28,7 +28,7 @@ from fastscan.restore import RestoreError
 from fastscan.restore.engine import TileEngine
 from fastscan.restore.ngff import _finish_image, _versions
 from fastscan.restore.prepare import _load_model
-from fastscan.restore.receptive import training_context
+from fastscan.restore.receptive import resolve_tiling, training_context, unet_input_scale
 from fastscan.restore.resumable import (
     _done_keys,
     _input_fingerprint,
@@ -185,21 +185,19 @@ def _setup_slide(
     if part is not None:
         if not same_work:
             raise RestoreError(f"{partial}: no restoration of {path} with this model is set up; run the plan step (prepare_slide) before the parts")
-        # Every part uses the tiling the plan step resolved, whatever this device would measure.
-        tile, overlap = old["tile"], old["overlap"]
-    elif same_work:
-        tile = old["tile"] if tile is None else tile
-        overlap = old["overlap"] if overlap is None else overlap
-    engine = TileEngine(
+        # Every part uses the tiling the plan step resolved, whatever was asked or this device would measure.
+        tile = overlap = None
+    # A resumed restoration keeps the tiling its finished regions were restored with, where none is asked.
+    tiling = resolve_tiling(
         model,
-        scale=int(meta["scale"]),
         tile=tile,
         overlap=overlap,
-        batch_size=batch_size,
-        device=device,
-        precision=precision,
+        input_scale=unet_input_scale(model, int(meta["scale"])),
         context=training_context(meta),
+        planned=old if same_work else None,
+        device=device,
     )
+    engine = TileEngine(model, scale=int(meta["scale"]), tiling=tiling, batch_size=batch_size, device=device, precision=precision)
     plan = _slide_plan(
         path,
         desc=desc,
@@ -397,7 +395,9 @@ def restore_slide(
     level : int
         Pyramid level of the input (0 is full resolution).
     tile, overlap : int, optional
-        Largest LR tile and tile overlap; None derives them from the receptive field.
+        Largest LR tile and tile overlap; None takes them from an earlier plan of this restoration,
+        else from the generator (:func:`fastscan.restore.receptive.resolve_tiling`). Parts always
+        use the plan's.
     batch_size : int, optional
         Tiles per forward pass (None: chosen for the device).
     region : int
@@ -406,6 +406,9 @@ def restore_slide(
     pyramid_levels : int
         Resolution levels, each halving the previous one.
     device : str
+        A torch device (``cpu``, ``cuda:0``), not the config's ``auto``: callers resolve that
+        (:func:`fastscan.train.resolve_device`); the CPU by default, so results do not depend on
+        the machine.
     precision : {"auto", "float32", "bfloat16", "float16"}
     threads : int, optional
         CPU threads of torch.
