@@ -17,6 +17,14 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastscan", description=__doc__)
     p.add_argument("--version", action="version", version=f"fastscan {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_restore(sub)
+    _add_sheet(sub)
+    _add_export(sub)
+    _add_info(sub)
+    return p
+
+
+def _add_restore(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser(
         "restore",
         help="restore a slide (or, with --series, a video-rate series) with a trained model into OME-Zarr",
@@ -53,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     r.add_argument("--threads", type=int, default=None, help="CPU threads of torch")
+
+
+def _add_sheet(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
         "sheet",
         help="pair a session's OIB/OIF/TIFF files into a sample sheet, with a review of what was paired and why",
@@ -77,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--position-tolerance", type=float, default=0.1, help="largest stage distance of a pair, as a fraction of the field width (default 0.1)")
     s.add_argument("--focus-tolerance", type=float, default=2.0, help="largest focus difference of a pair in µm (default 2)")
     s.add_argument("--session-gap", type=float, default=12.0, help="hours beyond which two files are of different sessions (default 12)")
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser(
         "export",
         help="write a model as a bioimage.io package (Fiji/deepImageJ, napari, ilastik)",
@@ -93,13 +107,15 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--metrics", default=None, help="per-image metrics table (results/report/metrics.tsv) for the README")
     e.add_argument("--no-onnx", action="store_true", help="leave out the ONNX weights")
     e.add_argument("--no-test", action="store_true", help="skip bioimageio.core's model test of the written package")
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
     i = sub.add_parser(
         "info",
         help="show a model's training data, normalisation, geometry, metrics and the fastscan version that made it",
     )
     i.add_argument("model", help="model directory (generator.pth + model.json)")
     i.add_argument("--metrics", default=None, help="per-image metrics table (default: MODEL/metrics.tsv when present)")
-    return p
 
 
 def _export(args: argparse.Namespace) -> int:
