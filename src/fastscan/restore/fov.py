@@ -15,7 +15,7 @@ import zarr
 
 from fastscan.atomic import atomic_path
 from fastscan.restore.engine import TileEngine
-from fastscan.restore.receptive import resolve_tiling, training_context, unet_input_scale
+from fastscan.restore.receptive import model_tiling
 from fastscan.restore.temporal import temporal_stack
 from fastscan.stores import RegisteredStore, read_registered
 
@@ -194,6 +194,6 @@ def _predict_frames(
     """One generator's restoration of ``inputs`` (frames or temporal windows), frame by frame."""
     # One tiling and one engine for all frames: buffers (and any low-precision weights) once.
     model = model.eval()
-    tiling = resolve_tiling(model, tile=tile, overlap=overlap, input_scale=unet_input_scale(model, scale), context=training_context(model_meta), device=device)
+    tiling = model_tiling(model, model_meta, scale=scale, tile=tile, overlap=overlap, device=device)
     engine = TileEngine(model, scale=scale, tiling=tiling, batch_size=batch_size, device=device, precision=precision, channels_last=False)
     return np.stack([engine.predict(f) for f in inputs])

@@ -261,6 +261,30 @@ def resolve_tiling(
     return Tiling(int(tile), int(overlap), tile_from, overlap_from)
 
 
+def model_tiling(
+    model: torch.nn.Module,
+    meta: Mapping[str, Any],
+    *,
+    scale: int,
+    tile: int | None,
+    overlap: int | None,
+    planned: Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+) -> Tiling:
+    """:func:`resolve_tiling` for a loaded generator and its ``model.json`` (``meta``), as every
+    restoration (FOVs, slides, series) asks it: the U-Net's input scale from the model, the training
+    context from ``meta``."""
+    return resolve_tiling(
+        model,
+        tile=tile,
+        overlap=overlap,
+        input_scale=unet_input_scale(model, scale),
+        context=training_context(meta),
+        planned=planned,
+        device=device,
+    )
+
+
 def auto_tiling(
     model: torch.nn.Module,
     *,

@@ -23,7 +23,7 @@ from fastscan.lock import output_lock
 from fastscan.restore.engine import TileEngine
 from fastscan.restore.ngff import _finish_image, _versions
 from fastscan.restore.prepare import _load_model
-from fastscan.restore.receptive import resolve_tiling, training_context, unet_input_scale
+from fastscan.restore.receptive import model_tiling
 from fastscan.restore.resumable import _done_keys, _inputs, _open_partial, _overlap_io, _Progress, _publish, _run_units, check_restore_output
 from fastscan.restore.temporal import temporal_stack
 from fastscan.restore.tiling import _pad
@@ -151,9 +151,7 @@ def _restore_series(
     # The geometry is fitted to the raw intensities, before normalisation, as in training.
     frames = normalise(prepare_frames(raw, meta), *meta["normalisation"]["lr"])
     del raw
-    tiling = resolve_tiling(
-        model, tile=tile, overlap=overlap, input_scale=unet_input_scale(model, int(meta["scale"])), context=training_context(meta), device=device
-    )
+    tiling = model_tiling(model, meta, scale=int(meta["scale"]), tile=tile, overlap=overlap, device=device)
     engine = TileEngine(model, scale=int(meta["scale"]), tiling=tiling, batch_size=batch_size, device=device, precision=precision)
     px = smeta.get("pixel_size_um") or ([float(pixel_size_um)] * 2 if pixel_size_um else None)
     plan = _series_plan(

@@ -28,7 +28,7 @@ from fastscan.restore import RestoreError
 from fastscan.restore.engine import TileEngine
 from fastscan.restore.ngff import _finish_image, _versions
 from fastscan.restore.prepare import _load_model
-from fastscan.restore.receptive import resolve_tiling, training_context, unet_input_scale
+from fastscan.restore.receptive import model_tiling
 from fastscan.restore.resumable import (
     _done_keys,
     _input_fingerprint,
@@ -188,15 +188,7 @@ def _setup_slide(
         # Every part uses the tiling the plan step resolved, whatever was asked or this device would measure.
         tile = overlap = None
     # A resumed restoration keeps the tiling its finished regions were restored with, where none is asked.
-    tiling = resolve_tiling(
-        model,
-        tile=tile,
-        overlap=overlap,
-        input_scale=unet_input_scale(model, int(meta["scale"])),
-        context=training_context(meta),
-        planned=old if same_work else None,
-        device=device,
-    )
+    tiling = model_tiling(model, meta, scale=int(meta["scale"]), tile=tile, overlap=overlap, planned=old if same_work else None, device=device)
     engine = TileEngine(model, scale=int(meta["scale"]), tiling=tiling, batch_size=batch_size, device=device, precision=precision)
     plan = _slide_plan(
         path,
