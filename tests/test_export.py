@@ -20,7 +20,7 @@ from fastscan.torch_generator import FastscanGenerator
 
 #: model.json of the test model: a 12-bit-like LR range, a resonant scanner (field fraction 0.8)
 #: and 32-px training crops, which give the self-attention generator tiles of 32 px with 8 px of
-#: overlap (fastscan.restore.receptive.auto_tiling) and keep every forward pass of the tests small.
+#: overlap (fastscan.restore.receptive.model_tiling) and keep every forward pass of the tests small.
 META = {
     "format": "fastscan-model/1",
     "stage": "gan",

@@ -50,14 +50,14 @@ def export_tiling(model: Any, meta: Mapping[str, Any], kwargs: Mapping[str, Any]
     """Tile, overlap (LR px) and the valid input sizes of the package.
 
     The tile and overlap are the ones ``fastscan restore`` chooses for this model
-    (:func:`fastscan.restore.receptive.auto_tiling`); sizes are ``min + n * step`` with ``step`` the U-Net's
+    (:func:`fastscan.restore.receptive.model_tiling`); sizes are ``min + n * step`` with ``step`` the U-Net's
     alignment and ``min`` the smallest aligned size larger than twice the overlap, so a tile keeps
     an interior after its halo is cropped.
     """
-    from fastscan.restore.receptive import auto_tiling, training_context
+    from fastscan.restore.receptive import model_tiling
 
-    input_scale = int(getattr(model, "input_scale", kwargs["scale"]))
-    tile, overlap = auto_tiling(model, device="cpu", input_scale=input_scale, context=training_context(meta))
+    tiling = model_tiling(model, meta, scale=int(kwargs["scale"]), tile=None, overlap=None, device="cpu")
+    tile, overlap = tiling.tile, tiling.overlap
     step = _input_align(kwargs)
     smallest = step * (2 * int(overlap) // step + 1)
     test = smallest + step * max(0, math.ceil((min(int(tile), MAX_TEST_TILE) - smallest) / step))

@@ -50,7 +50,7 @@ AUTO_OVERLAP = (16, 64)
 RECEPTIVE_FRACTION = 0.99
 
 
-#: LR size of the probe image :func:`auto_tiling` measures the receptive field on.
+#: LR size of the probe image :func:`resolve_tiling` measures the receptive field on.
 RADIUS_PROBE = 128
 
 
