@@ -66,11 +66,14 @@ Modules
     A FOV written as a microscope would: OME-TIFF series and target, ground-truth JSON.
 :mod:`~fastscan.simulate.slides`
     Large fast-mode images scanned in strips, written as tiled OME-TIFF.
+:mod:`~fastscan.simulate.calibrated`
+    Parameters fitted to the user's registered FOVs (detector, scan model, pixel sizes, PSF).
 
 The resonant scan geometry is :mod:`fastscan.scan`'s.
 """
 
 from fastscan.simulate.acquire import acquire_hr, acquire_lr_series, hr_signal, lr_signal
+from fastscan.simulate.calibrated import calibrate_simulator, calibrated_params, estimate_psf_fwhm_um
 from fastscan.simulate.detector import detect
 from fastscan.simulate.files import write_fov
 from fastscan.simulate.params import DEFAULTS, resolve_params
@@ -82,7 +85,10 @@ __all__ = [
     "SPECIMENS",
     "acquire_hr",
     "acquire_lr_series",
+    "calibrate_simulator",
+    "calibrated_params",
     "detect",
+    "estimate_psf_fwhm_um",
     "hr_signal",
     "lr_signal",
     "render_specimen",
