@@ -347,3 +347,72 @@ def test_one_tiling_decision_records_where_each_value_came_from():
         TileEngine(GlobalMix(), scale=2, tiling=Tiling(64, 16), tile=64)
     with pytest.raises(ValueError, match="smaller than the tile size"):
         Tiling(16, 16)
+
+
+@pytest.mark.parametrize("indexed_add", [False, True])
+def test_blocks_of_different_sizes_share_batches_and_match_alone(indexed_add):
+    """Tiles of several blocks (slide regions at an edge are smaller) are added to their own
+    block's accumulator, by slices (the CPU) or by one indexed add per batch (CUDA, run here on
+    the CPU): each block comes out as if restored alone."""
+    rng = np.random.default_rng(3)
+    o = 8
+    blocks = [rng.random((y + 2 * o, x + 2 * o)).astype(np.float32) for y, x in ((40, 56), (24, 72), (56, 16))]
+    engine = TileEngine(Bilinear().eval(), scale=2, tile=32, overlap=o, batch_size=5)
+    engine.indexed_add = indexed_add
+    together = engine.predict_blocks(blocks, tile_shape=(32, 32))
+    for block, out in zip(blocks, together, strict=True):
+        alone = TileEngine(Bilinear().eval(), scale=2, tile=32, overlap=o, batch_size=1).predict_blocks([block], tile_shape=(32, 32))[0]
+        assert out.shape == (2 * (block.shape[0] - 2 * o), 2 * (block.shape[1] - 2 * o))
+        # Float32 sums of the same few window-weighted terms, in another order at most.
+        np.testing.assert_allclose(out, alone, atol=1e-6)
+
+
+def test_compiled_generator_gets_full_batches_and_the_same_result(monkeypatch):
+    """restore.compile: every batch reaches the compiled generator at the full batch size (one
+    shape, one compilation); the padding is cut off again, so the result is the eager one."""
+    import fastscan.restore.engine as engine_module
+
+    model = Bilinear().eval()
+    seen = []
+
+    def fake_compile(m, *, compile, device):
+        def run(x):
+            seen.append(x.shape[0])
+            return m(x)
+
+        return run if compile == "auto" else None
+
+    monkeypatch.setattr(engine_module, "compile_generator", fake_compile)
+    image = np.random.default_rng(4).random((50, 70)).astype(np.float32)
+    eager = TileEngine(model, scale=2, tile=32, overlap=8, batch_size=5, precision="float32").predict(image)
+    compiled = TileEngine(model, scale=2, tile=32, overlap=8, batch_size=5, precision="float32", compile="auto")
+    out = compiled.predict(image)
+    assert compiled.tiles_run % 5 != 0, "the test needs a partial last batch"
+    assert seen and set(seen) == {5}
+    np.testing.assert_allclose(out, eager, atol=1e-6)
+
+
+def test_a_failed_compilation_falls_back_to_the_eager_generator(monkeypatch, caplog):
+    import fastscan.restore.engine as engine_module
+
+    def broken(x):
+        raise RuntimeError("no C compiler")
+
+    monkeypatch.setattr(engine_module, "compile_generator", lambda m, *, compile, device: broken)
+    model = Bilinear().eval()
+    image = np.random.default_rng(5).random((40, 40)).astype(np.float32)
+    engine = TileEngine(model, scale=2, tile=32, overlap=8, batch_size=2, precision="float32", compile="auto")
+    with caplog.at_level("WARNING"):
+        out = engine.predict(image)
+    assert "torch.compile of the generator failed" in caplog.text and "no C compiler" in caplog.text
+    assert engine._compiled is None
+    np.testing.assert_allclose(out, TileEngine(model, scale=2, tile=32, overlap=8, precision="float32").predict(image), atol=1e-6)
+
+
+def test_compile_knob_is_eager_on_the_cpu_and_refuses_unknown_values():
+    from fastscan.restore.prepare import compile_generator
+
+    assert compile_generator(Bilinear(), compile="auto", device="cpu") is None
+    assert compile_generator(Bilinear(), compile="off", device="cpu") is None
+    with pytest.raises(ValueError, match="compile must be one of"):
+        compile_generator(Bilinear(), compile="max", device="cpu")

@@ -133,6 +133,7 @@ class Report:
             "end_to_end": [],
             "training": [],
             "loader": [],
+            "engine_compile": [],
             "targets": {},
             "skipped": [],
             "errors": [],
@@ -465,32 +466,53 @@ def inference_section(report, models, device, cfg, budget, *, graphs: bool = Fal
         free_memory(device)
 
 
-@contextlib.contextmanager
-def torch_as_subclass():
-    """``Tensor.as_subclass`` as torch defines it, for as long as the block runs.
-
-    fastai replaces it (``fastai.torch_core``) with a version that calls ``torch.as_subclass``, and
-    dynamo traces that call back into ``Tensor.as_subclass``: ``torch.compile`` of a generator then
-    fails with a RecursionError. Inference needs none of fastai's tensor metadata.
-    """
-    import torch
-
-    patched = torch.Tensor.as_subclass
-    original = getattr(torch, "as_subclass", patched)
-    torch.Tensor.as_subclass = original
-    try:
-        yield
-    finally:
-        torch.Tensor.as_subclass = patched
-
-
 def compile_section(report, models, device, cfg, budget, *, backend: str) -> None:
     """``torch.compile`` (default mode, then with CUDA graphs) at the engine's default tiles first."""
 
+    from fastscan.restore.prepare import torch_as_subclass
+
+    engine_compile_rows(report, models, device, cfg)
     with torch_as_subclass():
         _compile_section(report, models, device, cfg, budget, backend=backend)
     for base, _, _ in models.values():
         base.to("cpu")
+
+
+def engine_compile_rows(report, models, device, cfg) -> None:
+    """``restore.compile``: the engine on a video-rate series with ``compile="off"`` and ``"auto"``.
+
+    The first call of ``auto`` includes the compilation; the steady rate is what a long
+    restoration gets. The knob pays when the compilation time is won back on restorations of the
+    size users run (``fastscan.restore.prepare.COMPILE``).
+    """
+    from fastscan.restore.engine import TileEngine
+
+    frames, size = cfg["series"]
+    stack = synthetic_image(size, 4, frames=frames).astype("float32") / 4095.0
+    for gen in GENERATORS:
+        base = models[gen][0]
+        model = on_device(base, device, channels_last=True)
+        for mode in ("off", "auto"):
+            what = f"engine {gen} compile {mode}"
+            row = {"generator": gen, "compile": mode, "frames": frames, "lr_size": size, "status": "ok"}
+            try:
+                tile, overlap = cfg["e2e_tile"] or (512 // int(base.input_scale), 32 // int(base.input_scale))
+                engine = TileEngine(model, scale=2, tile=tile, overlap=overlap, device=device, compile=mode)
+                t0 = time.perf_counter()
+                engine.predict_stack(stack[:2])
+                sync(device)
+                row["first_call_s"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                engine.predict_stack(stack)
+                sync(device)
+                dt = time.perf_counter() - t0
+                row.update(compiled=engine._compiled is not None, fps=frames / dt, mpx_per_s=frames * (2 * size) ** 2 / 1e6 / dt)
+                print(f"  engine {gen:8s} compile {mode:4s}: first call {row['first_call_s']:.1f} s, {row['fps']:.1f} frames/s", flush=True)
+            except Exception as exc:  # noqa: BLE001
+                row.update(status="error", error=report.error(what, exc))
+            report.add("engine_compile", row)
+        base.to("cpu")
+        free_memory(device)
 
 
 def _compile_section(report, models, device, cfg, budget, *, backend: str) -> None:
@@ -1051,6 +1073,14 @@ def table(data: dict) -> str:
             lines.append(
                 f"  series {r['generator']:8s} {r['frames']} x {r['lr_size']}^2 tile {r['tile']}/{r['overlap']}: {_fmt(r['fps'])} frames/s = "
                 f"{_fmt(r['over_realtime'])}x real time, {_fmt(r['mpx_per_s'])} MP/s, engine {_fmt(r['engine_fps'])} frames/s, ratio {_fmt(r['over_engine'], '.2f')}"
+            )
+    for r in data.get("engine_compile", []):
+        if r.get("status") != "ok":
+            lines.append(f"  engine {r['generator']} compile {r['compile']}: {r.get('error', 'error')[:150]}")
+        else:
+            lines.append(
+                f"  engine {r['generator']:8s} compile {r['compile']:4s} ({'compiled' if r['compiled'] else 'eager'}): {_fmt(r['fps'])} frames/s, "
+                f"{_fmt(r['mpx_per_s'])} MP/s, first call {_fmt(r['first_call_s'], '.1f')} s"
             )
     lines.append("")
     lines.append("training (steps timed before_batch..after_batch; 'loop' includes loading)")

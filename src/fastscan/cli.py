@@ -59,6 +59,12 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
         choices=["auto", "float32", "bfloat16", "float16"],
         help="auto: bf16 on CUDA and on CPUs with bf16 units (AMX, AVX512-BF16), else float32",
     )
+    r.add_argument(
+        "--compile",
+        default="off",
+        choices=["off", "auto"],
+        help="auto: torch.compile the generator on CUDA, falling back to eager if it fails (default %(default)s)",
+    )
     r.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     r.add_argument("--threads", type=int, default=None, help="CPU threads of torch")
 
@@ -211,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             pyramid_levels=args.pyramid_levels,
             precision=args.precision,
+            compile=args.compile,
             threads=args.threads,
             overwrite=args.overwrite,
             wait=args.wait,

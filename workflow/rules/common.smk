@@ -97,7 +97,7 @@ def config_keys(section, *keys):
     Snakemake reruns a job whose params changed: a rule given a whole section would rerun for any of
     its keys (restore.region, a setting of whole-slide restoration, rerunning the FOV restorations
     and the metrics). Speed and memory knobs that never change a result
-    (restore.batch_size, restore.frames_per_chunk) are no params at all: the scripts read them from
+    (restore.batch_size, restore.frames_per_chunk, restore.compile) are no params at all: the scripts read them from
     the config, so changing them reruns nothing.
     """
     return {key: config[section][key] for key in keys}

@@ -12,7 +12,7 @@ with rule_logging(snakemake.log[0]):
     # The series is read whole: refuse one whose header declares more than the job's memory.
     set_job_limit(getattr(snakemake.resources, "mem_mb", None), rule=snakemake.rule)
 
-    # restore.batch_size and restore.frames_per_chunk change speed and memory, never the result: read
+    # restore.batch_size, frames_per_chunk and compile change speed and memory, never the result: read
     # from the config, not params (a rerun trigger), so that changing them reruns nothing.
     cfg = snakemake.params.restore
     fast = snakemake.config["restore"]
@@ -30,5 +30,6 @@ with rule_logging(snakemake.log[0]):
         pyramid_levels=cfg["pyramid_levels"],
         device=resolve_device(cfg["device"]),
         precision=cfg["precision"],
+        compile=fast["compile"],
         threads=snakemake.threads,
     )

@@ -9,9 +9,9 @@ with rule_logging(snakemake.log[0]):
     from fastscan.restore.slide import finalize_slide, restore_slide, slide_options
     from fastscan.train import resolve_device
 
-    # restore.batch_size changes speed and memory, never the result: read from the config, not params
-    # (a rerun trigger), so that changing it reruns nothing.
-    cfg = {**snakemake.params.restore, "batch_size": snakemake.config["restore"]["batch_size"]}
+    # restore.batch_size and compile change speed and memory, never the result: read from the
+    # config, not params (a rerun trigger), so that changing them reruns nothing.
+    cfg = {**snakemake.params.restore, **{k: snakemake.config["restore"][k] for k in ("batch_size", "compile")}}
     if snakemake.input.parts:
         finalize_slide(snakemake.output[0])
     else:

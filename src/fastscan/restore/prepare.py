@@ -6,9 +6,12 @@ restorations and describes it for their plans and provenance.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
-from collections.abc import Mapping
+import shutil
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from fastscan.restore import RestoreError
@@ -16,10 +19,19 @@ from fastscan.restore import RestoreError
 if TYPE_CHECKING:
     import torch
 
+log = logging.getLogger(__name__)
 
 #: Numeric precisions of inference; ``auto`` is bf16 on CUDA (fp16 where bf16 is missing) and on
 #: processors with bf16 matrix units, fp32 on other processors (:func:`resolve_precision`).
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+
+#: ``restore.compile``: ``off`` runs the generator eagerly; ``auto`` compiles it with
+#: ``torch.compile`` on CUDA when a C compiler is there for Triton (tiles have static shapes, so it
+#: compiles once per tile shape), and stays eager elsewhere. It is not the default until the GPU
+#: benchmark (``benchmarks/device/run.sh``, section ``compile``) shows that it pays for its
+#: compilation time on restorations of the size users run.
+COMPILE = ("off", "auto")
 
 
 def native_bf16_cpu() -> bool:
@@ -123,6 +135,47 @@ def prepare_generator(model: torch.nn.Module, *, device: str | torch.device = "c
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+@contextlib.contextmanager
+def torch_as_subclass() -> Iterator[None]:
+    """``Tensor.as_subclass`` as torch defines it, for as long as the block runs.
+
+    fastai replaces it (``fastai.torch_core``) with a version that calls ``torch.as_subclass``, and
+    dynamo traces that call back into ``Tensor.as_subclass``: ``torch.compile`` of a generator then
+    fails with a RecursionError. Inference needs none of fastai's tensor metadata.
+    """
+    import torch
+
+    patched = torch.Tensor.as_subclass
+    original = getattr(torch, "as_subclass", patched)
+    torch.Tensor.as_subclass = original
+    try:
+        yield
+    finally:
+        torch.Tensor.as_subclass = patched
+
+
+def compile_generator(model: torch.nn.Module, *, compile: str, device: str | torch.device) -> Callable | None:
+    """The generator compiled for ``compile`` (see :data:`COMPILE`) on ``device``, or None to run it eagerly.
+
+    Compilation itself happens at the first call, where it can still fail (a missing Triton or
+    compiler toolchain); :class:`fastscan.restore.engine.TileEngine` then falls back to the eager
+    model with a warning, so the knob never stops a restoration.
+    """
+    import torch
+
+    if compile not in COMPILE:
+        raise ValueError(f"compile must be one of {COMPILE}, got {compile!r}")
+    if compile == "off":
+        return None
+    if torch.device(device).type != "cuda":
+        log.info("restore.compile auto: eager on %s (torch.compile is only used on CUDA)", device)
+        return None
+    if not hasattr(torch, "compile") or not any(shutil.which(c) for c in ("cc", "gcc", "clang")):
+        log.warning("restore.compile auto: no torch.compile or no C compiler for Triton; running the generator eagerly")
+        return None
+    return torch.compile(model, dynamic=False)
 
 
 def _state_digest(model: torch.nn.Module) -> str:

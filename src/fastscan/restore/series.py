@@ -50,6 +50,7 @@ def restore_series(
     pyramid_levels: int = 3,
     device: str = "cpu",
     precision: str = "auto",
+    compile: str = "off",
     threads: int | None = None,
     pixel_size_um: float | None = None,
     progress: bool | None = None,
@@ -77,7 +78,7 @@ def restore_series(
         Channel of multi-channel files.
     max_frames : int, optional
         Restore only the first frames.
-    tile, overlap, batch_size, device, precision, threads
+    tile, overlap, batch_size, device, precision, compile, threads
         As in :func:`fastscan.restore.slide.restore_slide` (a series has no earlier plan to take
         the tiling from: a resumed series decides it again, the same way).
     frames_per_chunk : int
@@ -110,6 +111,7 @@ def restore_series(
             pyramid_levels=pyramid_levels,
             device=device,
             precision=precision,
+            compile=compile,
             threads=threads,
             pixel_size_um=pixel_size_um,
             progress=progress,
@@ -131,6 +133,7 @@ def _restore_series(
     pyramid_levels,
     device,
     precision,
+    compile,
     threads,
     pixel_size_um,
     progress,
@@ -152,7 +155,7 @@ def _restore_series(
     frames = normalise(prepare_frames(raw, meta), *meta["normalisation"]["lr"])
     del raw
     tiling = model_tiling(model, meta, scale=int(meta["scale"]), tile=tile, overlap=overlap, device=device)
-    engine = TileEngine(model, scale=int(meta["scale"]), tiling=tiling, batch_size=batch_size, device=device, precision=precision)
+    engine = TileEngine(model, scale=int(meta["scale"]), tiling=tiling, batch_size=batch_size, device=device, precision=precision, compile=compile)
     px = smeta.get("pixel_size_um") or ([float(pixel_size_um)] * 2 if pixel_size_um else None)
     plan = _series_plan(
         lr, frames, desc=desc, engine=engine, channel=channel, frames_per_chunk=frames_per_chunk, precision=precision, pyramid_levels=pyramid_levels, px=px

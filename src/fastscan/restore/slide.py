@@ -161,7 +161,7 @@ def _create_slide_store(plan: Mapping[str, Any]) -> Callable[[zarr.Group], None]
 
 
 def _setup_slide(
-    path, out, *, model_dir, generator, channel, level, tile, overlap, batch_size, region, pyramid_levels, device, precision, threads, part
+    path, out, *, model_dir, generator, channel, level, tile, overlap, batch_size, region, pyramid_levels, device, precision, threads, part, compile="off"
 ) -> tuple[dict[str, Any], TileEngine, list, dict[str, Any], Path, bool]:
     import torch
 
@@ -189,7 +189,7 @@ def _setup_slide(
         tile = overlap = None
     # A resumed restoration keeps the tiling its finished regions were restored with, where none is asked.
     tiling = model_tiling(model, meta, scale=int(meta["scale"]), tile=tile, overlap=overlap, planned=old if same_work else None, device=device)
-    engine = TileEngine(model, scale=int(meta["scale"]), tiling=tiling, batch_size=batch_size, device=device, precision=precision)
+    engine = TileEngine(model, scale=int(meta["scale"]), tiling=tiling, batch_size=batch_size, device=device, precision=precision, compile=compile)
     plan = _slide_plan(
         path,
         desc=desc,
@@ -276,10 +276,11 @@ def slide_options(restore: Mapping[str, Any], *, batch: bool = True) -> dict[str
     """Keyword arguments of :func:`restore_slide` / :func:`prepare_slide` from the config's
     ``restore`` section, so the single-job, plan and part jobs of a slide read it one way.
 
-    ``batch=False`` leaves out ``batch_size`` (:func:`prepare_slide` has none). The device is not
-    included: the plan job measures the tiling on the CPU, the others resolve ``restore.device``.
+    ``batch=False`` leaves out ``batch_size`` and ``compile``, which only the jobs that compute
+    take (:func:`prepare_slide` has neither). The device is not included: the plan job measures
+    the tiling on the CPU, the others resolve ``restore.device``.
     """
-    keys = ("level", "tile", "overlap", "region", "pyramid_levels", "precision") + (("batch_size",) if batch else ())
+    keys = ("level", "tile", "overlap", "region", "pyramid_levels", "precision") + (("batch_size", "compile") if batch else ())
     return {k: restore[k] for k in keys}
 
 
@@ -361,6 +362,7 @@ def restore_slide(
     pyramid_levels: int = 3,
     device: str = "cpu",
     precision: str = "auto",
+    compile: str = "off",
     threads: int | None = None,
     part: tuple[int, int] | None = None,
     progress: bool | None = None,
@@ -402,6 +404,9 @@ def restore_slide(
         (:func:`fastscan.train.resolve_device`); the CPU by default, so results do not depend on
         the machine.
     precision : {"auto", "float32", "bfloat16", "float16"}
+    compile : {"off", "auto"}
+        ``restore.compile``: ``auto`` runs the generator through ``torch.compile`` on CUDA
+        (:func:`fastscan.restore.prepare.compile_generator`); speed only, never in the plan.
     threads : int, optional
         CPU threads of torch.
     part : (int, int), optional
@@ -441,6 +446,7 @@ def restore_slide(
             precision=precision,
             threads=threads,
             part=part,
+            compile=compile,
         )
         units = _part_units(_slide_units(plan), part)
         stats = _restore_slide_units(plan, engine, planes, meta, partial, units, path=path, progress=progress)
