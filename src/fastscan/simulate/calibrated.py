@@ -28,18 +28,16 @@ the line :func:`fastscan.photons.calibrate_series` fits. So:
   simulated line *is* the measured one above the floor, and the simulator clips at 0 as the
   microscope did.
 * The signal: a specimen value ``s`` gives ``(photons_per_us s + dark_counts_per_us) dwell_us``
-  photons. Two points of the real series fix the two rates: the photons at a high percentile
-  (``percentile``, 99 by default: inside the brightest structures, above a few hot pixels) and at
-  the median of the LR mean (each by its own FOV's line, then the median over the FOVs), mapped
-  onto the same percentiles of the simulator's own noise-free LR signal of the chosen specimen
-  kind in a typical field (:func:`reference_specimen`: the medians over
-  :data:`REFERENCE_FIELDS` fields at the calibrated geometry). The median is the background of a
-  sparse specimen, so ``dark_counts_per_us`` takes up the background photons the simulator's
-  specimen does not hold. It is 0, and ``photons_per_us`` maps the high percentile alone, when
-  the real background is darker than the simulated one, or when the real medians lie within 3
-  read-noise widths of an ADC floor that clips them (their mean is then raised by the clipping,
-  not by photons). ``lr.dwell_us`` is kept (from ``base`` or the defaults): only the photons per
-  pixel are measured, and their split into a rate and a dwell does not change the frames.
+  photons. ``photons_per_us`` maps the photons at a high percentile of the LR mean
+  (``percentile``, 99 by default: inside the brightest structures, above a few hot pixels; each
+  FOV by its own line, then the median over the FOVs) onto the same percentile of the
+  simulator's own noise-free LR signal of the chosen specimen kind in a typical field
+  (:func:`reference_specimen`: the medians over :data:`REFERENCE_FIELDS` fields at the
+  calibrated geometry). ``dark_counts_per_us`` is 0: how much of a field is background is the
+  specimen's, not the microscope's, so the real median cannot be matched onto another specimen's,
+  and a PMT's dark counts are negligible at µs dwells. ``lr.dwell_us`` is kept (from ``base`` or
+  the defaults): only the photons per pixel are measured, and their split into a rate and a dwell
+  does not change the frames.
 * ``bits``: the series' recorded significant bits, else 8 for 8-bit data, else the smallest
   common ADC depth (10, 12, 14, 16) that holds the largest value.
 
@@ -1015,30 +1013,21 @@ def _detector(
             "the read noise from the line's intercept, which is uncertain by several ADU^2 (the line is fitted far above 0 ADU)"
         )
 
-    # Photons at the median and at the high percentile of each FOV's LR mean, by its own line.
+    # Photons at the high percentile of each FOV's LR mean, by its own line, matched onto the
+    # simulated specimen's. Only that one point: how much of a real field is background depends
+    # on the specimen, not on the microscope, and a two-point match (median and percentile) read
+    # the difference as dark counts. Those then scale with the dwell like signal, and the HR
+    # targets (10 µs, 20 times the video-rate dwell) came out with a background brighter than
+    # the real targets' by half their range (tissue imaged, mitochondria simulated). A PMT's real
+    # dark rate (below 1 kHz) gives under 0.001 photons in a 0.5 µs pixel: none are simulated.
     photons_high = _median([(m.high_adu - offset) / gain for m in measured])
-    # A median within 3 read-noise widths of a floor the offset sits at or below is raised by the
-    # clipping (the mean of N(0, r) clipped at 0 is 0.4 r): it does not count the background's
-    # photons, which are then left out of the match.
-    read_du = detector.get("read_noise_du", geometry["detector"]["read_noise_du"])
-    unclipped = [m for m in measured if m.photons.complete or m.median_adu - offset >= 3.0 * read_du]  # type: ignore[union-attr]
-    photons_median = _median([(m.median_adu - offset) / gain for m in unclipped]) if unclipped else math.nan
     dwell = geometry["lr"]["dwell_us"]
-    s_high, s_median = reference.signal_high, reference.signal_median
-    if s_high <= s_median:
-        raise ValueError(f"the simulated {reference.kind} has no signal range at the {reference.percentile:g}th percentile ({s_high:.3g})")
-    rate = dark = math.nan
-    if unclipped:
-        rate = (photons_high - photons_median) / ((s_high - s_median) * dwell)
-        dark = photons_median / dwell - rate * s_median
-        how = "two-point match of the FOVs' median and high-percentile photons onto the simulated specimen's"
-    if not (dark >= 0.0 and rate > 0.0):
-        # The real background is darker than the simulated specimen's, or not measurable at the
-        # floor: the high percentile alone.
-        dark = 0.0
-        rate = max(photons_high, 0.0) / (s_high * dwell)
-        why = "its background is brighter than the real one" if unclipped else "the real medians are clipped at the ADC floor"
-        how = f"the FOVs' high-percentile photons onto the simulated specimen's ({why}); no dark counts"
+    s_high = reference.signal_high
+    if s_high <= 0.0:
+        raise ValueError(f"the simulated {reference.kind} has no signal at the {reference.percentile:g}th percentile ({s_high:.3g})")
+    rate = max(photons_high, 0.0) / (s_high * dwell)
+    dark = 0.0
+    how = "the FOVs' high-percentile photons onto the simulated specimen's; no dark counts"
     saturation = 2 ** geometry["detector"]["bits"] - 1
     for m in measured:
         if m.high_adu >= 0.98 * saturation:
@@ -1048,14 +1037,12 @@ def _detector(
     choices["detector.photons_per_us"] = {
         "how": how,
         "photons_at_percentile": photons_high,
-        "photons_at_median": photons_median,
         "percentile": reference.percentile,
         "specimen_signal_at_percentile": s_high,
-        "specimen_signal_at_median": s_median,
         "dwell_us": dwell,
         "from": names,
     }
-    choices["detector.dark_counts_per_us"] = {"how": "the median photons the simulated specimen's background lacks, per µs of dwell (0 if none)", "from": names}
+    choices["detector.dark_counts_per_us"] = {"how": "0: not separable from the specimen's background, and negligible for a PMT at µs dwells", "from": []}
 
 
 def calibrate_simulator(
