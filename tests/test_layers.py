@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("registration", {"register"}),
     ("geometry", {"geometry", "classical"}),
     ("learning", {"dataset", "models", "metrics", "hallucination"}),
-    ("stages", {"train", "restore"}),
+    ("stages", {"train", "restore", "pretrain"}),
     ("products", {"report", "export", "pairing"}),
     ("entry points", {"cli"}),
 ]

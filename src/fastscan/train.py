@@ -311,6 +311,19 @@ def _base_meta(*, stage: str, dataset: Path, config: dict, seed: int, device: st
     }
 
 
+def _init_generator(model, init: str | os.PathLike, meta: dict) -> dict:
+    """Load the generator of model directory ``init`` into ``model``; what ``model.json`` records of it."""
+    from fastscan.models import ModelError, load_generator, read_model_json
+
+    other = read_model_json(init)
+    for key in ("architecture", "normalisation", "scale"):
+        if other.get(key) != meta[key]:
+            raise ModelError(f"{init}: its {key} {other.get(key)!r} differs from this training's {meta[key]!r}; it cannot start this generator")
+    source, _ = load_generator(init)
+    model.load_state_dict(source.state_dict())
+    return {"path": str(init), "stage": other.get("stage"), "dataset": other.get("dataset"), "digest": _file_digest(Path(init) / "generator.pth")}
+
+
 def _generator_learner(dls, model, *, lr_wd: float):
     from fastai.learner import Learner
     from fastai.losses import MSELossFlat
@@ -328,12 +341,17 @@ def train_generator(
     seed: int = 0,
     threads: int | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
+    init: str | os.PathLike | None = None,
 ) -> dict:
     """Stage 1: the U-Net generator with MSE loss, progressive resizing and one-cycle schedules.
 
     With ``checkpoint_dir``, model, optimiser and curves are saved after every epoch; a run
     killed at any point and started again continues from the last completed epoch with the same
     schedule (the one-cycle position is restored from the epoch number).
+
+    ``init`` is a model directory whose generator starts this one (``train.pretrain: simulated``:
+    the generator pretrained on the calibrated simulator, :mod:`fastscan.pretrain`). It must have
+    the same architecture and normalisation, or the weights would be read on another scale.
 
     Returns the ``model.json`` content.
     """
@@ -343,6 +361,8 @@ def train_generator(
     cfg, device, dataset, out_dir = _start_stage(config, seed=seed, threads=threads, dataset=dataset, out_dir=out_dir)
     meta = _base_meta(stage="mse", dataset=dataset, config=cfg, seed=seed, device=device)
     model = build_generator(meta["architecture"], pretrained=cfg["pretrained"], weights=cfg["weights"])
+    if init is not None:
+        meta["init"] = _init_generator(model, init, meta)
     gen = cfg["generator"]
     if meta["architecture"].get("variant") == "lowres" and any(s and s < LOWRES_MIN_SIZE for s in gen["sizes"]):
         log.warning(
@@ -353,7 +373,7 @@ def train_generator(
             LOWRES_MIN_SIZE,
         )
     ckpt_path = Path(checkpoint_dir) / "mse.pth" if checkpoint_dir else None
-    fingerprint = _fingerprint("mse", cfg, seed, meta["normalisation"], meta["dataset"])
+    fingerprint = _fingerprint("mse", cfg, seed, meta["normalisation"], meta["dataset"], meta.get("init"))
     ckpt = _resume_state(_load_checkpoint(ckpt_path), fingerprint, ckpt_path)
     rows: list[dict] = list(ckpt["rows"]) if ckpt else []
     learn = None
