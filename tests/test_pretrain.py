@@ -74,17 +74,19 @@ def test_pretraining_set_is_drawn_on_the_users_microscope(user_data, pretraining
     assert 0.5 < q_sim[1] < 2.0
 
 
-def test_generator_starts_from_the_pretrained_one(user_data, pretraining_set, tmp_path):
+def test_generator_starts_from_the_pretrained_one(user_data, tmp_path):
     import torch
 
     from fastscan.models import ModelError, load_generator
+    from fastscan.pretrain import pretrain_generator
     from fastscan.train import train_generator
 
-    _, _, dataset = user_data
-    out, _ = pretraining_set
+    _, train, dataset = user_data
     config = {"batch_size": 4, "generator": {"sizes": [32], "epochs": [1], "lr": 1e-3, "wd": 1e-3}}
     pre = tmp_path / "pre"
-    train_generator(dataset=out, out_dir=pre, config=config, seed=0, threads=2)
+    sim = {"fovs": 2, "frames": 4, "specimens": ["mitochondria"], "seed": 5}
+    meta = pretrain_generator(train, dataset, pre, config={**config, "pretrain": "simulated", "pretrain_set": sim}, threads=2)
+    assert meta["pretrain"]["fovs"] == 2 and (pre / "dataset.zarr" / "tiles.tsv").is_file() and (pre / "generator.pth").is_file()
     zero = {**config, "generator": {**config["generator"], "lr": 0.0}}
     # With a learning rate of 0 the fine-tuned generator is the pretrained one, weight for weight
     # (its buffers move in training mode: batch-norm statistics, spectral norm's power iteration).

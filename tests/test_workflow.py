@@ -187,6 +187,17 @@ def test_user_config_with_one_model_plans_ingest_to_report(root, bin_dir, tmp_pa
     }, jobs
     assert "results/models/cells_model/generator.pth" in proc.stdout and "mito" not in proc.stdout
 
+    # train.pretrain: simulated puts the calibrated-simulator pretraining before stage 1, on the
+    # model's two training FOVs (not its validation or test FOVs).
+    (mine / "pretrain.yaml").write_text(yaml.safe_dump({"train": {"pretrain": "simulated"}}))
+    proc = snakemake(bin_dir, work, "-n", "-p", "--configfile", "mine/config.yaml", "mine/pretrain.yaml")
+    assert planned_jobs(proc.stdout) == {**jobs, "pretrain": 1}
+    block = proc.stdout[proc.stdout.index("rule pretrain:") :].split("\n\n")[0]
+    assert "results/register/cells/day1/fov1.zarr" in block and "results/register/cells/day1/fov2.zarr" in block
+    assert "fov3" not in block and "fov4" not in block
+    train = proc.stdout[proc.stdout.index("rule train_generator:") :].split("\n\n")[0]
+    assert "results/pretrain/cells_model/generator.pth" in train
+
 
 def test_schema_error_names_the_key(root, bin_dir, tmp_path):
     bad = tmp_path / "bad.yaml"
@@ -300,6 +311,7 @@ def test_restore_knobs_rerun_only_what_they_change(tiny_run, bin_dir):
     # Speed and memory alone: nothing can change, nothing reruns.
     assert plan(batch_size=2) == {}
     assert plan(frames_per_chunk=2) == {}
+    assert plan(compile="auto") == {}
     # Scattering the slide over jobs changes its jobs (a plan and the parts), not the FOVs'.
     assert plan(parts=2) == {"restore_slide_plan": 1, "restore_slide_part": 2, **slide}
     # What the metrics are computed on still reruns them.

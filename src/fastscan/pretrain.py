@@ -26,10 +26,45 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-#: Defaults of ``train.pretrain_set`` (workflow/schemas/config.schema.yaml): simulated FOVs, video-rate
-#: frames per FOV and the specimen kinds they cycle through. The user's specimen is unknown, so the
-#: set mixes the simulator's two kinds; the microscope, not the specimen, is what is calibrated.
-PRETRAIN_SET: dict[str, Any] = {"fovs": 8, "frames": 8, "specimens": ["mitochondria", "tissue"], "seed": 0}
+
+def _set_default(key: str) -> Any:
+    """A default of ``train.pretrain_set`` (:data:`fastscan.train.DEFAULTS`, the schema's)."""
+    from fastscan.train import DEFAULTS
+
+    return DEFAULTS["pretrain_set"][key]
+
+
+def pretrain_generator(
+    registered: Sequence[str | os.PathLike],
+    dataset: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    config: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """``train.pretrain: simulated``: the stage-1 generator trained on the calibrated simulator.
+
+    Draws the pretraining set (:func:`simulated_dataset`, ``train.pretrain_set``) into
+    ``OUT_DIR/dataset.zarr`` and trains the generator on it with the training's own stage-1
+    schedule (:func:`fastscan.train.train_generator`); the real training then starts from it
+    (``init``).
+
+    Returns
+    -------
+    dict
+        The pretrained generator's ``model.json`` content, with the calibration as ``pretrain``.
+    """
+    from fastscan.train import resolve_config, train_generator
+
+    cfg = resolve_config(dict(config or {}))
+    out_dir = Path(out_dir)
+    sim = cfg["pretrain_set"]
+    data = out_dir / "dataset.zarr"
+    attrs = simulated_dataset(registered, dataset, data, fovs=sim["fovs"], frames=sim["frames"], specimens=sim["specimens"], seed=sim["seed"])
+    meta = train_generator(dataset=data, out_dir=out_dir, config=cfg, seed=seed, threads=threads, checkpoint_dir=checkpoint_dir)
+    return {**meta, "pretrain": attrs["pretrain"]}
 
 
 def simulated_dataset(
@@ -37,10 +72,10 @@ def simulated_dataset(
     dataset: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    fovs: int = PRETRAIN_SET["fovs"],
-    frames: int = PRETRAIN_SET["frames"],
-    specimens: Sequence[str] = tuple(PRETRAIN_SET["specimens"]),
-    seed: int = PRETRAIN_SET["seed"],
+    fovs: int | None = None,
+    frames: int | None = None,
+    specimens: Sequence[str] | None = None,
+    seed: int | None = None,
     work: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Simulate a pretraining dataset on the microscope of the registered FOVs ``registered``.
@@ -56,12 +91,16 @@ def simulated_dataset(
         The pretraining dataset store to write (atomically, as every dataset). Its attributes'
         ``pretrain`` entry holds the calibration's provenance; ``out`` + ``.calibration.json``
         holds it too, for people.
-    fovs, frames : int
+    fovs, frames : int, optional
         Simulated FOVs (the last one is the validation FOV) and video-rate frames per FOV.
-    specimens : sequence of str
-        Specimen kinds of :func:`fastscan.simulate.write_fov`, cycled over the FOVs.
-    seed : int
+    specimens : sequence of str, optional
+        Specimen kinds of :func:`fastscan.simulate.write_fov`, cycled over the FOVs. The user's
+        specimen is unknown: by default the set mixes the simulator's kinds, since the
+        microscope, not the specimen, is what is calibrated.
+    seed : int, optional
         Seed of the first FOV (FOV ``i`` uses ``seed + i``).
+
+    The defaults are ``train.pretrain_set``'s (:data:`fastscan.train.DEFAULTS`).
     work : path-like, optional
         Folder for the simulated files and their stores (default: a temporary folder, removed).
 
@@ -74,6 +113,10 @@ def simulated_dataset(
     from fastscan.simulate import calibrate_simulator
     from fastscan.stores import read_registered
 
+    fovs = int(_set_default("fovs") if fovs is None else fovs)
+    frames = int(_set_default("frames") if frames is None else frames)
+    specimens = list(_set_default("specimens") if specimens is None else specimens)
+    seed = int(_set_default("seed") if seed is None else seed)
     if not registered:
         raise ValueError("pretraining on the calibrated simulator needs at least one registered FOV of real pairs")
     if fovs < 2:

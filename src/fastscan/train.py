@@ -42,6 +42,10 @@ DEFAULTS: dict[str, Any] = {
     "generator": {"sizes": [64], "epochs": [1], "lr": 1e-3, "wd": 1e-3},
     "critic": {"epochs": 1, "lr": 1e-3, "nf": 128},
     "gan": {"epochs": 1, "lr": 1e-4, "weights_gen": [1.0, 50.0], "critic_thresh": 0.65},
+    # ``simulated``: stage 1 starts from a generator pretrained on the simulator calibrated to the
+    # training FOVs' microscope (fastscan.pretrain); ``pretrain_set`` sizes that simulated set.
+    "pretrain": "none",
+    "pretrain_set": {"fovs": 8, "frames": 8, "specimens": ["mitochondria", "tissue"], "seed": 0},
 }
 
 
@@ -62,6 +66,8 @@ def resolve_config(config: dict[str, Any] | None) -> dict[str, Any]:
     for key, default in DEFAULTS.items():
         value = config.get(key, default)
         out[key] = {**default, **value} if isinstance(default, dict) and isinstance(value, dict) else value
+    if out["pretrain"] not in ("none", "simulated"):
+        raise ValueError(f"train.pretrain must be 'none' or 'simulated', got {out['pretrain']!r}")
     gen = out["generator"]
     if len(gen["sizes"]) != len(gen["epochs"]):
         raise ValueError(f"train.generator.sizes {gen['sizes']} and train.generator.epochs {gen['epochs']} must have the same length")

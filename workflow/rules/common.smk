@@ -179,6 +179,16 @@ def get_dataset_fovs(wildcards):
     return fov_paths(model_rows(wildcards.model, ["train", "val"]), "results/register/{sample}/{session}/{fov}.zarr")
 
 
+def get_train_fovs(wildcards):
+    """The registered train FOVs of a model: the microscope the simulator is calibrated to."""
+    return fov_paths(model_rows(wildcards.model, ["train"]), "results/register/{sample}/{session}/{fov}.zarr")
+
+
+def get_pretrained(wildcards):
+    """The pretrained generator stage 1 starts from (train.pretrain: simulated), else nothing."""
+    return [f"results/pretrain/{wildcards.model}/generator.pth"] if config["train"]["pretrain"] == "simulated" else []
+
+
 def get_dataset_params(wildcards):
     rows = model_rows(wildcards.model, ["train", "val"])
     return [

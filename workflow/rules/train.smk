@@ -1,9 +1,39 @@
-# The paper's three training stages: generator (MSE) -> critic -> GAN.
+# The paper's three training stages: generator (MSE) -> critic -> GAN; with train.pretrain:
+# simulated, the generator starts from one pretrained on the simulator calibrated to the
+# training FOVs' microscope.
+
+
+rule pretrain:
+    input:
+        dataset=rules.build_dataset.output,
+        fovs=get_train_fovs,
+    output:
+        weights="results/pretrain/{model}/generator.pth",
+        meta="results/pretrain/{model}/model.json",
+        dataset=directory("results/pretrain/{model}/dataset.zarr"),
+    log:
+        "logs/pretrain/{model}.log",
+    benchmark:
+        "benchmarks/pretrain/{model}.tsv"
+    conda:
+        "../../envs/fastscan-ml.yaml"
+    threads: 8
+    resources:
+        mem_mb=16000,
+        runtime=720,
+        gpu=1,
+    params:
+        train=config["train"],
+        seed=config["seed"],
+        checkpoints="results/pretrain/{model}/checkpoints",
+    script:
+        "../scripts/pretrain.py"
 
 
 rule train_generator:
     input:
         dataset=rules.build_dataset.output,
+        init=get_pretrained,
     output:
         weights="results/train/{model}/mse/generator.pth",
         meta="results/train/{model}/mse/model.json",

@@ -14,4 +14,6 @@ with rule_logging(snakemake.log[0]):
         seed=snakemake.params.seed,
         threads=snakemake.threads,
         checkpoint_dir=snakemake.params.checkpoints,
+        # train.pretrain: simulated: start from the generator pretrained on the calibrated simulator.
+        init=os.path.dirname(snakemake.input.init[0]) if snakemake.input.init else None,
     )
