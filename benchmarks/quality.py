@@ -468,7 +468,7 @@ def pretrain_experiment(args, out: Path, timer: Timer) -> None:
     metrics.to_csv(out / "pretrain_metrics.tsv", sep="\t", index=False)
     gen = metrics[metrics["method"] == "mse"]
     tab = table(gen, by=["pairs", "pretrained"])
-    tab = tab.merge(gen.groupby(["pairs", "pretrained"])["train_s"].first().reset_index(), on=["pairs", "pretrained"])
+    tab = tab.merge(gen.groupby(["pairs", "pretrained"])["train_s"].first().round().astype(int).reset_index(), on=["pairs", "pretrained"])
     bil = table(metrics[(metrics["method"] == "bilinear") & (metrics["pairs"] == n_all) & ~metrics["pretrained"]], by=["method"])
     tab.to_csv(out / "table_iii_pretrain.tsv", sep="\t", index=False)
     show(bil, "The user's held-out FOVs: bilinear")
