@@ -49,6 +49,13 @@ def test_smoke_run_measures_every_section(tmp_path):
     _finite(kinds["slide"], "mpx_per_s", "engine_mpx_s", "over_engine", "restore_s")
     _finite(kinds["series"], "fps", "over_realtime", "engine_fps", "over_engine")
 
+    # restore.compile: the engine with compile off and auto, eager on the CPU either way.
+    compiled = {(r["generator"], r["compile"]): r for r in data["engine_compile"]}
+    assert set(compiled) == {(g, c) for g in ("faithful", "lowres") for c in ("off", "auto")}
+    for row in compiled.values():
+        assert row["status"] == "ok" and row["compiled"] is False
+        _finite(row, "fps", "mpx_per_s", "first_call_s")
+
     stages = {r["stage"] for r in data["training"] if r["status"] == "ok"}
     assert stages == {"mse", "critic", "gan"}
     for row in data["training"]:

@@ -471,7 +471,11 @@ def compile_section(report, models, device, cfg, budget, *, backend: str) -> Non
 
     from fastscan.restore.prepare import torch_as_subclass
 
-    engine_compile_rows(report, models, device, cfg)
+    # The knob first (the decision it informs), if the run has time for two compilations.
+    if cfg is SMOKE or budget.left() > 120:
+        engine_compile_rows(report, models, device, cfg)
+    else:
+        report.skip("engine compile", f"{budget.left():.0f} s left")
     with torch_as_subclass():
         _compile_section(report, models, device, cfg, budget, backend=backend)
     for base, _, _ in models.values():
