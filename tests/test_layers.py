@@ -19,7 +19,8 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("registration", {"register"}),
     ("geometry", {"geometry", "classical"}),
     ("learning", {"dataset", "models", "metrics", "hallucination"}),
-    ("stages", {"train", "restore", "pretrain"}),
+    ("stages", {"train", "restore"}),
+    ("composed stages", {"pretrain"}),
     ("products", {"report", "export", "pairing"}),
     ("entry points", {"cli"}),
 ]

@@ -312,6 +312,11 @@ def test_restore_knobs_rerun_only_what_they_change(tiny_run, bin_dir):
     assert plan(batch_size=2) == {}
     assert plan(frames_per_chunk=2) == {}
     assert plan(compile="auto") == {}
+    # The calibrated-simulator pretraining's settings while it is off: nothing reruns.
+    knob = work / "config" / "tiny" / "knob.yaml"
+    knob.write_text(yaml.safe_dump({"train": {"pretrain_set": {"fovs": 3}}}))
+    proc = snakemake(bin_dir, work, "-n", "--configfile", "config/tiny/config.yaml", str(knob.relative_to(work)))
+    assert "Nothing to be done" in proc.stdout + proc.stderr
     # Scattering the slide over jobs changes its jobs (a plan and the parts), not the FOVs'.
     assert plan(parts=2) == {"restore_slide_plan": 1, "restore_slide_part": 2, **slide}
     # What the metrics are computed on still reruns them.

@@ -43,13 +43,14 @@ def pretrain_generator(
     seed: int = 0,
     threads: int | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
+    register: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``train.pretrain: simulated``: the stage-1 generator trained on the calibrated simulator.
 
     Draws the pretraining set (:func:`simulated_dataset`, ``train.pretrain_set``) into
     ``OUT_DIR/dataset.zarr`` and trains the generator on it with the training's own stage-1
     schedule (:func:`fastscan.train.train_generator`); the real training then starts from it
-    (``init``).
+    (``init``). ``register``: the options the real FOVs were registered with.
 
     Returns
     -------
@@ -62,7 +63,9 @@ def pretrain_generator(
     out_dir = Path(out_dir)
     sim = cfg["pretrain_set"]
     data = out_dir / "dataset.zarr"
-    attrs = simulated_dataset(registered, dataset, data, fovs=sim["fovs"], frames=sim["frames"], specimens=sim["specimens"], seed=sim["seed"])
+    attrs = simulated_dataset(
+        registered, dataset, data, fovs=sim["fovs"], frames=sim["frames"], specimens=sim["specimens"], seed=sim["seed"], register=register
+    )
     meta = train_generator(dataset=data, out_dir=out_dir, config=cfg, seed=seed, threads=threads, checkpoint_dir=checkpoint_dir)
     return {**meta, "pretrain": attrs["pretrain"]}
 
@@ -76,6 +79,7 @@ def simulated_dataset(
     frames: int | None = None,
     specimens: Sequence[str] | None = None,
     seed: int | None = None,
+    register: Mapping[str, Any] | None = None,
     work: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Simulate a pretraining dataset on the microscope of the registered FOVs ``registered``.
@@ -99,6 +103,9 @@ def simulated_dataset(
         microscope, not the specimen, is what is calibrated.
     seed : int, optional
         Seed of the first FOV (FOV ``i`` uses ``seed + i``).
+    register : mapping, optional
+        Options of :func:`fastscan.register.register_fov` (the config's ``register`` section), so
+        the simulated FOVs are registered as the real ones were.
 
     The defaults are ``train.pretrain_set``'s (:data:`fastscan.train.DEFAULTS`).
     work : path-like, optional
@@ -110,7 +117,7 @@ def simulated_dataset(
         The pretraining dataset's attributes (see :func:`fastscan.dataset.build_dataset`).
     """
     from fastscan.dataset import build_dataset, read_dataset
-    from fastscan.simulate import calibrate_simulator
+    from fastscan.simulate.calibrated import measure_store, simulator_calibration
     from fastscan.stores import read_registered
 
     fovs = int(_set_default("fovs") if fovs is None else fovs)
@@ -122,8 +129,11 @@ def simulated_dataset(
     if fovs < 2:
         raise ValueError(f"train.pretrain_set.fovs must be at least 2 (training FOVs and one validation FOV), got {fovs}")
     _, _, real = read_dataset(dataset)
-    calibration = calibrate_simulator([read_registered(p) for p in registered], specimen=specimens[0])
-    for warning in calibration.provenance.get("warnings", []):
+    # The microscope is measured once; the photons and the PSF are mapped onto each specimen kind
+    # (their signal percentiles and own structure widths differ).
+    measurements = [measure_store(read_registered(p)) for p in registered]
+    calibrations = {kind: simulator_calibration(measurements, specimen=kind) for kind in dict.fromkeys(specimens)}
+    for warning in dict.fromkeys(w for c in calibrations.values() for w in c.provenance.get("warnings", [])):
         log.warning("calibrated simulator: %s", warning)
     tmp = None if work is not None else tempfile.mkdtemp(prefix="fastscan-pretrain-")
     root = Path(work if work is not None else tmp)
@@ -132,11 +142,12 @@ def simulated_dataset(
             _simulate_fov(
                 root,
                 i,
-                params=calibration.params,
+                params=calibrations[specimens[i % len(specimens)]].params,
                 frames=frames,
                 specimen=specimens[i % len(specimens)],
                 seed=seed + i,
                 split="val" if i == fovs - 1 else "train",
+                register=register or {},
             )
             for i in range(fovs)
         ]
@@ -146,18 +157,28 @@ def simulated_dataset(
             tile=int(real["tile"]),
             stride=int(real.get("stride", real["tile"])),
             correct_geometry=bool(real.get("geometry", {}).get("correct", True)),
+            background=float(real.get("background", 0.05)),
             normalisation=real["normalisation"],
         )
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    record = {"calibration": calibration.provenance, "params": calibration.params, "fovs": fovs, "frames": frames, "specimens": list(specimens), "seed": seed}
+    first = calibrations[specimens[0]]
+    record = {
+        "calibration": first.provenance,
+        "params": first.params,
+        "params_by_specimen": {kind: c.params for kind, c in calibrations.items()},
+        "fovs": fovs,
+        "frames": frames,
+        "specimens": list(specimens),
+        "seed": seed,
+    }
     _record_provenance(out, record)
     log.info("pretraining set %s: %s tile pairs simulated on the calibrated microscope", out, attrs["counts"])
     return {**attrs, "pretrain": record}
 
 
-def _simulate_fov(root: Path, i: int, *, params: Mapping[str, Any], frames: int, specimen: str, seed: int, split: str):
+def _simulate_fov(root: Path, i: int, *, params: Mapping[str, Any], frames: int, specimen: str, seed: int, split: str, register: Mapping[str, Any]):
     """One FOV simulated, ingested and registered as a real one; its dataset entry."""
     from fastscan.dataset import FovEntry
     from fastscan.io import ingest_fov
@@ -179,7 +200,7 @@ def _simulate_fov(root: Path, i: int, *, params: Mapping[str, Any], frames: int,
     ingested = root / "ingest" / f"{fov}.zarr"
     ingest_fov(lr=f"{base}_lr.ome.tif", hr=f"{base}_hr.ome.tif", out=ingested, sample="pretrain", session="simulated", fov=fov)
     registered = root / "register" / f"{fov}.zarr"
-    register_fov(ingested, registered)
+    register_fov(ingested, registered, **register)
     return FovEntry(str(registered), "pretrain", "simulated", fov, split)
 
 

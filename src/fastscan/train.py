@@ -379,7 +379,8 @@ def train_generator(
             LOWRES_MIN_SIZE,
         )
     ckpt_path = Path(checkpoint_dir) / "mse.pth" if checkpoint_dir else None
-    fingerprint = _fingerprint("mse", cfg, seed, meta["normalisation"], meta["dataset"], meta.get("init"))
+    # A generator started from another one (init) resumes only from checkpoints of that start.
+    fingerprint = _fingerprint("mse", cfg, seed, meta["normalisation"], meta["dataset"], *([meta["init"]] if "init" in meta else []))
     ckpt = _resume_state(_load_checkpoint(ckpt_path), fingerprint, ckpt_path)
     rows: list[dict] = list(ckpt["rows"]) if ckpt else []
     learn = None

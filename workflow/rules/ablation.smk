@@ -43,7 +43,7 @@ rule ablation_train:
         runtime=1440,
         gpu=1,
     params:
-        train=config["train"],
+        train=train_params("ablation"),
         seed=config["seed"],
         checkpoints="results/ablation/{model}/n{pairs}/checkpoints",
     script:

@@ -179,6 +179,20 @@ def get_dataset_fovs(wildcards):
     return fov_paths(model_rows(wildcards.model, ["train", "val"]), "results/register/{sample}/{session}/{fov}.zarr")
 
 
+def train_params(job):
+    """The ``train`` section as a training rule's params, so that no rule reruns for settings it
+    does not use: the pretraining leaves out the critic and GAN schedules; the three stages leave
+    out ``pretrain_set`` unless they pretrain; the ablation and the fine-tuning, which train from
+    scratch and from the sample's GAN, leave out both pretraining keys, and so do the three stages
+    without pretraining (their params are then those of runs made before pretraining existed)."""
+    train = dict(config["train"])
+    if job == "pretrain":
+        return {k: v for k, v in train.items() if k not in ("critic", "gan")}
+    if job in ("ablation", "finetune") or train["pretrain"] != "simulated":
+        del train["pretrain"], train["pretrain_set"]
+    return train
+
+
 def get_train_fovs(wildcards):
     """The registered train FOVs of a model: the microscope the simulator is calibrated to."""
     return fov_paths(model_rows(wildcards.model, ["train"]), "results/register/{sample}/{session}/{fov}.zarr")
@@ -346,7 +360,7 @@ def get_finetune_source(wildcards):
 def get_finetune_train_config(wildcards):
     spec = finetune_spec(wildcards)
     # finetune.<name>.epochs and .lr have their defaults from the schema (validate() fills them in).
-    return {**config["train"], "gan": {**config["train"]["gan"], "epochs": spec["epochs"], "lr": spec["lr"]}}
+    return {**train_params("finetune"), "gan": {**config["train"]["gan"], "epochs": spec["epochs"], "lr": spec["lr"]}}
 
 
 def get_finetune_restore_models(wildcards):

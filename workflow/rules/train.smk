@@ -23,7 +23,8 @@ rule pretrain:
         runtime=720,
         gpu=1,
     params:
-        train=config["train"],
+        train=train_params("pretrain"),
+        register=config["register"],
         seed=config["seed"],
         checkpoints="results/pretrain/{model}/checkpoints",
     script:
@@ -50,7 +51,7 @@ rule train_generator:
         runtime=720,
         gpu=1,
     params:
-        train=config["train"],
+        train=train_params("stages"),
         seed=config["seed"],
         checkpoints="results/train/{model}/checkpoints",
     script:
@@ -78,7 +79,7 @@ rule train_critic:
         runtime=240,
         gpu=1,
     params:
-        train=config["train"],
+        train=train_params("stages"),
         seed=config["seed"],
         checkpoints="results/train/{model}/checkpoints",
     script:
@@ -109,7 +110,7 @@ rule train_gan:
         runtime=720,
         gpu=1,
     params:
-        train=config["train"],
+        train=train_params("stages"),
         seed=config["seed"],
         checkpoints="results/train/{model}/checkpoints",
     script:

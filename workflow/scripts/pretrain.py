@@ -16,4 +16,5 @@ with rule_logging(snakemake.log[0]):
         seed=snakemake.params.seed,
         threads=snakemake.threads,
         checkpoint_dir=snakemake.params.checkpoints,
+        register=snakemake.params.register,
     )

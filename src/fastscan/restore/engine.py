@@ -139,6 +139,10 @@ class TileEngine:
         self.tiles_run = 0
         self._flat: torch.Tensor | None = None
         self._batch: int | None = None
+        # The automatic batch per tile shape, decided once: on CUDA it follows the free memory,
+        # which the engine's own allocations lower after the first call, and a compiled
+        # generator would compile again for every new batch size.
+        self._auto_batch: dict[tuple[int, int], int] = {}
         #: Whether a batch's tiles are added to their accumulators by one indexed add (CUDA) or
         #: by a loop of slice adds (the CPU, where that is faster); see :meth:`_accumulate`.
         self.indexed_add = self.device.type == "cuda"
@@ -174,6 +178,8 @@ class TileEngine:
         full = self._batch or n
         if n < full:
             x = torch.cat([x, x[-1:].expand(full - n, *x.shape[1:])])
+            if self.channels_last:  # torch.cat of an NHWC batch may return NCHW: another compilation
+                x = x.contiguous(memory_format=torch.channels_last)
         try:
             with torch_as_subclass():
                 return self._compiled(x)[:n]
@@ -192,7 +198,8 @@ class TileEngine:
         import torch
 
         total = sum(h * w for h, w in shapes)
-        if self._flat is None or self._flat.numel() < total:
+        # A buffer over twice what this call needs (left by a larger call) is given back.
+        if self._flat is None or self._flat.numel() < total or self._flat.numel() > 2 * total:
             self._flat = torch.empty(total, dtype=torch.float32, device=self.device)
         flat = self._flat[:total].zero_()
         views, start = [], 0
@@ -252,7 +259,10 @@ class TileEngine:
         if tile_shape is None:
             tile_shape = self.tile_shape((max(b.shape[-2] for b in blocks) - 2 * o, max(b.shape[-1] for b in blocks) - 2 * o))
         ty, tx = tile_shape
-        bs = self.batch_size or default_batch_size(self.device, tile_shape, s, input_scale=self.input_scale)
+        key = (int(ty), int(tx))
+        if not self.batch_size and key not in self._auto_batch:
+            self._auto_batch[key] = default_batch_size(self.device, tile_shape, s, input_scale=self.input_scale)
+        bs = self.batch_size or self._auto_batch[key]
         self._batch = bs
         padded, grids = self._lay_out(blocks, tile_shape)
         flat, accs = self._accumulators([(s * (sy[-1] + ty), s * (sx[-1] + tx)) for sy, sx in grids])
