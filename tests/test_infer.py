@@ -416,3 +416,37 @@ def test_compile_knob_is_eager_on_the_cpu_and_refuses_unknown_values():
     assert compile_generator(Bilinear(), compile="off", device="cpu") is None
     with pytest.raises(ValueError, match="compile must be one of"):
         compile_generator(Bilinear(), compile="max", device="cpu")
+
+
+def test_compiled_generator_sees_one_batch_shape_and_layout_across_calls(monkeypatch):
+    """The automatic batch is decided once per tile shape (on CUDA it follows the free memory,
+    which the engine itself lowers) and padded NHWC batches stay NHWC: one compilation."""
+    import fastscan.restore.engine as engine_module
+
+    seen = []
+
+    def fake_compile(m, *, compile, device):
+        def run(x):
+            seen.append((x.shape[0], x.is_contiguous(memory_format=torch.channels_last)))
+            return m(x)
+
+        return run
+
+    class Window(nn.Module):
+        """A generator with temporal context: three frames as channels (NHWC shows only then)."""
+
+        def __init__(self):
+            super().__init__()
+            self.up = Bilinear()
+
+        def forward(self, x):
+            return self.up(x.mean(dim=1, keepdim=True))
+
+    sizes = iter([5, 3, 7])
+    monkeypatch.setattr(engine_module, "compile_generator", fake_compile)
+    monkeypatch.setattr(engine_module, "default_batch_size", lambda *a, **k: next(sizes))
+    engine = TileEngine(Window().eval(), scale=2, tile=32, overlap=8, precision="float32", channels_last=True, compile="auto")
+    image = np.random.default_rng(6).random((3, 50, 70)).astype(np.float32)
+    first, second = engine.predict(image), engine.predict(image)
+    assert {s for s, _ in seen} == {5} and all(nhwc for _, nhwc in seen)
+    np.testing.assert_array_equal(first, second)
