@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "fastscan"
 
 #: Top-level modules and packages of fastscan, lowest layer first.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundations", {"__init__", "atomic", "lock", "logs", "sheets", "scan", "photons", "baselines", "torch_generator"}),
+    ("foundations", {"__init__", "atomic", "jsonable", "lock", "logs", "sheets", "scan", "photons", "baselines", "torch_generator"}),
     ("files", {"io", "simulate", "stores"}),
     ("registration", {"register"}),
     ("geometry", {"geometry", "classical"}),

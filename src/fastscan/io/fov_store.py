@@ -19,9 +19,9 @@ import numpy as np
 
 from fastscan.io.declared import _HR_PLANE_BYTES, _READ_HEADROOM, _declare, _Declared, _declared_frames, _guard, _read_need, _Role
 from fastscan.io.errors import InputError
-from fastscan.io.metadata import _jsonable
 from fastscan.io.readers import _probe, _read_image, _read_series
 from fastscan.io.sources import PathLike, _is_glob, _zarr_kind
+from fastscan.jsonable import jsonable
 
 logger = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ def ingest_fov(
     _warn_pixel_ratio(lr, hr, lr_px, hr_px, scale)
     sources = {"lr": _source_record(lr, lr_meta, lr_ch), "hr": _source_record(hr, hr_meta, hr_ch)}
 
-    attrs = _jsonable(
+    attrs = jsonable(
         {
             "kind": "fov",
             "sample": str(sample),

@@ -1,18 +1,14 @@
 """Metadata values made comparable: lengths in micrometres, times in ISO 8601, JSON-safe values.
 
 OME, ImageJ, NGFF and Olympus files spell units and dates differently; every reader turns
-them into the same units here, and every metadata dict leaves through :func:`_jsonable`
-so that it can be stored in Zarr attributes and sample sheets.
+them into the same units here, and every metadata dict leaves through
+:func:`fastscan.jsonable.jsonable` so that it can be stored in Zarr attributes and sample sheets.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Mapping
 from typing import Any
-
-import numpy as np
 
 # Length units seen in OME, ImageJ, NGFF and Olympus metadata, as micrometres per unit.
 _UM_PER_UNIT: dict[str, float] = {
@@ -75,21 +71,3 @@ def _iso_time(text: Any, *, fmt: str | None = None) -> str | None:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).isoformat()
     except ValueError:
         return None
-
-
-def _jsonable(value: Any) -> Any:
-    """Convert numpy scalars, tuples and paths so the value can be stored in Zarr attributes."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        # JSON has no NaN/inf; a missing value is the honest equivalent.
-        return None
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return str(value)

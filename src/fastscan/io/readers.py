@@ -17,10 +17,10 @@ import numpy as np
 
 from fastscan.io.declared import _IMAGE, _SERIES, _declare, _Declared, _declared_frames, _guard, _Role
 from fastscan.io.errors import InputError
-from fastscan.io.metadata import _jsonable
 from fastscan.io.olympus import _check_oib_complete, _read_olympus, _read_olympus_header, _truncated_olympus
 from fastscan.io.sources import PathLike, _detect_format, _glob_files, _is_glob
 from fastscan.io.tiff import _read_tiff, _read_tiff_header, _tiff_series, _TiffStructureErrors
+from fastscan.jsonable import jsonable
 
 
 def _read_file(path: Path, *, channel: int, role: _Role = _SERIES) -> tuple[np.ndarray, dict[str, Any]]:
@@ -151,7 +151,7 @@ def _read_series(path: PathLike, *, channel: int, role: _Role) -> tuple[np.ndarr
     meta.setdefault("significant_bits", None)
     meta["shape"] = list(frames.shape)
     meta["dtype"] = str(frames.dtype)
-    return frames, _jsonable(meta)
+    return frames, jsonable(meta)
 
 
 def read_image(path: PathLike, *, channel: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
@@ -266,4 +266,4 @@ def read_header(path: PathLike) -> dict[str, Any]:
             "ome-tiff": "OME Pixels/PhysicalSizeX,Y",
             "imagej-tiff": "TIFF resolution tags in the ImageJ unit",
         }.get(header["format"], "TIFF resolution tags")
-    return _jsonable(header)
+    return jsonable(header)

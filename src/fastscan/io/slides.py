@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fastscan.io.errors import InputError
-from fastscan.io.metadata import _jsonable, _unit_to_um
+from fastscan.io.metadata import _unit_to_um
 from fastscan.io.olympus import _load_olympus
 from fastscan.io.sources import PathLike, _detect_format, _zarr_kind
 from fastscan.io.tiff import _check_tiff_complete, _tiff_format, _tiff_metadata, _TiffStructureErrors
+from fastscan.jsonable import jsonable
 
 if TYPE_CHECKING:
     import dask.array
@@ -247,7 +248,7 @@ def open_slide(path: PathLike, *, channel: int | None = 0, level: int = 0) -> tu
     plane_arr, n_channels = _slide_plane(arr, meta["axes"], channel=channel, path=path)
     meta["channels"] = n_channels
     meta.update(_slide_meta(path, plane_arr, meta, level))
-    return plane_arr, _jsonable(meta)
+    return plane_arr, jsonable(meta)
 
 
 def _slide_meta(path: Path, arr: Any, meta: Mapping[str, Any], level: int) -> dict[str, Any]:

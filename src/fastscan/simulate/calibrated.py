@@ -80,6 +80,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import optimize
 
+from fastscan.jsonable import jsonable
 from fastscan.photons import PhotonCalibration, calibrate_series
 from fastscan.simulate.acquire import hr_signal, lr_signal
 from fastscan.simulate.params import DEFAULTS, resolve_params
@@ -554,19 +555,6 @@ def _finite_or_none(value: float | None) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def _jsonable(value: Any) -> Any:
-    """A JSON-ready copy: numpy scalars as Python numbers, NaN and infinities as None."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def _bits(significant_bits: Any, dtype: Any, max_value: float) -> tuple[int | None, str]:
     """ADC bits: recorded, else from an 8-bit dtype, else the smallest common depth holding the data."""
     if significant_bits:
@@ -959,7 +947,7 @@ def simulator_calibration(
 
     params = _merge(base, over)
     resolve_params(params)  # what is returned is valid
-    provenance = _jsonable(
+    provenance = jsonable(
         {
             "fovs": [m.summary() for m in measurements],
             "specimen": asdict(reference),
