@@ -646,25 +646,61 @@ def measure_series(
         calibration = calibrate_series(arr, saturation=None if bits is None else 2**bits - 1)
     elif isinstance(calibration, Mapping):
         calibration = PhotonCalibration.from_summary(calibration)
-    mean = _mean_frame(arr)
+    return _measurement(
+        source,
+        arr,
+        _mean_frame(arr),
+        lr_pixel_size_um=lr_pixel_size_um,
+        scale=scale,
+        hr=hr,
+        hr_pixel_size_um=hr_pixel_size_um,
+        line_phase_px=line_phase_px,
+        field_fraction=field_fraction,
+        photons=calibration,
+        percentile=percentile,
+        bits=(bits, bits_from),
+        notes=[],
+    )
+
+
+def _optional(value: Any, kind: type) -> Any:
+    return None if value is None else kind(value)
+
+
+def _measurement(
+    source: str,
+    lr: Any,
+    mean: NDArray[np.float64],
+    *,
+    lr_pixel_size_um: float | None,
+    scale: int | None,
+    hr: Any,
+    hr_pixel_size_um: float | None,
+    line_phase_px: float | None,
+    field_fraction: float | None,
+    photons: PhotonCalibration | None,
+    percentile: float,
+    bits: tuple[int | None, str],
+    notes: list[str],
+) -> FovMeasurement:
+    """The :class:`FovMeasurement` of an LR series ``lr`` (T, Y, X) whose temporal mean is ``mean``."""
     median, high = (float(v) for v in np.percentile(mean, [50.0, percentile]))
-    notes: list[str] = []
     return FovMeasurement(
         source=source,
-        frames=int(arr.shape[0]),
-        lr_shape=(int(arr.shape[1]), int(arr.shape[2])),
-        lr_pixel_size_um=None if lr_pixel_size_um is None else float(lr_pixel_size_um),
-        scale=None if scale is None else int(scale),
-        hr_pixel_size_um=None if hr_pixel_size_um is None else float(hr_pixel_size_um),
-        line_phase_px=None if line_phase_px is None else float(line_phase_px),
-        field_fraction=None if field_fraction is None else float(field_fraction),
-        photons=calibration,
+        frames=int(lr.shape[0]),
+        lr_shape=(int(lr.shape[1]), int(lr.shape[2])),
+        lr_pixel_size_um=_optional(lr_pixel_size_um, float),
+        scale=_optional(scale, int),
+        hr_pixel_size_um=_optional(hr_pixel_size_um, float),
+        line_phase_px=_optional(line_phase_px, float),
+        field_fraction=_optional(field_fraction, float),
+        photons=photons,
         median_adu=median,
         high_adu=high,
         percentile=float(percentile),
-        bits=bits,
-        bits_from=bits_from,
-        **_hr_resolution(hr, hr_pixel_size_um, source, notes),
+        bits=bits[0],
+        bits_from=bits[1],
+        **_hr_resolution(None if hr is None else np.asarray(hr), hr_pixel_size_um, source, notes),
         notes=tuple(notes),
     )
 
@@ -747,7 +783,6 @@ def measure_store(store: RegisteredFov, *, percentile: float = 99.0) -> FovMeasu
         raise ValueError(f"{source}: lr must be (T, Y, X), got shape {lr.shape}")
     source_lr = (attrs.get("source") or {}).get("lr") or {}
     mean = _mean_frame(lr)
-    median, high = (float(v) for v in np.percentile(mean, [50.0, percentile]))
     # The registered frames are float32 (drift-corrected): the recorded bits, else the raw
     # dtype ingestion recorded, else the largest value of the registered mean (a lower bound
     # of the raw maximum: the depth may come out one step short for data that fill their range).
@@ -762,23 +797,20 @@ def measure_store(store: RegisteredFov, *, percentile: float = 99.0) -> FovMeasu
             notes.append(f"photon calibration unreadable: {err}")
     else:
         notes.append("no photon calibration in the store")
-    return FovMeasurement(
-        source=source,
-        frames=int(lr.shape[0]),
-        lr_shape=(int(lr.shape[1]), int(lr.shape[2])),
+    return _measurement(
+        source,
+        lr,
+        mean,
         lr_pixel_size_um=lr_px,
-        scale=int(scale),
+        scale=scale,
+        hr=hr,
         hr_pixel_size_um=hr_px,
         line_phase_px=line_phase,
         field_fraction=field_fraction,
         photons=calibration,
-        median_adu=median,
-        high_adu=high,
-        percentile=float(percentile),
-        bits=bits,
-        bits_from=bits_from,
-        **_hr_resolution(hr[...], hr_px, source, notes),
-        notes=tuple(notes),
+        percentile=percentile,
+        bits=(bits, bits_from),
+        notes=notes,
     )
 
 
