@@ -311,20 +311,24 @@ class TileEngine:
         # of a tile lands in ``flat`` at the tile's first pixel plus its row times the block's
         # width plus its column. On the CPU the loop of slice adds stays: a batch of 64 tiles of
         # 128 px took 0.9 ms by slices and 18 ms by index_add_ (2 threads).
-        starts = np.cumsum([0] + [a.numel() for a in accs[:-1]])
-        widths = np.array([a.shape[1] for a in accs])
-        first = np.array([starts[i] + s * y * widths[i] + s * x for i, y, x in items], dtype=np.int64)
-        row_of = np.array([widths[i] for i, _, _ in items], dtype=np.int64)
-        rows = torch.arange(s * ty, device=self.device).view(1, -1, 1)
-        cols = torch.arange(s * tx, device=self.device).view(1, 1, -1)
+        index: tuple[np.ndarray, np.ndarray] | None = None
+        if self.indexed_add:
+            starts = np.cumsum([0] + [a.numel() for a in accs[:-1]])
+            widths = np.array([a.shape[1] for a in accs])
+            first = np.array([starts[i] + s * y * widths[i] + s * x for i, y, x in items], dtype=np.int64)
+            index = (first, widths[[i for i, _, _ in items]].astype(np.int64))
+            rows = torch.arange(s * ty, device=self.device).view(1, -1, 1)
+            cols = torch.arange(s * tx, device=self.device).view(1, 1, -1)
 
-        def assemble(k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        def assemble(k: int) -> list[torch.Tensor]:
+            """The LR tiles of the batch from item ``k`` (and, for the indexed add, each tile's
+            first HR pixel in ``flat`` and its block's width)."""
             batch = items[k : k + batch_size]
             arr = np.stack([padded[i][..., y : y + ty, x : x + tx] for i, y, x in batch])
             if arr.ndim == 3:  # single frames: one input channel
                 arr = arr[:, None]
-            host = [torch.from_numpy(arr), torch.from_numpy(first[k : k + batch_size]), torch.from_numpy(row_of[k : k + batch_size])]
-            return tuple(t.pin_memory() for t in host) if cuda else tuple(host)
+            host = [torch.from_numpy(arr)] + ([torch.from_numpy(a[k : k + batch_size]) for a in index] if index else [])
+            return [t.pin_memory() for t in host] if cuda else host
 
         starts_k = list(range(0, len(items), batch_size))
         autocast = torch.autocast(device_type=self.device.type, dtype=self.dtype, enabled=self._autocast)
@@ -333,13 +337,12 @@ class TileEngine:
             pool = stack.enter_context(ThreadPoolExecutor(1)) if self.prefetch and len(starts_k) > 1 else None
             nxt = pool.submit(assemble, starts_k[0]) if pool else None
             for j, k in enumerate(starts_k):
-                host, first_b, width_b = nxt.result() if pool else assemble(k)
+                host, *where = nxt.result() if pool else assemble(k)
                 if pool and j + 1 < len(starts_k):
                     nxt = pool.submit(assemble, starts_k[j + 1])
                 pred = self._forward(host, tile_shape) * window
-                if self.indexed_add:
-                    first_b = first_b.to(self.device, non_blocking=True).view(-1, 1, 1)
-                    width_b = width_b.to(self.device, non_blocking=True).view(-1, 1, 1)
+                if where:
+                    first_b, width_b = (t.to(self.device, non_blocking=True).view(-1, 1, 1) for t in where)
                     flat.index_add_(0, (first_b + rows * width_b + cols).view(-1), pred.reshape(-1))
                 else:
                     for (i, y, x), p in zip(items[k : k + batch_size], pred):
