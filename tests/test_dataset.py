@@ -1,6 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import zarr
 from conftest import write_registered
 
@@ -112,6 +113,38 @@ def test_augmentation_keeps_pairs_consistent(tiny_dataset):
     lr, hr = plain[0]
     flipped = hr[0].flip(-1).reshape(32, 2, 32, 2).mean(dim=(1, 3)).numpy().ravel()
     assert np.corrcoef(flipped, lr[0].numpy().ravel())[0, 1] < 0.5
+
+
+def test_flips_move_lr_and_hr_together(tiny_dataset):
+    """Flipped pairs still block-average HR onto LR (both sides flipped alike), every one of the
+    four flips occurs, and flips=False leaves the augmentation stream as it was."""
+    ds = TileDataset(tiny_dataset, "train", augment=True, max_zoom=1.0, max_lighting=0.0, max_contrast=0.0, flips=True, seed=3)
+    plain = TileDataset(tiny_dataset, "train")
+    p_lr, _ = plain[0]
+    seen = set()
+    for _ in range(40):
+        lr, hr = ds[0]
+        down = hr[0].reshape(32, 2, 32, 2).mean(dim=(1, 3)).numpy().ravel()
+        assert np.corrcoef(down, lr[0].numpy().ravel())[0, 1] > 0.85
+        for dims in ([], [-1], [-2], [-2, -1]):
+            # (x - 0.5) * 1 + 0.5 + 0 rounds in float32: equal to about 1e-7, not bit for bit.
+            if torch.allclose(lr, p_lr.flip(dims) if dims else p_lr, atol=1e-6):
+                seen.add(tuple(dims))
+    assert len(seen) == 4, seen
+    a = TileDataset(tiny_dataset, "train", augment=True, seed=4)
+    b = TileDataset(tiny_dataset, "train", augment=True, flips=False, seed=4)
+    for i in range(3):
+        assert torch.equal(a[i][0], b[i][0]) and torch.equal(a[i][1], b[i][1])
+
+
+def test_flips_refused_on_raw_scan_geometry(tiny_dataset):
+    g = zarr.open_group(str(tiny_dataset), mode="r+")
+    attrs = dict(g.attrs["fastscan"])
+    attrs["geometry"] = {**attrs.get("geometry", {}), "correct": False}
+    g.attrs["fastscan"] = attrs
+    with pytest.raises(DatasetError, match="geometry-corrected"):
+        TileDataset(tiny_dataset, "train", augment=True, flips=True)
+    TileDataset(tiny_dataset, "train", augment=True)  # the paper's augmentations stay allowed
 
 
 def _three_fovs(tmp_path, **reg):

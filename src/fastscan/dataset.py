@@ -366,10 +366,18 @@ def read_dataset(path: str | os.PathLike) -> tuple[zarr.Group, pd.DataFrame, dic
 class TileDataset:
     """LR/HR tile pairs of one split, normalised, with the paper's augmentations.
 
-    Augmentations are random zoom, lighting and contrast only: flips, shifts and warps would
-    change the scan distortion the network has to learn. The zoom is applied identically to LR
-    and HR; lighting and contrast are applied to both, so the intensity mapping stays consistent.
-    Progressive resizing crops (never resamples) a ``size`` window out of each stored tile.
+    The paper's augmentations are random zoom, lighting and contrast. The zoom is applied
+    identically to LR and HR; lighting and contrast are applied to both, so the intensity mapping
+    stays consistent. Progressive resizing crops (never resamples) a ``size`` window out of each
+    stored tile.
+
+    ``flips`` adds random horizontal and vertical flips of LR and HR together. They are offered only
+    on geometry-corrected tiles (``dataset.correct_geometry``, the default): there the scan
+    distortion has been undone before the network, and a flip leaves the noise's statistics as
+    they are (Poisson per pixel, its correlation along the fast axis stays along it), whereas the
+    zoom resamples the noisy LR tile and lighting/contrast move a pixel's noise away from the
+    level its intensity implies. On the raw scan geometry a flip would reverse the sweep and
+    swap the odd and even lines' phase, which the network has to learn there, so it is refused.
 
     Parameters
     ----------
@@ -383,6 +391,8 @@ class TileDataset:
     max_zoom, max_lighting, max_contrast : float
         Zoom up to ``max_zoom``; brightness offset up to ``max_lighting`` and contrast factor
         within ``1 ± max_contrast``, in normalised units.
+    flips : bool
+        Random horizontal and vertical flips (geometry-corrected datasets only).
     seed : int
     max_memory_mb : float
         A split smaller than this is read into memory once; a larger one is read tile by tile
@@ -402,11 +412,17 @@ class TileDataset:
         max_zoom: float = 1.1,
         max_lighting: float = 0.2,
         max_contrast: float = 0.2,
+        flips: bool = False,
         seed: int = 0,
         max_memory_mb: float = 2048.0,
         frames: int = 1,
     ) -> None:
         g, table, attrs = read_dataset(path)
+        if flips and not attrs.get("geometry", {}).get("correct", False):
+            raise DatasetError(
+                f"{path}: train.augment.flips needs geometry-corrected tiles (dataset.correct_geometry: true); "
+                "on the raw scan geometry a flip reverses the sweep and swaps the odd and even lines' phase"
+            )
         self.attrs = attrs
         self.scale = int(attrs["scale"])
         tile = int(attrs["tile"])
@@ -431,6 +447,7 @@ class TileDataset:
             self.lr, self.hr = g["lr"], g["hr"]
         self.augment = augment
         self.max_zoom, self.max_lighting, self.max_contrast = max_zoom, max_lighting, max_contrast
+        self.flips = bool(flips)
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
@@ -477,6 +494,11 @@ class TileDataset:
             light = self.rng.uniform(-self.max_lighting, self.max_lighting)
             lr = (lr - 0.5) * contrast + 0.5 + light
             hr = (hr - 0.5) * contrast + 0.5 + light
+            if self.flips:
+                # LR pixel i covers HR pixels s*i ... s*i+s-1, so flipping both keeps them aligned.
+                dims = [d for d, flip in ((-1, self.rng.random() < 0.5), (-2, self.rng.random() < 0.5)) if flip]
+                if dims:
+                    lr, hr = torch.flip(lr, dims), torch.flip(hr, dims)
         return lr, hr
 
 

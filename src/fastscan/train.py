@@ -37,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "num_workers": 0,
     "mixed_precision": True,
     "channels_last": True,
-    "augment": {"max_zoom": 1.1, "max_lighting": 0.2, "max_contrast": 0.2},
+    "augment": {"max_zoom": 1.1, "max_lighting": 0.2, "max_contrast": 0.2, "flips": False},
     "architecture": {},
     "generator": {"sizes": [64], "epochs": [1], "lr": 1e-3, "wd": 1e-3},
     "critic": {"epochs": 1, "lr": 1e-3, "nf": 128},
