@@ -147,3 +147,24 @@ def test_noise_kept_tells_passed_noise_from_removed(tmp_path):
     kept = peers.noise_kept(tmp_path / "r.zarr", noisy)
     assert kept["passed"] == pytest.approx(0.5, abs=1e-6)
     assert kept["clean"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_every_schedule_is_a_valid_training_config():
+    """A schedule with a key fastscan does not know would fail only after the peers' set-up."""
+    from fastscan.models import resolve_architecture
+    from fastscan.train import resolve_config
+
+    for name, schedule in peers.SCHEDULES.items():
+        cfg = resolve_config(schedule)
+        assert set(cfg["augment"]) == {"max_zoom", "max_lighting", "max_contrast", "flips"}, name
+        resolve_architecture(cfg["architecture"])
+
+
+def test_stage1_study_merges_changes_one_level_deep():
+    import peers_stage1
+
+    base = peers.SCHEDULES["cpu"]
+    out = peers_stage1.merged(base, {"architecture": {"frames": 1}, "batch_size": 8})
+    assert out["architecture"] == {**base["architecture"], "frames": 1}
+    assert out["batch_size"] == 8 and out["generator"] == base["generator"]
+    assert base["architecture"]["frames"] == 3  # the schedule itself is not changed

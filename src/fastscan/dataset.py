@@ -421,7 +421,7 @@ class TileDataset:
         if flips and not attrs.get("geometry", {}).get("correct", False):
             raise DatasetError(
                 f"{path}: train.augment.flips needs geometry-corrected tiles (dataset.correct_geometry: true); "
-                "on the raw scan geometry a flip reverses the sweep and swaps the odd and even lines' phase"
+                "on the raw scan geometry a flip reverses the sweep and swaps the odd and even lines' phase (set train.augment.flips: false to train on it)"
             )
         self.attrs = attrs
         self.scale = int(attrs["scale"])
