@@ -421,7 +421,12 @@ def train_fastscan(dataset: Path, out: Path, config: dict, timer: Timer) -> tupl
     return dirs, times
 
 
-def restore_tests(tests: list[dict], models: dict[str, Path], out: Path, *, frames: int) -> None:
+def held_out(fovs: list[dict]) -> list[dict]:
+    """The test rows of ``fovs``, each with its ``key`` (the name of its files here)."""
+    return [{**f, "key": f"{f['sample']}_{f['session']}_{f['fov']}"} for f in fovs if f["split"] == "test"]
+
+
+def restore_tests(tests: list[dict], models: dict[str, Path], out: Path, *, frames: int, classical: bool = True) -> None:
     from fastscan.restore.fov import restore_fov
 
     for t in tests:
@@ -437,7 +442,7 @@ def restore_tests(tests: list[dict], models: dict[str, Path], out: Path, *, fram
             overlap=None,
             batch_size=None,
             threads=2,
-            classical=True,
+            classical=classical,
         )
 
 
@@ -527,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         fovs = simulated_fovs(out, train_fovs=args.train_fovs, test_fovs=args.test_fovs, frames=args.frames)
         source = f"simulator, sample {SAMPLE_A[0]} ({SAMPLE_A[1]})"
-    tests = [{**f, "key": f"{f['sample']}_{f['session']}_{f['fov']}"} for f in fovs if f["split"] == "test"]
+    tests = held_out(fovs)
     timer.step("data", t)
 
     t = time.perf_counter()

@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from peers import SCHEDULES, noise_kept  # noqa: E402
+from peers import SCHEDULES, held_out, noise_kept, restore_tests  # noqa: E402
 
 
 def merged(base: dict, changes: dict) -> dict:
@@ -56,7 +56,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from fastscan.metrics import evaluate_many
-    from fastscan.restore.fov import restore_fov
     from fastscan.train import train_generator
 
     torch.set_num_threads(2)
@@ -73,25 +72,19 @@ def main(argv: list[str] | None = None) -> int:
     train_s = time.perf_counter() - t0
     load1 = os.getloadavg()[0]
 
-    stores = []
-    for f in json.loads((data / "fovs.json").read_text()):
-        if f["split"] != "test":
-            continue
-        key = f"{f['sample']}_{f['session']}_{f['fov']}"
-        store = run / "restored" / f"{key}.zarr"
-        if not store.is_dir():
-            restore_fov(
-                f["path"],
-                store,
-                models={"mse": str(run / "mse")},
-                frames=args.eval_frames,
-                tile=None,
-                overlap=None,
-                batch_size=None,
-                threads=2,
-                classical=False,
-            )
-        stores.append({"restored": str(store), "model": args.name, "sample": f["sample"], "session": f["session"], "fov": f["fov"], "key": key})
+    tests = held_out(json.loads((data / "fovs.json").read_text()))
+    restore_tests(tests, {"mse": run / "mse"}, run / "restored", frames=args.eval_frames, classical=False)
+    stores = [
+        {
+            "restored": str(run / "restored" / f"{t['key']}.zarr"),
+            "model": args.name,
+            "sample": t["sample"],
+            "session": t["session"],
+            "fov": t["fov"],
+            "key": t["key"],
+        }
+        for t in tests
+    ]
     metrics = evaluate_many(stores)
     metrics = metrics[metrics["method"] == "mse"]
     kept = [noise_kept(s["restored"], np.load(data / "export" / "test" / f"{s['key']}_up.npy"))["mse"] for s in stores]
