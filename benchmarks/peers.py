@@ -88,7 +88,7 @@ SCHEDULES: dict[str, dict[str, Any]] = {
     # base, flips in place of the paper's augmentations, and three frames of temporal context.
     # Stage-1 study on this benchmark's simulated dataset (180 train tiles), 24 epochs (~360 s on
     # 2 idle cores), test frames scored as in the table (PSNR / SSIM / background noise kept);
-    # ``benchmarks/peers_stage1.py`` reruns any row:
+    # ``benchmarks/peers_study.py`` reruns any row:
     #   base_sigma 2, paper's augmentations       25.62 / 0.870 / 0.13
     #   base_sigma 2, paper's + flips             25.81 / 0.876 / 0.13
     #   base_sigma 2, no augmentation             24.55 / 0.887 / 0.05  (overfits: train loss 0.0007)

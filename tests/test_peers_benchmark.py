@@ -160,11 +160,26 @@ def test_every_schedule_is_a_valid_training_config():
         resolve_architecture(cfg["architecture"])
 
 
-def test_stage1_study_merges_changes_one_level_deep():
-    import peers_stage1
+def test_study_merges_changes_one_level_deep():
+    import peers_study
 
     base = peers.SCHEDULES["cpu"]
-    out = peers_stage1.merged(base, {"architecture": {"frames": 1}, "batch_size": 8})
+    out = peers_study.merged(base, {"architecture": {"frames": 1}, "batch_size": 8})
     assert out["architecture"] == {**base["architecture"], "frames": 1}
     assert out["batch_size"] == 8 and out["generator"] == base["generator"]
     assert base["architecture"]["frames"] == 3  # the schedule itself is not changed
+
+
+def test_study_of_the_gan_stage_needs_the_models_it_starts_from(tmp_path):
+    import peers_study
+
+    data = tmp_path / "peers"
+    (data / "dataset.zarr").mkdir(parents=True)
+    (data / "export" / "test").mkdir(parents=True)
+    (data / "fovs.json").write_text("[]")
+    with pytest.raises(SystemExit, match="--stage gan needs --from"):
+        peers_study.main(["--data", str(data), "--out", str(tmp_path / "out"), "--name", "x", "--stage", "gan"])
+    (tmp_path / "models" / "mse").mkdir(parents=True)
+    (tmp_path / "models" / "mse" / "model.json").write_text("{}")
+    with pytest.raises(SystemExit, match=r"no critic/model\.json"):
+        peers_study.main(["--data", str(data), "--out", str(tmp_path / "out"), "--name", "x", "--stage", "gan", "--from", str(tmp_path / "models")])
