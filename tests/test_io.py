@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import dask.array as da
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from PIL import Image, PngImagePlugin
 
 import fastscan
 from fastscan.io import (
@@ -20,6 +23,7 @@ from fastscan.io import (
     ingest_fov,
     open_slide,
     read_fov,
+    read_header,
     read_image,
     read_series,
 )
@@ -236,6 +240,146 @@ def test_glob_errors(tmp_path: Path) -> None:
     tifffile.imwrite(tmp_path / "f2.tif", np.ones((6, 9), np.uint16))
     with pytest.raises(InputError, match="f2.tif"):
         read_series(tmp_path / "f*.tif")
+
+
+# ------------------------------------------------------------------------------------------
+# PNG frames (public paired datasets: raw/1/*.png noisy frames, gt/1/avg50.png target)
+
+
+def _write_png(path: Path, data: np.ndarray, *, pixel_size_um: tuple[float, float] | None = None, sbit: int | None = None) -> Path:
+    """Write ``data`` with Pillow; ``pixel_size_um`` (y, x) as pHYs in pixels per metre."""
+    kwargs: dict = {}
+    if pixel_size_um is not None:
+        # Pillow writes dpi as round(dpi / 0.0254) pixels per metre.
+        kwargs["dpi"] = (25400.0 / pixel_size_um[1], 25400.0 / pixel_size_um[0])
+    if sbit is not None:
+        info = PngImagePlugin.PngInfo()
+        info.add(b"sBIT", bytes([sbit]))
+        kwargs["pnginfo"] = info
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(data).save(path, **kwargs)
+    return path
+
+
+def _raw_png(path: Path, data: np.ndarray, *, colour_type: int) -> Path:
+    """A PNG written chunk by chunk, for layouts Pillow does not write (16-bit RGB)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    height, width = data.shape[:2]
+    ihdr = struct.pack(">IIBBBBB", width, height, data.dtype.itemsize * 8, colour_type, 0, 0, 0)
+    rows = b"".join(b"\x00" + row.astype(data.dtype.newbyteorder(">")).tobytes() for row in data)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_png_glob_of_uint8_frames_is_a_series(tmp_path: Path) -> None:
+    for index in (10, 2, 1):
+        _write_png(tmp_path / "raw" / "1" / f"{index}.png", np.full((6, 8), index, np.uint8))
+    frames, meta = read_series(tmp_path / "raw" / "1" / "*.png")
+    assert frames.dtype == np.uint8 and frames.shape == (3, 6, 8)
+    assert [int(f[0, 0]) for f in frames] == [1, 2, 10]
+    assert (meta["format"], meta["frame_format"], meta["axes"], meta["channels"]) == ("glob", "png", "YX", 1)
+    assert meta["pixel_size_um"] is None and meta["significant_bits"] is None
+
+
+def test_png_16bit_keeps_values_above_255(tmp_path: Path) -> None:
+    data = (np.arange(6 * 8, dtype=np.uint16).reshape(6, 8) * 85).astype(np.uint16)  # up to 3995
+    path = _write_png(tmp_path / "avg50.png", data, sbit=12)
+    frames, meta = read_series(path)
+    assert frames.dtype == np.uint16 and frames.shape == (1, 6, 8)
+    np.testing.assert_array_equal(frames[0], data)
+    assert meta["format"] == "png" and meta["significant_bits"] == 12
+    header = read_header(path)
+    assert (header["format"], header["dtype"], header["size_yx"], header["frames"]) == ("png", "uint16", [6, 8], 1)
+    # The PNG standard scales 12 significant bits up to the full 16: saturation is not at 4095.
+    scaled = _write_png(tmp_path / "scaled.png", data << 4, sbit=12)
+    frames, meta = read_series(scaled)
+    assert int(frames.max()) == 3995 << 4 and meta["significant_bits"] is None
+
+
+def test_png_phys_pixel_size_in_micrometres(tmp_path: Path) -> None:
+    path = _write_png(tmp_path / "cal.png", np.zeros((6, 8), np.uint8), pixel_size_um=(0.5, 0.25))
+    _, meta = read_series(path)
+    assert meta["pixel_size_um"] == pytest.approx([0.5, 0.25])
+    header = read_header(path)
+    assert header["pixel_size_um"] == pytest.approx([0.5, 0.25]) and header["sources"]["pixel_size_um"] == "PNG pHYs chunk"
+    # 72 dpi, what image editors write by default, is not a calibration.
+    display = tmp_path / "display.png"
+    Image.fromarray(np.zeros((6, 8), np.uint8)).save(display, dpi=(72, 72))
+    assert read_series(display)[1]["pixel_size_um"] is None
+
+
+def test_png_rgb_channel_selects_sample_and_gray_palette_is_one_channel(tmp_path: Path) -> None:
+    rgb = np.zeros((6, 8, 3), np.uint8)
+    rgb[..., 1], rgb[..., 2] = 200, 7
+    path = _write_png(tmp_path / "rgb.png", rgb)
+    frames, meta = read_series(path, channel=2)
+    assert (meta["axes"], meta["channels"]) == ("YXS", 3)
+    assert frames.shape == (1, 6, 8) and (frames == 7).all()
+    with pytest.raises(InputError) as err:
+        read_series(path, channel=3)
+    assert "rgb.png" in str(err.value) and "3 channels" in str(err.value)
+    # A colour palette is read as the RGB samples it stands for.
+    coloured = Image.new("P", (8, 6), 1)
+    coloured.putpalette([0, 0, 0, 0, 200, 7])
+    coloured.save(tmp_path / "coloured.png")
+    frames, meta = read_series(tmp_path / "coloured.png", channel=1)
+    assert (meta["axes"], meta["channels"]) == ("YXS", 3) and (frames == 200).all()
+    # A palette of grays is a grayscale image: one channel, the palette's values exactly.
+    gray = np.arange(6 * 8, dtype=np.uint8).reshape(6, 8) * 5
+    palette = Image.fromarray(gray).convert("P", palette=Image.Palette.ADAPTIVE, colors=256)
+    palette.putpalette([v for i in range(256) for v in (i, i, i)])
+    palette.putdata(gray.ravel().tolist())
+    palette.save(tmp_path / "palette.png")
+    frames, meta = read_series(tmp_path / "palette.png")
+    assert meta["axes"] == "YX" and meta["channels"] == 1
+    np.testing.assert_array_equal(frames[0], gray)
+
+
+def test_bad_pngs_name_the_file(tmp_path: Path) -> None:
+    path = _write_png(tmp_path / "cut.png", np.random.default_rng(0).integers(0, 65535, (64, 64), dtype=np.uint16))
+    raw = path.read_bytes()
+    for size in (len(raw) // 2, 40, 12):
+        path.write_bytes(raw[:size])
+        with pytest.raises(InputError, match="cut.png.*truncated"):
+            read_series(path)
+    corrupt = bytearray(raw)
+    corrupt[len(raw) // 2] ^= 0xFF  # inside the compressed pixels
+    path.write_bytes(bytes(corrupt))
+    with pytest.raises(InputError, match="cut.png.*corrupt"):
+        read_series(path)
+    fake = tmp_path / "fake.png"
+    fake.write_text("not an image")
+    for read in (read_series, read_header):
+        with pytest.raises(InputError, match="fake.png: not a valid PNG file.*truncated or corrupt"):
+            read(fake)
+    # Pillow decodes 16-bit colour to 8 bits: refused rather than read with the low byte lost.
+    deep = _raw_png(tmp_path / "deep.png", np.full((4, 5, 3), 1000, np.uint16), colour_type=2)
+    with pytest.raises(InputError, match="deep.png: is a 16-bit RGB PNG"):
+        read_series(deep)
+    with pytest.raises(InputError, match="whole slide"):
+        open_slide(_write_png(tmp_path / "slide.png", np.zeros((6, 8), np.uint8)))
+
+
+def test_png_hr_target_is_read_as_a_float_image(tmp_path: Path) -> None:
+    data = np.arange(6 * 8, dtype=np.uint16).reshape(6, 8) * 1000
+    image, meta = read_image(_write_png(tmp_path / "gt" / "1" / "avg50.png", data))
+    assert image.dtype == np.float32 and image.shape == (6, 8)
+    np.testing.assert_array_equal(image, data.astype(np.float32))
+    assert meta["frames_averaged"] == 1 and meta["format"] == "png"
+
+
+def test_ingest_png_frames_and_target(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    for index in range(1, 4):
+        _write_png(tmp_path / "raw" / f"{index}.png", rng.integers(0, 255, (16, 16), dtype=np.uint8), pixel_size_um=(0.2, 0.2))
+    hr = _write_png(tmp_path / "gt" / "avg50.png", rng.integers(0, 255, (32, 32), dtype=np.uint8), pixel_size_um=(0.1, 0.1))
+    attrs = _ingest(tmp_path / "raw" / "*.png", hr, tmp_path / "fov.zarr")
+    assert attrs["lr_pixel_size_um"] == pytest.approx([0.2, 0.2]) and attrs["hr_pixel_size_um"] == pytest.approx([0.1, 0.1])
+    assert (attrs["source"]["lr"]["frame_format"], attrs["source"]["hr"]["format"]) == ("png", "png")
+    assert read_fov(tmp_path / "fov.zarr")[0].shape == (3, 16, 16)
 
 
 def test_missing_and_unknown_files(tmp_path: Path) -> None:

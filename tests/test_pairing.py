@@ -13,7 +13,7 @@ import tifffile
 
 from fastscan.cli import main as cli_main
 from fastscan.io import InputError, read_header
-from fastscan.pairing import Entry, PairingError, pair_entries, propose, propose_splits, review_text, write_sheet
+from fastscan.pairing import Entry, PairingError, describe, pair_entries, propose, propose_splits, review_text, write_sheet
 from fastscan.sheets import fov_fraction, load_samples
 from fastscan.simulate import write_fov
 
@@ -248,6 +248,12 @@ def test_bad_folders_and_options_are_refused(tmp_path: Path) -> None:
     (empty / "readme.txt").write_text("x")
     with pytest.raises(PairingError, match="holds no OIB, OIF or TIFF"):
         propose([empty])
+    # PNG frames are read as globs, which the sheet cannot propose: said, with what to write.
+    (empty / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    with pytest.raises(PairingError, match="1 PNG file.*raw/1/\\*.png"):
+        propose([empty])
+    _, left = describe([Entry(empty / "1.png", empty)])
+    assert left[0].status == "skipped" and "glob of the frames" in left[0].reason
     with pytest.raises(PairingError, match="folder not found"):
         propose([tmp_path / "missing"])
     with pytest.raises(PairingError, match="scale must be an integer"):

@@ -1,9 +1,10 @@
 """The public raw readers: route a source to its format's reader, stack globs, read headers.
 
 :func:`read_series`, :func:`read_image` and :func:`read_header` accept any source
-(OIB/OIF, the TIFF family, a glob of single-frame files) and hand it to
-:mod:`fastscan.io.olympus` or :mod:`fastscan.io.tiff`; :func:`_probe` declares a source's
-array without reading pixels, so that callers can refuse what cannot fit first.
+(OIB/OIF, the TIFF family, PNG, a glob of single-frame files) and hand it to
+:mod:`fastscan.io.olympus`, :mod:`fastscan.io.tiff` or :mod:`fastscan.io.png`; :func:`_probe`
+declares a source's array without reading pixels, so that callers can refuse what cannot fit
+first.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from fastscan.io.declared import _IMAGE, _SERIES, _declare, _Declared, _declared_frames, _guard, _Role
 from fastscan.io.errors import InputError
 from fastscan.io.olympus import _check_oib_complete, _read_olympus, _read_olympus_header, _truncated_olympus
+from fastscan.io.png import _png_header, _read_png, _read_png_header
 from fastscan.io.sources import PathLike, _detect_format, _glob_files, _is_glob
 from fastscan.io.tiff import _read_tiff, _read_tiff_header, _tiff_series, _TiffStructureErrors
 from fastscan.jsonable import jsonable
@@ -27,6 +29,8 @@ def _read_file(path: Path, *, channel: int, role: _Role = _SERIES) -> tuple[np.n
     fmt = _detect_format(path)
     if fmt == "tiff":
         return _read_tiff(path, channel=channel, role=role)
+    if fmt == "png":
+        return _read_png(path, channel=channel, role=role)
     return _read_olympus(path, fmt, channel=channel, role=role)
 
 
@@ -39,6 +43,10 @@ def _probe_file(path: Path) -> _Declared | None:
     """
     fmt = _detect_format(path)
     try:
+        if fmt == "png":
+            # The header chunks alone, no pixel decompressed; their walk also refuses a
+            # truncated file here.
+            return _png_header(path).declared
         if fmt == "tiff":
             import tifffile
 
@@ -108,9 +116,9 @@ def read_series(path: PathLike, *, channel: int = 0) -> tuple[np.ndarray, dict[s
     Parameters
     ----------
     path : str or os.PathLike
-        An Olympus ``.oib``/``.oif`` file, a (multi-page, OME or ImageJ) TIFF, or a glob
-        pattern of single-frame files, which are stacked in natural order (``frame2``
-        before ``frame10``).
+        An Olympus ``.oib``/``.oif`` file, a (multi-page, OME or ImageJ) TIFF, a PNG (8- or
+        16-bit grayscale, or 8-bit colour), or a glob pattern of single-frame files, which
+        are stacked in natural order (``frame2`` before ``frame10``).
     channel : int, optional
         Channel to read from multi-channel sources (the ``C`` axis, or the RGB sample axis).
 
@@ -120,7 +128,7 @@ def read_series(path: PathLike, *, channel: int = 0) -> tuple[np.ndarray, dict[s
         ``(T, Y, X)`` in the source dtype; a single 2-D image gives ``T = 1``. Other
         non-spatial axes (Z, generic pages) are folded into ``T``.
     meta : dict
-        ``format`` (``"oib"``, ``"oif"``, ``"ome-tiff"``, ``"tiff"``, ``"svs"`` or ``"glob"``),
+        ``format`` (``"oib"``, ``"oif"``, ``"ome-tiff"``, ``"tiff"``, ``"svs"``, ``"png"`` or ``"glob"``),
         ``path``, ``pixel_size_um`` (``[y, x]`` or None when the file does not say),
         ``channels``, ``significant_bits`` (int or None), ``axes`` (source axes),
         ``shape`` and ``dtype`` of ``frames``, plus format specific entries such as
@@ -190,13 +198,13 @@ def _read_image(path: PathLike, *, channel: int, role: _Role) -> tuple[np.ndarra
 
 
 def read_header(path: PathLike) -> dict[str, Any]:
-    """What one OIB/OIF/TIFF file says about its acquisition, without decoding pixel data.
+    """What one OIB/OIF/TIFF/PNG file says about its acquisition, without decoding pixel data.
 
     Parameters
     ----------
     path : str or os.PathLike
-        An Olympus ``.oib``/``.oif`` file or a TIFF (OME, ImageJ or plain). Globs are not
-        accepted: each file describes itself.
+        An Olympus ``.oib``/``.oif`` file, a TIFF (OME, ImageJ or plain) or a PNG. Globs are
+        not accepted: each file describes itself.
 
     Returns
     -------
@@ -211,7 +219,8 @@ def read_header(path: PathLike) -> dict[str, Any]:
         ``scan_direction`` (Olympus ``ScanDirection``), ``frame_interval_s`` (OME
         ``TimeIncrement``, ImageJ ``finterval``, Olympus T axis), ``instrument`` (Olympus
         ``SystemName``). ``sources``
-        maps each of those that was found to the field it came from.
+        maps each of those that was found to the field it came from. A PNG records only its
+        size, pixel size (``pHYs``) and significant bits (``sBIT``, as recorded).
 
     Raises
     ------
@@ -238,6 +247,8 @@ def read_header(path: PathLike) -> dict[str, Any]:
     try:
         if fmt == "tiff":
             declared, meta = _read_tiff_header(path, header)
+        elif fmt == "png":
+            declared, meta = _read_png_header(path)
         else:
             declared, meta = _read_olympus_header(path, fmt, header)
     except InputError:
@@ -265,5 +276,6 @@ def read_header(path: PathLike) -> dict[str, Any]:
             "oif": "Olympus Reference Image Parameter / axis calibration",
             "ome-tiff": "OME Pixels/PhysicalSizeX,Y",
             "imagej-tiff": "TIFF resolution tags in the ImageJ unit",
+            "png": "PNG pHYs chunk",
         }.get(header["format"], "TIFF resolution tags")
     return jsonable(header)

@@ -18,6 +18,9 @@ from fastscan.io import InputError, read_header
 
 #: File name endings read as images; anything else in the folders is listed as skipped.
 IMAGE_SUFFIXES = (".oib", ".oif", ".tif", ".tiff")
+#: Why PNG files are skipped: each holds one frame, and a sheet row names one file per series
+#: (or a glob, which the pairing rules cannot propose).
+_PNG_SKIPPED = "a PNG frame: the sheet pairs whole files; write a glob of the frames (e.g. raw/1/*.png) into the sheet's lr column by hand"
 #: Words that name a file's role rather than its field of view; removed from names to match
 #: an LR series with its HR target (``fov3_fast.tif`` with ``fov3_slow.tif``). A trailing number
 #: is removed with them (``hr512``, ``x2``).
@@ -166,7 +169,11 @@ def find_files(folders: Sequence[str | os.PathLike]) -> list[Entry]:
                 seen.add(path.resolve())
                 found.append(Entry(path, root))
         if not any(e.path.name.lower().endswith(IMAGE_SUFFIXES) for e in found):
-            raise PairingError(f"{root}: holds no OIB, OIF or TIFF file ({len(found)} other file(s)); name the folder that holds the session's images")
+            pngs = sum(e.path.name.lower().endswith(".png") for e in found)
+            hint = (
+                f"; its {pngs} PNG file(s) are not paired by the sheet: write globs of the frames (e.g. raw/1/*.png) into samples.tsv by hand" if pngs else ""
+            )
+            raise PairingError(f"{root}: holds no OIB, OIF or TIFF file ({len(found)} other file(s)); name the folder that holds the session's images{hint}")
         entries.extend(found)
     return entries
 
@@ -176,6 +183,9 @@ def describe(entries: Iterable[Entry]) -> tuple[list[Entry], list[Unpaired]]:
     usable: list[Entry] = []
     left: list[Unpaired] = []
     for entry in entries:
+        if entry.path.name.lower().endswith(".png"):
+            left.append(Unpaired(entry, "skipped", "-", _PNG_SKIPPED))
+            continue
         if not entry.path.name.lower().endswith(IMAGE_SUFFIXES):
             left.append(Unpaired(entry, "skipped", "-", "not an OIB, OIF or TIFF file"))
             continue
