@@ -9,7 +9,7 @@ import zarr
 from fastscan.dataset import normalise, read_dataset
 from fastscan.models import load_generator, load_state_dict
 from fastscan.restore.fov import restore_fov
-from fastscan.train import resolve_config, train_critic, train_gan, train_generator
+from fastscan.train import recompute_bn_stats, resolve_config, train_critic, train_gan, train_generator
 
 TINY = {
     "batch_size": 4,
@@ -53,9 +53,19 @@ def test_three_stages_write_loadable_models(tmp_path, tiny_dataset):
     np.testing.assert_allclose(g["lr"][...], normalise(raw["lr"][:2], *meta["normalisation"]["lr"]), rtol=1e-6)
     assert g["gan"].shape == g["mse"].shape == g["classical"].shape == (2, 128, 128)
     assert g.attrs["fastscan"]["methods"] == ["classical", "mse", "gan"]
-    # The GAN stage changed the generator it started from.
+    # The GAN stage changed the generator's weights, not only its BatchNorm statistics.
     before, after = load_state_dict(mse / "generator.pth"), load_state_dict(gan / "generator.pth")
-    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert any(not torch.equal(before[k], after[k]) for k in before if "running_" not in k and "num_batches" not in k)
+    # Its BatchNorm statistics are the training tiles' own, re-estimated at the end of the stage,
+    # not where fastai's train-mode forward passes of the frozen generator (critic batches) left
+    # them: a second estimate agrees. Tolerance: the second estimate runs one more power
+    # iteration of the attention's spectral norm (train mode) and sums in another order; a drifted
+    # exponential average of batches of 4 differs by percents.
+    stats = {k: v.clone() for k, v in model.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+    assert stats and recompute_bn_stats(model, tiny_dataset, frames=1, size=None, seed=5)["tiles"] > 0
+    again = model.state_dict()
+    for k, v in stats.items():
+        torch.testing.assert_close(again[k], v, rtol=1e-3, atol=1e-5, msg=k)
 
 
 RESUME_SCRIPT = """
@@ -176,3 +186,28 @@ def test_lowres_generator_trains_and_warns_about_small_crops(tmp_path, tiny_data
     model, _ = load_generator(tmp_path / "mse", device="cpu")
     with torch.no_grad():
         assert model(torch.rand(1, 1, 32, 32)).shape == (1, 1, 64, 64)
+
+
+def test_recompute_bn_stats_gives_the_training_tiles_statistics(tiny_dataset):
+    """Precise BN: the running statistics become the BatchNorm input's mean and (unbiased)
+    variance over the training tiles, whatever they were, and the model is left in eval mode."""
+    from fastscan.dataset import TileDataset
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.BatchNorm2d(3))
+    model[1].running_mean.fill_(7.0)
+    model[1].running_var.fill_(0.01)
+    model.train()
+    ds = TileDataset(tiny_dataset, "train", augment=False)
+    assert len(ds) <= 32  # one batch: the cumulative average is the whole split's statistics
+    info = recompute_bn_stats(model, tiny_dataset, frames=1, size=None)
+    assert info == {"tiles": len(ds), "batch": 32} and not model.training
+    with torch.no_grad():
+        feats = model[0](torch.stack([ds[i][0] for i in range(len(ds))]))
+    want_mean = feats.mean(dim=(0, 2, 3))
+    want_var = feats.transpose(0, 1).reshape(3, -1).var(dim=1, unbiased=True)
+    # float32 sums over ~10^4 values in another order: agreement to 1e-5 relative.
+    torch.testing.assert_close(model[1].running_mean, want_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model[1].running_var, want_var, rtol=1e-5, atol=1e-6)
+    assert model[1].momentum == 0.1  # the layer's own momentum is given back
+    assert recompute_bn_stats(torch.nn.Conv2d(1, 1, 1), tiny_dataset, frames=1, size=None) == {"tiles": 0, "batch": 0}
