@@ -37,6 +37,10 @@ Data:
   ``sample``, ``session``, ``fov``, ``split`` (train, val or test). One dataset is built from all
   train/val rows; the tables are per sample of the test rows.
 
+``--ensemble flips`` restores every test frame as the mean of its predictions flipped
+left-right, up-down and both, flipped back: fastscan through ``restore.ensemble: flips``, CARE and
+PSSR2 through the same averaging in the worker, so no method gets a self-ensemble the others lack.
+
 Every step's output is kept under ``--out`` and reused by a later run with the same ``--out``
 (simulated FOVs, dataset, models and their training times, restored stores, exported arrays, each
 peer's predictions); delete the folder to start over. Training times are measured on the machine
@@ -426,7 +430,7 @@ def held_out(fovs: list[dict]) -> list[dict]:
     return [{**f, "key": f"{f['sample']}_{f['session']}_{f['fov']}"} for f in fovs if f["split"] == "test"]
 
 
-def restore_tests(tests: list[dict], models: dict[str, Path], out: Path, *, frames: int, classical: bool = True) -> None:
+def restore_tests(tests: list[dict], models: dict[str, Path], out: Path, *, frames: int, classical: bool = True, ensemble: str = "none") -> None:
     from fastscan.restore.fov import restore_fov
 
     for t in tests:
@@ -443,13 +447,16 @@ def restore_tests(tests: list[dict], models: dict[str, Path], out: Path, *, fram
             batch_size=None,
             threads=2,
             classical=classical,
+            ensemble=ensemble,
         )
 
 
-def run_peer(peer: str, python: Path, data: Path, out: Path, *, budget: float, batch_size: int, smoke: bool) -> dict:
+def run_peer(peer: str, python: Path, data: Path, out: Path, *, budget: float, batch_size: int, smoke: bool, ensemble: str = "none") -> dict:
     result = out / "result.json"
     if result.is_file():
         res = json.loads(result.read_text())
+        if res.get("ensemble", "none") != ensemble:
+            raise SystemExit(f"{result}: predicted with ensemble {res.get('ensemble', 'none')!r}, not {ensemble!r}; use another --out")
         _log(f"{peer}: predictions of an earlier run ({res['train_s']:.0f} s of training)")
         return res
     cmd = [
@@ -467,6 +474,8 @@ def run_peer(peer: str, python: Path, data: Path, out: Path, *, budget: float, b
         str(batch_size),
         "--threads",
         "2",
+        "--ensemble",
+        ensemble,
     ]
     if smoke:
         cmd.append("--smoke")
@@ -499,6 +508,12 @@ def main(argv: list[str] | None = None) -> int:
         default="quality",
         help="fastscan's training schedule: quality.py's TRAIN, 'short' (half its epochs, for a loaded machine), or 'cpu' "
         "(the lowres generator with a smoothed residual base, batch 4: more steps per CPU second)",
+    )
+    ap.add_argument(
+        "--ensemble",
+        default="none",
+        choices=["none", "flips"],
+        help="flips: every method (fastscan's restore.ensemble, CARE and PSSR2 alike) predicts the mean over the four flips",
     )
     ap.add_argument("--smoke", action="store_true", help="tiny data, one short epoch per stage: checks every code path, measures nothing")
     args = ap.parse_args(argv)
@@ -545,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     budget = float(args.budget) if args.budget is not None else float(times["total"])
 
     t = time.perf_counter()
-    restore_tests(tests, {"mse": models["mse"], "gan": models["gan"]}, out / "restored", frames=args.eval_frames)
+    restore_tests(tests, {"mse": models["mse"], "gan": models["gan"]}, out / "restored", frames=args.eval_frames, ensemble=args.ensemble)
     timer.step("fastscan restore (+ classical)", t)
 
     t = time.perf_counter()
@@ -562,7 +577,9 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for peer in args.peers:
         t = time.perf_counter()
-        results[peer] = run_peer(peer, pythons[peer], export, out / "peers" / peer, budget=budget, batch_size=int(config["batch_size"]), smoke=args.smoke)
+        results[peer] = run_peer(
+            peer, pythons[peer], export, out / "peers" / peer, budget=budget, batch_size=int(config["batch_size"]), smoke=args.smoke, ensemble=args.ensemble
+        )
         timer.step(f"{peer}: train + predict", t)
         r = results[peer]
         _log(
@@ -604,7 +621,8 @@ def main(argv: list[str] | None = None) -> int:
     tab.to_csv(out / "table.tsv", sep="\t", index=False)
     print(
         f"\nData: {source}; {manifest['counts']['train']} train / {manifest['counts']['val']} val tile pairs "
-        f"({manifest['tile']} px LR tiles, x{manifest['scale']}); same tiles, split, test frames and metric code for every method."
+        f"({manifest['tile']} px LR tiles, x{manifest['scale']}); same tiles, split, test frames and metric code for every method; "
+        f"ensemble {args.ensemble}."
     )
     print(
         f"fastscan training: MSE {times['mse']:.0f} s + critic {times['critic']:.0f} s + GAN {times['gan']:.0f} s = {times['total']:.0f} s "
@@ -630,7 +648,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\nFrames on which each method scores best:")
     for (sample, metric), w in wn.groupby(["sample", "metric"], sort=False):
         print(f"  {sample} {metric}: " + ", ".join(f"{r['method']} {r['frames_won']}" for _, r in w.sort_values("frames_won", ascending=False).iterrows()))
-    (out / "peers.json").write_text(json.dumps({"fastscan": times, "budget_s": budget, "peers": results, "source": source}, indent=1, default=str))
+    (out / "peers.json").write_text(
+        json.dumps({"fastscan": times, "budget_s": budget, "peers": results, "source": source, "ensemble": args.ensemble}, indent=1, default=str)
+    )
     if args.smoke:
         print("\n(smoke run: tiny schedules, the numbers measure nothing)")
     print("\nstep times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timer.steps.items()))

@@ -48,6 +48,20 @@ def _loadavg() -> float | None:
         return None
 
 
+def _flip_ensemble(predict, x: np.ndarray, *, ensemble: str) -> np.ndarray:
+    """``predict(x)`` (frames ``(T, Y, X)``), or with ``ensemble == "flips"`` the mean of its
+    predictions of ``x`` flipped left-right, up-down and both, flipped back: the self-ensemble
+    fastscan's ``restore.ensemble: flips`` runs, given to the peers too."""
+    if ensemble == "none":
+        return predict(x)
+    out = None
+    for axes in ((), (-1,), (-2,), (-2, -1)):
+        pred = predict(np.ascontiguousarray(np.flip(x, axes) if axes else x))
+        pred = np.flip(pred, axes) if axes else pred
+        out = pred.astype(np.float64) if out is None else out + pred
+    return (out / 4).astype(np.float32)
+
+
 def _pad_to(x: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
     """Reflect-pad the last two axes up to a multiple of ``multiple``; returns the original size."""
     y, xx = x.shape[-2:]
@@ -61,7 +75,7 @@ def _pad_to(x: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
 # CARE (CAREamics)
 
 
-def run_care(data: Path, out: Path, manifest: dict, *, budget: float, batch_size: int, seed: int, smoke: bool, t0: float) -> dict:
+def run_care(data: Path, out: Path, manifest: dict, *, budget: float, batch_size: int, seed: int, smoke: bool, t0: float, ensemble: str) -> dict:
     from careamics import CAREamist, __version__
     from careamics.config import create_advanced_care_config
 
@@ -91,14 +105,14 @@ def run_care(data: Path, out: Path, manifest: dict, *, budget: float, batch_size
 
     t1 = time.perf_counter()
     depth = int(getattr(care.config.algorithm_config.model, "depth", 2))
-    preds = {}
-    for test in manifest["tests"]:
-        x = _load(data, test["up"])
+
+    def predict(x: np.ndarray) -> np.ndarray:
         xp, (h, w) = _pad_to(x, 2**depth)
         pred, _ = care.predict(xp, axes="SYX", data_type="array", batch_size=1, tile_size=None, tile_overlap=None, checkpoint="best")
         arr = np.asarray(pred[0] if len(pred) == 1 else np.stack([np.asarray(p) for p in pred]), dtype=np.float32)
-        arr = arr.reshape(x.shape[0], *xp.shape[-2:])[:, :h, :w]
-        preds[test["key"]] = arr
+        return arr.reshape(x.shape[0], *xp.shape[-2:])[:, :h, :w]
+
+    preds = {test["key"]: _flip_ensemble(predict, _load(data, test["up"]), ensemble=ensemble) for test in manifest["tests"]}
     return {
         "peer": "care",
         "package": f"careamics {__version__}",
@@ -159,7 +173,7 @@ def _max_ssim_win(hr_res: int) -> int:
     return size + 1 if size % 2 == 0 else size
 
 
-def run_pssr2(data: Path, out: Path, manifest: dict, *, budget: float, batch_size: int, seed: int, smoke: bool, t0: float) -> dict:
+def run_pssr2(data: Path, out: Path, manifest: dict, *, budget: float, batch_size: int, seed: int, smoke: bool, t0: float, ensemble: str) -> dict:
     import random
     from importlib.metadata import version
 
@@ -214,14 +228,15 @@ def run_pssr2(data: Path, out: Path, manifest: dict, *, budget: float, batch_siz
     train_s = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    preds = {}
     depth = len(hidden) - 1
-    with torch.no_grad():
-        for test in manifest["tests"]:
-            x = _load(data, test["lr"])
-            xp, (h, w) = _pad_to(x, 2**depth)
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        xp, (h, w) = _pad_to(x, 2**depth)
+        with torch.no_grad():
             frames = [model(torch.from_numpy(f[None, None] * 255.0)).numpy()[0, 0] / 255.0 for f in xp]
-            preds[test["key"]] = np.stack(frames).astype(np.float32)[:, : scale * h, : scale * w]
+        return np.stack(frames).astype(np.float32)[:, : scale * h, : scale * w]
+
+    preds = {test["key"]: _flip_ensemble(predict, _load(data, test["lr"]), ensemble=ensemble) for test in manifest["tests"]}
     return {
         "peer": "pssr2",
         "package": f"pssr {version('pssr')}",
@@ -250,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="one epoch, a tiny PSSR2 network")
+    ap.add_argument(
+        "--ensemble", default="none", choices=["none", "flips"], help="flips: predict the mean over the four flips (as fastscan's restore.ensemble)"
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -259,11 +277,15 @@ def main(argv: list[str] | None = None) -> int:
     manifest = json.loads((args.data / "manifest.json").read_text())
     load0 = _loadavg()
     t0 = time.perf_counter()
-    res = PEERS[args.peer](args.data, args.out, manifest, budget=args.budget, batch_size=args.batch_size, seed=args.seed, smoke=args.smoke, t0=t0)
+    res = PEERS[args.peer](
+        args.data, args.out, manifest, budget=args.budget, batch_size=args.batch_size, seed=args.seed, smoke=args.smoke, t0=t0, ensemble=args.ensemble
+    )
     (args.out / "pred").mkdir(exist_ok=True)
     for key, arr in res.pop("preds").items():
         np.save(args.out / "pred" / f"{key}.npy", arr)
-    res.update(budget_s=args.budget, threads=torch.get_num_threads(), torch=torch.__version__, loadavg_start=load0, loadavg_end=_loadavg())
+    res.update(
+        ensemble=args.ensemble, budget_s=args.budget, threads=torch.get_num_threads(), torch=torch.__version__, loadavg_start=load0, loadavg_end=_loadavg()
+    )
     (args.out / "result.json").write_text(json.dumps(res, indent=1))
     print(json.dumps(res), flush=True)
     return 0

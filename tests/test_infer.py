@@ -450,3 +450,55 @@ def test_compiled_generator_sees_one_batch_shape_and_layout_across_calls(monkeyp
     first, second = engine.predict(image), engine.predict(image)
     assert {s for s, _ in seen} == {5} and all(nhwc for _, nhwc in seen)
     np.testing.assert_array_equal(first, second)
+
+
+# --------------------------------------------------------------------------------------------
+# restore.ensemble: the flip self-ensemble
+
+
+class NearestPlusColumn(nn.Module):
+    """Nearest 2x upsampling plus the output column index: flip-equivariant content plus an
+    error that does not follow the image's flips (as a generator's position-bound artefacts)."""
+
+    def forward(self, x):
+        up = F.interpolate(x, scale_factor=2, mode="nearest")
+        return up + torch.arange(up.shape[-1], dtype=up.dtype).expand_as(up)
+
+
+def test_flip_ensemble_averages_the_four_flips_back_in_place():
+    image = np.random.default_rng(0).random((16, 16)).astype(np.float32)
+    plain = TileEngine(NearestPlusColumn(), scale=2, tile=16, overlap=0, batch_size=1, precision="float32")
+    flips = TileEngine(NearestPlusColumn(), scale=2, tile=16, overlap=0, batch_size=1, precision="float32", ensemble="flips")
+    up = np.kron(image, np.ones((2, 2), np.float32))
+    np.testing.assert_allclose(plain.predict(image), up + np.arange(32, dtype=np.float32), rtol=1e-6)
+    # Column j and its mirror 31 - j average to 15.5: the content stays where it is, the
+    # position-bound error becomes its mean.
+    np.testing.assert_allclose(flips.predict(image), up + 15.5, rtol=1e-6)
+
+
+def test_flip_ensemble_of_an_equivariant_generator_is_the_generator_through_tiles():
+    class Nearest(nn.Module):
+        def forward(self, x):
+            return F.interpolate(x, scale_factor=2, mode="nearest")
+
+    image = np.random.default_rng(1).random((50, 70)).astype(np.float32)
+    plain = TileEngine(Nearest(), scale=2, tile=24, overlap=6, batch_size=4, precision="float32")
+    engine = TileEngine(Nearest(), scale=2, tile=24, overlap=6, batch_size=4, precision="float32", ensemble="flips")
+    np.testing.assert_allclose(engine.predict(image), plain.predict(image), rtol=1e-6)
+    assert engine.tiles_run == plain.tiles_run  # the same tiles, each run four times
+
+
+def test_flip_ensemble_only_for_generators_of_geometry_corrected_frames(caplog):
+    from fastscan.restore.engine import check_ensemble
+
+    corrected = {"geometry": {"correct": True, "field_fraction": 0.8}}
+    assert check_ensemble("flips", corrected, model_dir="m") == "flips"
+    assert check_ensemble("none", {}, model_dir="m") == "none"
+    # A project-wide default must not fail a model it does not fit: that one restores without it.
+    assert check_ensemble("flips", {"geometry": {"correct": False}}, model_dir="raw/model") == "none"
+    assert "raw/model: restoring without restore.ensemble 'flips': the generator was not trained on geometry-corrected" in caplog.text
+    assert check_ensemble("flips", {}, model_dir="old/model") == "none"
+    with pytest.raises(ValueError, match="restore.ensemble must be one of"):
+        check_ensemble("rotations", corrected, model_dir="m")
+    with pytest.raises(ValueError, match="restore.ensemble must be one of"):
+        TileEngine(NearestPlusColumn(), scale=2, tile=16, overlap=0, ensemble="rotations")

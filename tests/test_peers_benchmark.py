@@ -183,3 +183,16 @@ def test_study_of_the_gan_stage_needs_the_models_it_starts_from(tmp_path):
     (tmp_path / "models" / "mse" / "model.json").write_text("{}")
     with pytest.raises(SystemExit, match=r"no critic/model\.json"):
         peers_study.main(["--data", str(data), "--out", str(tmp_path / "out"), "--name", "x", "--stage", "gan", "--from", str(tmp_path / "models")])
+
+
+def test_peers_get_the_same_flip_ensemble_as_fastscan():
+    import peers_worker
+
+    x = np.random.default_rng(0).random((2, 6, 8)).astype(np.float32)
+    column = np.arange(8, dtype=np.float32)
+
+    def predict(frames):  # flip-equivariant content plus a position-bound error
+        return frames + column
+
+    np.testing.assert_allclose(peers_worker._flip_ensemble(predict, x, ensemble="none"), x + column)
+    np.testing.assert_allclose(peers_worker._flip_ensemble(predict, x, ensemble="flips"), x + 3.5, rtol=1e-6)

@@ -163,5 +163,17 @@ def test_restore_options_default_to_the_config_schema():
     sub = next(a for a in _parser()._actions if a.dest == "command").choices["restore"]
     # --model names a model directory, restore.model a model of the workflow: not the same value.
     options = {a.dest: a.default for a in sub._actions if "default" in restore.get(a.dest, {})}
-    assert set(options) == {"level", "tile", "overlap", "batch_size", "region", "frames_per_chunk", "pyramid_levels", "precision", "compile", "device"}
+    assert set(options) == {
+        "level",
+        "tile",
+        "overlap",
+        "batch_size",
+        "region",
+        "frames_per_chunk",
+        "pyramid_levels",
+        "precision",
+        "compile",
+        "ensemble",
+        "device",
+    }
     assert options == {key: restore[key]["default"] for key in options}

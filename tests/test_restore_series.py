@@ -100,3 +100,19 @@ def test_series_resumes_from_finished_frame_batches(tmp_path, monkeypatch):
     prov = restore_series(lr, out, generator=(ConvStack(), META), tile=32, overlap=8, frames_per_chunk=2, pyramid_levels=1)
     assert prov["stats"] == {"units": 3, "computed": 1, "skipped": 2}
     assert np.isfinite(zarr.open_array(out / "0", mode="r")[:]).all()
+
+
+def test_flip_ensemble_is_recorded_and_skipped_for_raw_geometry_generators(tmp_path):
+    from fastscan.restore.engine import TileEngine
+
+    lr = tmp_path / "lr.ome.tif"
+    series = write_series(lr, frames=2)
+    raw = restore_series(lr, tmp_path / "raw.ome.zarr", generator=(ConvStack(), META), tile=32, overlap=8, pyramid_levels=1, ensemble="flips")
+    assert raw["ensemble"] == "none"  # META has no geometry section: trained on frames as acquired
+    meta = {**META, "geometry": {"correct": True, "field_fraction": 0.0}}
+    out = tmp_path / "flips.ome.zarr"
+    prov = restore_series(lr, out, generator=(ConvStack(), meta), tile=32, overlap=8, pyramid_levels=1, precision="float32", ensemble="flips")
+    assert prov["ensemble"] == "flips"
+    frame = (series[1].astype(np.float32) - 100) / 1000
+    want = TileEngine(ConvStack(), scale=2, tile=32, overlap=8, batch_size=4, precision="float32", ensemble="flips").predict(frame)
+    np.testing.assert_allclose(zarr.open_array(out / "0", mode="r")[1], want, atol=1e-5)

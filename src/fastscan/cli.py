@@ -65,6 +65,12 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
         choices=["off", "auto"],
         help="auto: torch.compile the generator on CUDA, falling back to eager if it fails (default %(default)s)",
     )
+    r.add_argument(
+        "--ensemble",
+        default="none",
+        choices=["none", "flips"],
+        help="flips: average each tile's restoration as it is and flipped three ways, 4x the compute (default %(default)s)",
+    )
     r.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     r.add_argument("--threads", type=int, default=None, help="CPU threads of torch")
 
@@ -218,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             pyramid_levels=args.pyramid_levels,
             precision=args.precision,
             compile=args.compile,
+            ensemble=args.ensemble,
             threads=args.threads,
             overwrite=args.overwrite,
             wait=args.wait,

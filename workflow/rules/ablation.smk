@@ -69,7 +69,7 @@ rule ablation_restore:
         runtime=60,
         gpu=1,
     params:
-        restore=config_keys("restore", "frames", "tile", "overlap", "device"),
+        restore=config_keys("restore", "frames", "tile", "overlap", "device", "ensemble"),
     script:
         "../scripts/restore_models.py"
 

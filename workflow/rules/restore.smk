@@ -24,7 +24,7 @@ rule restore_fov:
         gpu=1,
     params:
         # Always float32 (restore.precision is for slides and series); restore.batch_size: see config_keys.
-        restore=config_keys("restore", "frames", "tile", "overlap", "device"),
+        restore=config_keys("restore", "frames", "tile", "overlap", "device", "ensemble"),
     script:
         "../scripts/restore_fov.py"
 
@@ -48,7 +48,7 @@ rule restore_slide_plan:
         runtime=30,
     params:
         # The tiling is measured on the CPU whatever restore.device says.
-        restore=config_keys("restore", "level", "tile", "overlap", "region", "pyramid_levels", "precision"),
+        restore=config_keys("restore", "level", "tile", "overlap", "region", "pyramid_levels", "precision", "ensemble"),
         channel=get_slide_channel,
         store="results/restore/slides/{slide}.ome.zarr",
     script:
@@ -77,7 +77,7 @@ rule restore_slide_part:
         runtime=240,
         gpu=1,
     params:
-        restore=config_keys("restore", "level", "tile", "overlap", "region", "pyramid_levels", "precision", "device", "parts"),
+        restore=config_keys("restore", "level", "tile", "overlap", "region", "pyramid_levels", "precision", "device", "parts", "ensemble"),
         channel=get_slide_channel,
         store="results/restore/slides/{slide}.ome.zarr",
     script:
@@ -104,7 +104,7 @@ rule restore_slide:
         runtime=240,
         gpu=get_restore_slide_gpu,
     params:
-        restore=config_keys("restore", "level", "tile", "overlap", "region", "pyramid_levels", "precision", "device"),
+        restore=config_keys("restore", "level", "tile", "overlap", "region", "pyramid_levels", "precision", "device", "ensemble"),
         channel=get_slide_channel,
     script:
         "../scripts/restore_slide.py"
@@ -128,7 +128,7 @@ rule restore_series:
         runtime=120,
         gpu=1,
     params:
-        restore=config_keys("restore", "tile", "overlap", "pyramid_levels", "precision", "device"),
+        restore=config_keys("restore", "tile", "overlap", "pyramid_levels", "precision", "device", "ensemble"),
         series=get_series_params,
     script:
         "../scripts/restore_series.py"

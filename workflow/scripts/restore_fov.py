@@ -20,5 +20,6 @@ with rule_logging(snakemake.log[0]):
         overlap=cfg["overlap"],
         batch_size=snakemake.config["restore"]["batch_size"],
         device=resolve_device(cfg["device"]),
+        ensemble=cfg["ensemble"],
         threads=snakemake.threads,
     )

@@ -31,5 +31,6 @@ with rule_logging(snakemake.log[0]):
         device=resolve_device(cfg["device"]),
         precision=cfg["precision"],
         compile=fast["compile"],
+        ensemble=cfg["ensemble"],
         threads=snakemake.threads,
     )

@@ -53,6 +53,37 @@ def default_batch_size(device: str | torch.device, tile_shape: tuple[int, int], 
     return int(max(1, min(64, 0.5 * free // per_tile)))
 
 
+#: ``restore.ensemble`` values: none, or the flip self-ensemble (see :class:`TileEngine`).
+ENSEMBLES = ("none", "flips")
+#: The spatial flips of the self-ensemble, as ``torch.flip`` dims of an NCHW batch.
+FLIPS = ((), (-1,), (-2,), (-2, -1))
+
+
+def check_ensemble(ensemble: str, meta: dict, *, model_dir) -> str:
+    """The self-ensemble a generator (``model.json`` ``meta``, in ``model_dir``) restores with:
+    ``ensemble``, or ``none`` with a warning for a generator not trained on geometry-corrected frames.
+
+    A flip is a symmetry of the specimen only on geometry-corrected frames: on the raw scan
+    geometry it reverses the resonant sweep and swaps the odd and even lines' line phase, which
+    such a generator has learnt to undo in one direction only (as ``train.augment.flips``). The
+    setting is a project-wide default (``config/config.yaml``), so a model it does not fit (one
+    trained with ``dataset.correct_geometry: false``, or before models recorded their geometry)
+    restores without it rather than failing.
+    """
+    from fastscan.geometry import model_geometry
+
+    if ensemble not in ENSEMBLES:
+        raise ValueError(f"restore.ensemble must be one of {list(ENSEMBLES)}, got {ensemble!r}")
+    if ensemble == "flips" and model_geometry(meta) is None:
+        log.warning(
+            "%s: restoring without restore.ensemble 'flips': the generator was not trained on geometry-corrected frames, "
+            "and on the raw scan geometry a flip reverses the sweep and swaps the lines' phase",
+            model_dir,
+        )
+        return "none"
+    return ensemble
+
+
 class TileEngine:
     """Batched, blended tiled inference of a generator on normalised LR images.
 
@@ -89,6 +120,12 @@ class TileEngine:
         the generator through ``torch.compile`` on CUDA, every batch padded to the full batch
         size so that one tile shape compiles once; a compilation that fails falls back to the
         eager generator with a warning.
+    ensemble : {"none", "flips"}
+        ``restore.ensemble``: ``flips`` restores every tile four times, as it is and flipped
+        left-right, up-down and both, and averages the four predictions flipped back (a
+        self-ensemble: the generator's errors that do not follow the specimen's flips average
+        out; four times the compute). Only for generators trained on geometry-corrected frames
+        (:func:`check_ensemble`).
 
     Attributes
     ----------
@@ -116,11 +153,15 @@ class TileEngine:
         context: int | None = None,
         tiling: Tiling | None = None,
         compile: str = "off",
+        ensemble: str = "none",
     ) -> None:
         import torch
 
         from fastscan.models import is_channels_last
 
+        if ensemble not in ENSEMBLES:
+            raise ValueError(f"restore.ensemble must be one of {list(ENSEMBLES)}, got {ensemble!r}")
+        self.ensemble = ensemble
         self.model = model
         self.scale = int(scale)
         self.device = torch.device(device)
@@ -168,6 +209,18 @@ class TileEngine:
         from torch.func import functional_call
 
         return functional_call(self.model, self._lowp_state, (x,))
+
+    def _run_flips(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean of the generator's predictions of ``x`` flipped by each of :data:`FLIPS`,
+        each flipped back; accumulated in float32."""
+        import torch
+
+        out = None
+        for dims in FLIPS:
+            pred = self._run(torch.flip(x, dims) if dims else x)
+            pred = (torch.flip(pred, dims) if dims else pred).float()
+            out = pred if out is None else out.add_(pred)
+        return out / len(FLIPS)
 
     def _run_compiled(self, x: torch.Tensor) -> torch.Tensor:
         """The compiled generator on ``x``, padded to the full batch (a new shape would compile
@@ -360,7 +413,7 @@ class TileEngine:
             xb = xb.to(self.dtype)
         if self.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
-        pred = self._run(xb)
+        pred = self._run(xb) if self.ensemble == "none" else self._run_flips(xb)
         if pred.shape[-2:] != (s * ty, s * tx):
             raise ValueError(f"generator returned tiles of {tuple(pred.shape[-2:])} for LR tiles of {(ty, tx)} at scale {s}")
         return pred[:, 0].float()

@@ -14,7 +14,7 @@ import numpy as np
 import zarr
 
 from fastscan.atomic import atomic_path
-from fastscan.restore.engine import TileEngine
+from fastscan.restore.engine import TileEngine, check_ensemble
 from fastscan.restore.receptive import model_tiling
 from fastscan.restore.temporal import temporal_stack
 from fastscan.stores import RegisteredStore, read_registered
@@ -38,6 +38,7 @@ def restore_fov(
     threads: int | None = None,
     classical: bool = True,
     precision: str = "float32",
+    ensemble: str = "none",
 ) -> dict[str, Any]:
     """Restore the first ``frames`` frames of a registered FOV with each model, for evaluation.
 
@@ -63,6 +64,9 @@ def restore_fov(
     precision : str
         Compute dtype of the generators (:func:`fastscan.restore.prepare.resolve_precision`).
         Evaluations default to float32, so reported metrics do not depend on the machine.
+    ensemble : {"none", "flips"}
+        ``restore.ensemble``: the flip self-ensemble of :class:`fastscan.restore.engine.TileEngine`
+        (generators trained on geometry-corrected frames only, :func:`fastscan.restore.engine.check_ensemble`).
     """
     import torch
 
@@ -76,6 +80,7 @@ def restore_fov(
     store = read_registered(registered)
     n = min(int(frames), store.lr.shape[0])
     loaded, norm, scale = _load_models(models, device=device)
+    ensembles = {name: check_ensemble(ensemble, model_meta, model_dir=models[name]) for name, (_, model_meta) in loaded.items()}
     geometries = {name: model_geometry(meta) is not None for name, (_, meta) in loaded.items()}
     total = store.lr.shape[0]
     # Generators with temporal context also read the frames after the last restored one.
@@ -83,6 +88,7 @@ def restore_fov(
     lr_all, corrected_all, hr = _read_frames(store, read=min(total, n + max(windows.values()) // 2), norm=norm, correct=any(geometries.values()))
     lr = lr_all[:n]
     meta = _fov_meta(registered, store.attrs, loaded=loaded, models=models, n=n, classical=classical, scale=scale, norm=norm)
+    meta["ensemble"] = ensembles
     with atomic_path(out) as tmp:
         og = zarr.open_group(tmp, mode="w")
         og.create_array("lr", data=lr, chunks=(1,) + lr.shape[1:])
@@ -95,7 +101,16 @@ def restore_fov(
             source = corrected_all if geometries[name] else lr_all
             inputs = temporal_stack(source, range(n), frames=windows[name], total=total)
             pred = _predict_frames(
-                model, model_meta, inputs, scale=scale, tile=tile, overlap=overlap, batch_size=batch_size, device=device, precision=precision
+                model,
+                model_meta,
+                inputs,
+                scale=scale,
+                tile=tile,
+                overlap=overlap,
+                batch_size=batch_size,
+                device=device,
+                precision=precision,
+                ensemble=ensembles[name],
             )
             og.create_array(name, data=pred, chunks=(1,) + pred.shape[1:])
             log.info("restored %d frame(s) of %s with %s in %.1f s", n, registered, name, time.time() - t0)
@@ -190,10 +205,11 @@ def _predict_frames(
     batch_size: int | None,
     device: str,
     precision: str,
+    ensemble: str = "none",
 ) -> np.ndarray:
     """One generator's restoration of ``inputs`` (frames or temporal windows), frame by frame."""
     # One tiling and one engine for all frames: buffers (and any low-precision weights) once.
     model = model.eval()
     tiling = model_tiling(model, model_meta, scale=scale, tile=tile, overlap=overlap, device=device)
-    engine = TileEngine(model, scale=scale, tiling=tiling, batch_size=batch_size, device=device, precision=precision, channels_last=False)
+    engine = TileEngine(model, scale=scale, tiling=tiling, batch_size=batch_size, device=device, precision=precision, channels_last=False, ensemble=ensemble)
     return np.stack([engine.predict(f) for f in inputs])

@@ -20,7 +20,7 @@ import numpy as np
 import zarr
 
 from fastscan.lock import output_lock
-from fastscan.restore.engine import TileEngine
+from fastscan.restore.engine import TileEngine, check_ensemble
 from fastscan.restore.ngff import _finish_image, _versions
 from fastscan.restore.prepare import _load_model
 from fastscan.restore.receptive import model_tiling
@@ -51,6 +51,7 @@ def restore_series(
     device: str = "cpu",
     precision: str = "auto",
     compile: str = "off",
+    ensemble: str = "none",
     threads: int | None = None,
     pixel_size_um: float | None = None,
     progress: bool | None = None,
@@ -81,6 +82,9 @@ def restore_series(
     tile, overlap, batch_size, device, precision, compile, threads
         As in :func:`fastscan.restore.slide.restore_slide` (a series has no earlier plan to take
         the tiling from: a resumed series decides it again, the same way).
+    ensemble : {"none", "flips"}
+        ``restore.ensemble`` (:class:`fastscan.restore.engine.TileEngine`); part of the plan, so a
+        resumed series is finished the same way.
     frames_per_chunk : int
         Frames per work unit (restored, written and marked together).
     pyramid_levels : int
@@ -112,6 +116,7 @@ def restore_series(
             device=device,
             precision=precision,
             compile=compile,
+            ensemble=ensemble,
             threads=threads,
             pixel_size_um=pixel_size_um,
             progress=progress,
@@ -134,6 +139,7 @@ def _restore_series(
     device,
     precision,
     compile,
+    ensemble,
     threads,
     pixel_size_um,
     progress,
@@ -155,7 +161,10 @@ def _restore_series(
     frames = normalise(prepare_frames(raw, meta), *meta["normalisation"]["lr"])
     del raw
     tiling = model_tiling(model, meta, scale=int(meta["scale"]), tile=tile, overlap=overlap, device=device)
-    engine = TileEngine(model, scale=int(meta["scale"]), tiling=tiling, batch_size=batch_size, device=device, precision=precision, compile=compile)
+    ensemble = check_ensemble(ensemble, meta, model_dir=model_dir or desc.get("path", "the generator"))
+    engine = TileEngine(
+        model, scale=int(meta["scale"]), tiling=tiling, batch_size=batch_size, device=device, precision=precision, compile=compile, ensemble=ensemble
+    )
     px = smeta.get("pixel_size_um") or ([float(pixel_size_um)] * 2 if pixel_size_um else None)
     plan = _series_plan(
         lr, frames, desc=desc, engine=engine, channel=channel, frames_per_chunk=frames_per_chunk, precision=precision, pyramid_levels=pyramid_levels, px=px
@@ -211,6 +220,7 @@ def _series_plan(
         "frames_per_chunk": max(1, int(frames_per_chunk)),
         "chunk": min(1024, s * max(ny, nx)),
         "precision": precision,
+        "ensemble": engine.ensemble,
         "pyramid_levels": int(pyramid_levels),
         "input_pixel_size_um": px,
     }
@@ -327,6 +337,7 @@ def _series_provenance(
         "overlap": plan["overlap"],
         "tile_shape": plan["tile_shape"],
         "precision": plan["precision"],
+        "ensemble": plan["ensemble"],
         "normalisation": meta["normalisation"],
         "stats": dict(stats),
         "versions": _versions(),

@@ -25,7 +25,7 @@ import zarr
 
 from fastscan.lock import output_lock
 from fastscan.restore import RestoreError
-from fastscan.restore.engine import TileEngine
+from fastscan.restore.engine import TileEngine, check_ensemble
 from fastscan.restore.ngff import _finish_image, _versions
 from fastscan.restore.prepare import _load_model
 from fastscan.restore.receptive import model_tiling
@@ -138,6 +138,7 @@ def _slide_plan(
         "region": int(region),
         "chunk": engine.scale * int(region),
         "precision": precision,
+        "ensemble": engine.ensemble,
         "pyramid_levels": int(pyramid_levels),
         "input_pixel_size_um": smeta.get("pixel_size_um"),
     }
@@ -161,7 +162,24 @@ def _create_slide_store(plan: Mapping[str, Any]) -> Callable[[zarr.Group], None]
 
 
 def _setup_slide(
-    path, out, *, model_dir, generator, channel, level, tile, overlap, batch_size, region, pyramid_levels, device, precision, threads, part, compile="off"
+    path,
+    out,
+    *,
+    model_dir,
+    generator,
+    channel,
+    level,
+    tile,
+    overlap,
+    batch_size,
+    region,
+    pyramid_levels,
+    device,
+    precision,
+    threads,
+    part,
+    compile="off",
+    ensemble="none",
 ) -> tuple[dict[str, Any], TileEngine, list, dict[str, Any], Path, bool]:
     import torch
 
@@ -189,7 +207,10 @@ def _setup_slide(
         tile = overlap = None
     # A resumed restoration keeps the tiling its finished regions were restored with, where none is asked.
     tiling = model_tiling(model, meta, scale=int(meta["scale"]), tile=tile, overlap=overlap, planned=old if same_work else None, device=device)
-    engine = TileEngine(model, scale=int(meta["scale"]), tiling=tiling, batch_size=batch_size, device=device, precision=precision, compile=compile)
+    ensemble = check_ensemble(ensemble, meta, model_dir=desc["path"] or type(model).__name__)
+    engine = TileEngine(
+        model, scale=int(meta["scale"]), tiling=tiling, batch_size=batch_size, device=device, precision=precision, compile=compile, ensemble=ensemble
+    )
     plan = _slide_plan(
         path,
         desc=desc,
@@ -281,7 +302,9 @@ def slide_options(restore: Mapping[str, Any], *, batch: bool = True) -> dict[str
     the tiling on the CPU, the others resolve ``restore.device``.
     """
     keys = ("level", "tile", "overlap", "region", "pyramid_levels", "precision") + (("batch_size", "compile") if batch else ())
-    return {k: restore[k] for k in keys}
+    # restore.ensemble is in the plan, so the plan job and the parts take it alike; a config
+    # section written before the key existed restores without it.
+    return {**{k: restore[k] for k in keys}, "ensemble": restore.get("ensemble", "none")}
 
 
 def prepare_slide(
@@ -298,6 +321,7 @@ def prepare_slide(
     pyramid_levels: int = 3,
     device: str = "cpu",
     precision: str = "auto",
+    ensemble: str = "none",
     threads: int | None = None,
     overwrite: bool = False,
     wait: bool = False,
@@ -330,6 +354,7 @@ def prepare_slide(
             pyramid_levels=pyramid_levels,
             device=device,
             precision=precision,
+            ensemble=ensemble,
             threads=threads,
             part=None,
         )
@@ -363,6 +388,7 @@ def restore_slide(
     device: str = "cpu",
     precision: str = "auto",
     compile: str = "off",
+    ensemble: str = "none",
     threads: int | None = None,
     part: tuple[int, int] | None = None,
     progress: bool | None = None,
@@ -407,6 +433,9 @@ def restore_slide(
     compile : {"off", "auto"}
         ``restore.compile``: ``auto`` runs the generator through ``torch.compile`` on CUDA
         (:func:`fastscan.restore.prepare.compile_generator`); speed only, never in the plan.
+    ensemble : {"none", "flips"}
+        ``restore.ensemble``: the flip self-ensemble of :class:`fastscan.restore.engine.TileEngine`;
+        in the plan, so every part of a slide restores the same way.
     threads : int, optional
         CPU threads of torch.
     part : (int, int), optional
@@ -447,6 +476,7 @@ def restore_slide(
             threads=threads,
             part=part,
             compile=compile,
+            ensemble=ensemble,
         )
         units = _part_units(_slide_units(plan), part)
         stats = _restore_slide_units(plan, engine, planes, meta, partial, units, path=path, progress=progress)
@@ -502,6 +532,7 @@ def _finalize_slide(out: str | os.PathLike, *, stats: Mapping[str, Any] | None =
         "tile_shape": plan["tile_shape"],
         "region": plan["region"],
         "precision": plan["precision"],
+        "ensemble": plan.get("ensemble", "none"),
         "normalisation": plan["model"]["normalisation"],
         "regions": len(units),
         "stats": dict(stats or {}),
