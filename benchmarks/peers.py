@@ -101,6 +101,8 @@ SCHEDULES: dict[str, dict[str, Any]] = {
     #   base_sigma 6, flips only                  25.76 / 0.906 / 0.05
     #   base_sigma 6, flips only, frames 3        27.32 / 0.924 / 0.04
     #     the same, seed 1                        27.32 / 0.927 / 0.03
+    #   ... frames 5                              27.38 / 0.924 / 0.05
+    #   ... frames 3, base_sigma 10               27.35 / 0.913 / 0.04
     #   CARE, 360 s on the same idle machine      25.93 / 0.927 / 0.02
     # The zoom resamples the noisy LR tile and lighting/contrast move a pixel's noise away from the
     # level its intensity implies; flips keep the noise statistics. A smoother base leaves less
