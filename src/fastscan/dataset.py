@@ -417,8 +417,10 @@ class TileDataset:
         max_memory_mb: float = 2048.0,
         frames: int = 1,
     ) -> None:
+        from fastscan.geometry import model_geometry
+
         g, table, attrs = read_dataset(path)
-        if flips and not attrs.get("geometry", {}).get("correct", False):
+        if flips and model_geometry(attrs) is None:
             raise DatasetError(
                 f"{path}: train.augment.flips needs geometry-corrected tiles (dataset.correct_geometry: true); "
                 "on the raw scan geometry a flip reverses the sweep and swaps the odd and even lines' phase (set train.augment.flips: false to train on it)"

@@ -59,6 +59,12 @@ ENSEMBLES = ("none", "flips")
 FLIPS = ((), (-1,), (-2,), (-2, -1))
 
 
+def _known_ensemble(ensemble: str) -> str:
+    if ensemble not in ENSEMBLES:
+        raise ValueError(f"restore.ensemble must be one of {list(ENSEMBLES)}, got {ensemble!r}")
+    return ensemble
+
+
 def check_ensemble(ensemble: str, meta: dict, *, model_dir) -> str:
     """The self-ensemble a generator (``model.json`` ``meta``, in ``model_dir``) restores with:
     ``ensemble``, or ``none`` with a warning for a generator not trained on geometry-corrected frames.
@@ -72,9 +78,7 @@ def check_ensemble(ensemble: str, meta: dict, *, model_dir) -> str:
     """
     from fastscan.geometry import model_geometry
 
-    if ensemble not in ENSEMBLES:
-        raise ValueError(f"restore.ensemble must be one of {list(ENSEMBLES)}, got {ensemble!r}")
-    if ensemble == "flips" and model_geometry(meta) is None:
+    if _known_ensemble(ensemble) == "flips" and model_geometry(meta) is None:
         log.warning(
             "%s: restoring without restore.ensemble 'flips': the generator was not trained on geometry-corrected frames, "
             "and on the raw scan geometry a flip reverses the sweep and swaps the lines' phase",
@@ -159,9 +163,7 @@ class TileEngine:
 
         from fastscan.models import is_channels_last
 
-        if ensemble not in ENSEMBLES:
-            raise ValueError(f"restore.ensemble must be one of {list(ENSEMBLES)}, got {ensemble!r}")
-        self.ensemble = ensemble
+        self.ensemble = _known_ensemble(ensemble)
         self.model = model
         self.scale = int(scale)
         self.device = torch.device(device)

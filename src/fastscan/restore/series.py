@@ -161,7 +161,7 @@ def _restore_series(
     frames = normalise(prepare_frames(raw, meta), *meta["normalisation"]["lr"])
     del raw
     tiling = model_tiling(model, meta, scale=int(meta["scale"]), tile=tile, overlap=overlap, device=device)
-    ensemble = check_ensemble(ensemble, meta, model_dir=model_dir or desc.get("path", "the generator"))
+    ensemble = check_ensemble(ensemble, meta, model_dir=desc["path"] or type(model).__name__)
     engine = TileEngine(
         model, scale=int(meta["scale"]), tiling=tiling, batch_size=batch_size, device=device, precision=precision, compile=compile, ensemble=ensemble
     )
