@@ -13,7 +13,7 @@ import yaml
 
 from fastscan.cli import main
 from fastscan.dataset import normalise
-from fastscan.export import ARCH_KWARGS, export_model
+from fastscan.export import ARCH_KWARGS, ExportError, export_model
 from fastscan.models import build_generator, load_generator, resolve_architecture, save_state_dict, write_model_json
 from fastscan.restore.engine import predict_image
 from fastscan.torch_generator import FastscanGenerator
@@ -71,6 +71,10 @@ def package(model_dir, tmp_path_factory):
         # A smoothed residual base (architecture.base_sigma), both variants.
         {"img_size": [64, 64], "base_sigma": 1.5},
         {"variant": "lowres", "img_size": [64, 64], "base_sigma": 1.0},
+        # Temporal context: three frames in, the middle one restored (its base, its HR head input).
+        {"img_size": [64, 64], "frames": 3},
+        {"variant": "lowres", "img_size": [64, 64], "frames": 3, "base_sigma": 1.0},
+        {"variant": "lowres", "img_size": [64, 64], "frames": 5, "hr_head": 8},
     ],
 )
 def test_plain_torch_architecture_loads_the_state_dict_and_gives_the_same_output(overrides):
@@ -78,7 +82,7 @@ def test_plain_torch_architecture_loads_the_state_dict_and_gives_the_same_output
     arch = resolve_architecture(overrides)
     plain = FastscanGenerator(**{k: arch[k] for k in ARCH_KWARGS})
     plain.load_state_dict(model.state_dict(), strict=True)  # every key, same names and shapes
-    x = torch.rand(2, 1, 32, 64, generator=torch.Generator().manual_seed(1))
+    x = torch.rand(2, arch["frames"], 32, 64, generator=torch.Generator().manual_seed(1))
     if arch["variant"] == "faithful":
         x = x[..., :16, :32]  # its U-Net runs on the tile resized by 2: the same U-Net input size
     with torch.inference_mode():
@@ -234,3 +238,78 @@ def test_info_shows_training_normalisation_geometry_metrics_and_version(model_di
     assert "LR [100.0, 4000.0] -> [0, 1], HR [50.0, 3000.0] -> [0, 1]" in text
     assert "field fraction 0.8" in text and "LR tiles of 32 px" in text and json.dumps(META["dataset"]["counts"]) in text
     assert "gan" in text and "PSNR  26.00 dB  SSIM 0.750" in text  # the mean of this model's rows only
+
+
+@pytest.fixture(scope="module")
+def temporal_package(tmp_path_factory):
+    """A generator with a temporal window of three frames (``train.architecture.frames: 3``),
+    exported with a sample stack whose frames differ, so the window's order matters."""
+    arch = resolve_architecture({"variant": "lowres", "img_size": [64, 64], "frames": 3, "base_sigma": 1.0})
+    root = tmp_path_factory.mktemp("temporal")
+    model_dir = root / "mito3"
+    model_dir.mkdir()
+    save_state_dict(_generator(arch, seed=3), model_dir / "generator.pth")
+    write_model_json(model_dir, {**META, "architecture": arch})
+    rng = np.random.default_rng(5)
+    stack = (100 + 3900 * rng.random((4, 40, 40))).astype(np.float32)  # a 4-frame series; the first 3 are the window
+    np.save(root / "series.npy", stack)
+    out = root / "mito3.bioimageio.zip"
+    summary = export_model(model_dir, out, onnx=False, test=False, sample=root / "series.npy")
+    return out, summary, model_dir, stack
+
+
+def test_a_temporal_generator_exports_with_one_channel_per_frame_of_its_window(temporal_package):
+    from bioimageio.spec import InvalidDescr, load_model_description
+
+    out, summary, model_dir, stack = temporal_package
+    assert summary["max_abs_diff"] <= 1e-4  # the plain-torch architecture takes the window too
+    with zipfile.ZipFile(out) as z:
+        rdf = yaml.safe_load(z.read("rdf.yaml"))
+        readme = z.read("README.md").decode()
+        tile = np.load(z.open("test_input.npy"))
+        restored = np.load(z.open("test_output.npy"))
+    channel = rdf["inputs"][0]["axes"][1]
+    assert channel["channel_names"] == ["t_minus_1", "t", "t_plus_1"]
+    assert rdf["outputs"][0]["axes"][1]["channel_names"] == ["restored"]  # one restored frame
+    assert rdf["config"]["fastscan"]["temporal_window"]["frames"] == 3
+    assert "3 consecutive registered frames" in rdf["description"] and "A temporal window of 3 frames" in readme
+    assert "frames 1, 0, 1" in readme  # the reflection at a series' start, spelled out
+    # The sample's first three frames, centre-cropped to the test tile (32 px), in order.
+    assert tile.shape == (1, 3, 32, 32) and restored.shape == (1, 1, 64, 64)
+    np.testing.assert_array_equal(tile[0], stack[:3, 4:36, 4:36])
+    model, meta = load_generator(model_dir)
+    want = predict_image(model, normalise(tile[0], *meta["normalisation"]["lr"]), scale=2, tile=32, overlap=0, precision="float32")
+    np.testing.assert_allclose(restored[0, 0], want, rtol=0, atol=1e-6)  # fastscan's own restoration of the window
+    # The window is read as a window: its middle frame is the one restored.
+    swapped = predict_image(model, normalise(tile[0][[1, 0, 2]], *meta["normalisation"]["lr"]), scale=2, tile=32, overlap=0, precision="float32")
+    assert np.abs(swapped - want).max() > 1e-3
+    descr = load_model_description(out, perform_io_checks=True)
+    assert not isinstance(descr, InvalidDescr), descr.validation_summary
+
+
+@pytest.mark.slow
+def test_bioimageio_core_runs_a_temporal_package(temporal_package):
+    """bioimage.io's own test on the three-frame package: the window goes in as the channel
+    axis, and each weight format reproduces the test output (about 50 s on two cores)."""
+    from bioimageio.core import test_model
+
+    summary = test_model(temporal_package[0], devices=["cpu"])
+    assert summary.status == "passed", [(d.name, [e.msg for e in d.errors]) for d in summary.details if d.status != "passed"]
+
+
+def test_a_temporal_export_takes_a_one_image_sample_as_a_static_window(tmp_path):
+    arch = resolve_architecture({"variant": "lowres", "img_size": [64, 64], "frames": 3})
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    save_state_dict(_generator(arch), model_dir / "generator.pth")
+    write_model_json(model_dir, {**META, "architecture": arch})
+    image = np.linspace(100, 4000, 32 * 32, dtype=np.float32).reshape(32, 32)
+    summary = export_model(model_dir, tmp_path / "m.bioimageio.zip", onnx=False, test=False, sample=image)
+    with zipfile.ZipFile(summary["path"]) as z:
+        tile = np.load(z.open("test_input.npy"))
+        readme = z.read("README.md").decode()
+    assert tile.shape == (1, 3, 32, 32) and all(np.array_equal(f, image) for f in tile[0])
+    assert "one image repeated, as a one-frame series is reflected" in readme
+    with pytest.raises(ExportError, match=r"a 2-D image or a stack of at least 3 frames"):
+        export_model(model_dir, tmp_path / "n.bioimageio.zip", onnx=False, test=False, sample=np.zeros((2, 32, 32), np.float32))
+    assert not (tmp_path / "n.bioimageio.zip").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -72,13 +74,12 @@ def test_tile_dataset_feeds_the_window_as_channels(tmp_path):
         assert rows.frame[ds.window[0]].tolist() == [1, 0, 1]
 
 
-def test_temporal_generator_trains_restores_series_and_refuses_slides(tmp_path, tiny_dataset):
+def test_temporal_generator_trains_restores_series_and_slides(tmp_path, tiny_dataset, caplog):
     import torch
 
     from fastscan.geometry import prepare_frames
     from fastscan.models import load_generator
     from fastscan.register import estimate_drift
-    from fastscan.restore import RestoreError
     from fastscan.restore.engine import TileEngine
     from fastscan.restore.fov import restore_fov
     from fastscan.restore.series import restore_series
@@ -147,9 +148,14 @@ def test_temporal_generator_trains_restores_series_and_refuses_slides(tmp_path, 
     restore_fov(reg, tmp_path / "restored.zarr", models={"gan": str(gan)}, frames=2, tile=64, overlap=0, batch_size=4, classical=False)
     assert zarr.open_group(str(tmp_path / "restored.zarr"), mode="r")["gan"].shape == (2, 64, 64)
 
+    # A slide is a one-frame series: each region is restored from itself repeated, with a warning.
     tifffile.imwrite(tmp_path / "slide.tif", series[0])
-    with pytest.raises(RestoreError, match="window of 3 frames"):
-        restore_slide(tmp_path / "slide.tif", tmp_path / "slide.ome.zarr", model_dir=gan)
+    with caplog.at_level(logging.WARNING, logger="fastscan"):
+        restore_slide(tmp_path / "slide.tif", tmp_path / "slide.ome.zarr", model_dir=gan, tile=64, overlap=0, pyramid_levels=1, precision="float32")
+    assert "restored from itself repeated 3 times" in caplog.text
+    slide = np.asarray(zarr.open_group(str(tmp_path / "slide.ome.zarr"), mode="r")["0"][...])
+    plane = (series[0] - lo) / (hi - lo)  # a slide is restored as stored: no scan geometry to undo
+    np.testing.assert_allclose(slide, engine.predict(np.stack([plane] * 3)), rtol=1e-4, atol=1e-4)
 
 
 def test_frames_must_be_odd_and_match_n_in():

@@ -11,9 +11,11 @@ output.
 Weight normalisation and spectral normalisation are computed from their stored parameters on
 each call, as torch's ``weight_norm`` and ``spectral_norm`` do in eval mode (no power iteration).
 
-Input: ``(batch, 1, y, x)`` float32 LR tiles normalised with the model's statistics; y and x
-multiples of 16 (the ``faithful`` variant, whose U-Net runs on the tile resized by the scale) or of
-32 (the ``lowres`` variant). Output: ``(batch, 1, scale*y, scale*x)`` in normalised HR units.
+Input: ``(batch, n_in, y, x)`` float32 LR tiles normalised with the model's statistics: one
+channel, or for a generator with temporal context the ``n_in`` consecutive registered frames of a
+series whose middle frame is restored. y and x are multiples of 16 (the ``faithful`` variant, whose
+U-Net runs on the tile resized by the scale) or of 32 (the ``lowres`` variant). Output:
+``(batch, 1, scale*y, scale*x)`` in normalised HR units.
 """
 
 from __future__ import annotations
@@ -297,7 +299,8 @@ class FastscanGenerator(nn.Module):
     scale : int
         HR pixels per LR pixel.
     n_in, n_out : int
-        Channels of the input and of the faithful U-Net's output.
+        Channels of the input (the frames of a temporal window, the middle one restored) and of
+        the faithful U-Net's output.
     blur, self_attention : bool
         fastai ``DynamicUnet`` options.
     norm_type : str or None
@@ -346,13 +349,21 @@ class FastscanGenerator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # align_corners=False: LR pixel i covers HR pixels scale*i .. scale*i + scale - 1.
         up = F.interpolate(x, scale_factor=float(self.scale), mode="bilinear", align_corners=False)
-        base = F.interpolate(lowpass(x, self.base_sigma), scale_factor=float(self.scale), mode="bilinear", align_corners=False) if self.base_sigma > 0 else up
+        # A temporal window's restored frame is its middle channel; the neighbours are context
+        # for the U-Net only, never added to the output (a moving structure would be doubled).
+        k = x.shape[1]
+        centre, up_centre = (x, up) if k == 1 else (x[:, k // 2 : k // 2 + 1], up[:, k // 2 : k // 2 + 1])
+        base = (
+            F.interpolate(lowpass(centre, self.base_sigma), scale_factor=float(self.scale), mode="bilinear", align_corners=False)
+            if self.base_sigma > 0
+            else up_centre
+        )
         if self.variant == "faithful":
             out = self.unet(up)
             return base + out if self.residual else out
         out = self.shuffle(self.unet(x))
         if self.head is not None:
-            out = self.head(torch.cat([out, up], dim=1))
+            out = self.head(torch.cat([out, up_centre], dim=1))
         elif not self.residual:
             return out
         return base + out if self.residual else out

@@ -41,12 +41,17 @@ def _rdf_name(name: str) -> str:
     return clean if len(clean) >= 5 else f"fastscan {clean}".strip()  # the spec wants 5 characters or more
 
 
-def _default_description(scale: int, geometry: Mapping[str, Any]) -> str:
+def _default_description(scale: int, geometry: Mapping[str, Any], frames: int = 1) -> str:
     """The package's description when none is given."""
     return (
         f"Restores fast laser-scanning microscopy frames (denoising and {scale}x super-resolution, Fang et al. 2021). "
         + ("Frames must already be line-phase and resonance corrected (config.fastscan.input_corrections). " if geometry["required"] else "")
-        + "Input: raw intensities of one channel; output: normalised HR units."
+        + (
+            "Input: raw intensities of one channel"
+            if frames == 1
+            else f"Input: {frames} consecutive registered frames of one channel as channels, the middle one restored (config.fastscan.temporal_window)"
+        )
+        + "; output: normalised HR units."
     )
 
 
@@ -54,7 +59,7 @@ def _build_description(*, v0_5: Any, files: Mapping[str, Path], **k: Any) -> Any
     """The ``ModelDescr`` (validated by pydantic as it is built)."""
     from bioimageio.spec import ValidationContext
 
-    inputs = _inputs(v0_5, files, tiling=k["tiling"], norm_lr=k["norm_lr"])
+    inputs = _inputs(v0_5, files, tiling=k["tiling"], norm_lr=k["norm_lr"], frames=k["kwargs"]["n_in"])
     outputs = _outputs(v0_5, files, tiling=k["tiling"], scale=k["scale"])
     weights = _weights(v0_5, files, formats=k["formats"], kwargs=k["kwargs"], torch_version=k["torch_version"])
     config = _config(v0_5, **k)
@@ -78,17 +83,33 @@ def _build_description(*, v0_5: Any, files: Mapping[str, Path], **k: Any) -> Any
         )
 
 
-def _inputs(v0_5: Any, files: Mapping[str, Path], *, tiling: Mapping[str, int], norm_lr: Sequence[float]) -> list[Any]:
-    """The one input tensor: raw intensities, normalised by the model's fixed ``scale_linear``."""
+def window_channel_names(frames: int) -> list[str]:
+    """Names of the input channels: ``raw``, or the frames of a temporal window around the
+    restored frame ``t`` (``t_minus_1``, ``t``, ``t_plus_1`` for three)."""
+    if frames == 1:
+        return ["raw"]
+    half = frames // 2
+    return [f"t_minus_{-d}" if d < 0 else f"t_plus_{d}" if d > 0 else "t" for d in range(-half, half + 1)]
+
+
+def _inputs(v0_5: Any, files: Mapping[str, Path], *, tiling: Mapping[str, int], norm_lr: Sequence[float], frames: int = 1) -> list[Any]:
+    """The one input tensor: raw intensities, normalised by the model's fixed ``scale_linear``
+    (one gain for every frame of a temporal window: they share the detector)."""
     gain = 1.0 / (norm_lr[1] - norm_lr[0])
     space = {"scale": 1.0}
+    what = (
+        "raw intensities of one channel (fast frames, scanner settings of the training data)"
+        if frames == 1
+        # (bioimage.io allows 128 characters here; the README says the rest)
+        else f"raw intensities of {frames} consecutive registered fast frames of one channel; the middle one is restored"
+    )
     inputs = [
         v0_5.InputTensorDescr(
             id=v0_5.TensorId("raw"),
-            description="raw intensities of one channel (fast frames, scanner settings of the training data)",
+            description=what,
             axes=[
                 v0_5.BatchAxis(),
-                v0_5.ChannelAxis(channel_names=[v0_5.Identifier("raw")]),
+                v0_5.ChannelAxis(channel_names=[v0_5.Identifier(n) for n in window_channel_names(frames)]),
                 v0_5.SpaceInputAxis(id=v0_5.AxisId("y"), size=v0_5.ParameterizedSize(min=tiling["min"], step=tiling["step"]), **space),
                 v0_5.SpaceInputAxis(id=v0_5.AxisId("x"), size=v0_5.ParameterizedSize(min=tiling["min"], step=tiling["step"]), **space),
             ],
@@ -160,6 +181,11 @@ def _config(v0_5: Any, **k: Any) -> Any:
         "normalisation": meta["normalisation"],
         "output_units": "normalised HR: (v - hr_low) / (hr_high - hr_low) with normalisation.hr",
         "tiling": {"tile_lr_px": tiling["tile"], "overlap_lr_px": tiling["overlap"]},
+        "temporal_window": {
+            "frames": int(kwargs["n_in"]),
+            "channels": window_channel_names(int(kwargs["n_in"])),
+            "restored": "the middle frame; series ends reflected (frame -1 is frame 1)",
+        },
         "input_corrections": k["geometry"],
         "training": training,
         "metrics": k["metrics"],

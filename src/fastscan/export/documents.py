@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from fastscan.export.description import PAPER
+from fastscan.export.description import PAPER, window_channel_names
 from fastscan.export.model import _geometry_config, _versions
 
 
@@ -72,6 +72,17 @@ def _readme_input(name: str, meta: Mapping[str, Any], kwargs: Mapping[str, Any],
         f"({norm['lr'][1]:g} - {norm['lr'][0]:g}) (`scale_linear`), never with per-image percentiles: the network "
         "learnt the intensity scale of its training data.",
     ]
+    frames = int(kwargs["n_in"])
+    if frames > 1:
+        half = frames // 2
+        lines += [
+            f"- **A temporal window of {frames} frames.** The {frames} input channels are consecutive frames of one "
+            f"registered series (`{', '.join(window_channel_names(frames))}`); the middle one is restored, and the "
+            f"neighbours are context only. At the series' ends the window is reflected (for the first frame: frames "
+            f"{', '.join(str(abs(d)) for d in range(-half, half + 1))}), and a one-frame series repeats its frame. The "
+            "frames must be aligned: remove the series' drift before stacking them. `fastscan restore --series` builds "
+            "the windows itself.",
+        ]
     if geo["required"]:
         lines += [
             "- **Frames must already be line-phase and resonance corrected.** The network was trained on frames whose "

@@ -18,7 +18,7 @@ import numpy as np
 from fastscan.export.description import _build_description, _default_description, _rdf_name
 from fastscan.export.documents import _cover, _readme
 from fastscan.export.model import ExportError, _geometry_config, _metrics_rows, _training_summary, _versions, architecture_kwargs, export_tiling
-from fastscan.export.sample import _test_tile
+from fastscan.export.sample import _test_tile, as_batch
 from fastscan.export.validate import _validate_package
 from fastscan.export.weights import _plain_generator, _write_weights
 
@@ -97,7 +97,7 @@ def export_model(
         raise ExportError(f"{sample}: the sample image does not exist")
     model, meta, kwargs, scale, norm_lr = _load_model(model_dir)
     tiling = export_tiling(model, meta, kwargs)
-    raw, test_source = _test_tile(sample, meta, tiling["test"], norm_lr)
+    raw, test_source = _test_tile(sample, meta, tiling["test"], norm_lr, frames=kwargs["n_in"])
     x, restored = _restore_tile(model, raw, norm_lr, scale=scale, size=tiling["test"])
     plain, max_diff = _plain_generator(model_dir, kwargs, x, restored)
     fields = _package_fields(model_dir, name=name, description=description, authors=authors, license=license, tags=tags, version=version)
@@ -130,13 +130,18 @@ def _check_output_path(out: Path) -> None:
 def _load_model(model_dir: Path) -> tuple[Any, dict[str, Any], dict[str, Any], int, list[float]]:
     """fastscan's generator on the CPU, its ``model.json``, the plain-torch architecture's keyword
     arguments, the scale and the LR normalisation range; refused when it cannot be exported."""
-    from fastscan.models import load_generator
+    from fastscan.models import load_generator, model_frames
 
     model, meta = load_generator(model_dir, device="cpu")
     kwargs = architecture_kwargs(meta, model_dir / "model.json")
     scale = int(meta["scale"])
-    if kwargs["n_in"] != 1 or kwargs["n_out"] != 1:
-        raise ExportError(f"{model_dir / 'model.json'}: only single-channel generators can be exported (n_in {kwargs['n_in']}, n_out {kwargs['n_out']})")
+    # One channel in, or the frames of a temporal window (resolve_architecture ties n_in to
+    # architecture.frames); one channel out.
+    if kwargs["n_in"] != model_frames(meta) or kwargs["n_out"] != 1:
+        raise ExportError(
+            f"{model_dir / 'model.json'}: only generators of one channel, or of one temporal window of one channel, can be exported "
+            f"(n_in {kwargs['n_in']}, frames {model_frames(meta)}, n_out {kwargs['n_out']})"
+        )
     norm_lr = [float(v) for v in meta["normalisation"]["lr"]]
     if norm_lr[1] <= norm_lr[0]:
         raise ExportError(f"{model_dir / 'model.json'}: normalisation.lr {norm_lr} is not an increasing range (low, high); retrain the model")
@@ -144,8 +149,8 @@ def _load_model(model_dir: Path) -> tuple[Any, dict[str, Any], dict[str, Any], i
 
 
 def _restore_tile(model: Any, raw: np.ndarray, norm_lr: Sequence[float], *, scale: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The normalised tile and fastscan's own restoration of it: its normalisation, its tile
-    engine, float32 (the package's test output)."""
+    """The normalised tile (``(Y, X)``, or a temporal window ``(frames, Y, X)``) and fastscan's own
+    restoration of it: its normalisation, its tile engine, float32 (the package's test output)."""
     from fastscan.dataset import normalise
     from fastscan.restore.engine import predict_image
 
@@ -213,7 +218,7 @@ def _write_package(
         geo = _geometry_config(meta)
         descr = _build_description(
             v0_5=v0_5,
-            **{**fields, "description": fields["description"] or _default_description(scale, geo)},
+            **{**fields, "description": fields["description"] or _default_description(scale, geo, facts["kwargs"]["n_in"])},
             files=files,
             formats=formats,
             kwargs=facts["kwargs"],
@@ -244,9 +249,9 @@ def _write_test_files(work: Path, raw: np.ndarray, restored: np.ndarray, norm_lr
     """The test tensors (input and fastscan's restoration) and the cover, written into ``work``."""
     files: dict[str, Path] = {}
     files["input"] = work / "test_input.npy"
-    np.save(files["input"], raw[None, None].astype(np.float32))
+    np.save(files["input"], as_batch(raw).astype(np.float32))
     files["output"] = work / "test_output.npy"
     np.save(files["output"], restored[None, None].astype(np.float32))
     files["cover"] = work / "cover.png"
-    _cover(files["cover"], raw, restored, norm_lr, scale)
+    _cover(files["cover"], raw if raw.ndim == 2 else raw[len(raw) // 2], restored, norm_lr, scale)
     return files

@@ -34,7 +34,8 @@ def model_info(model_dir: str | os.PathLike, *, metrics: str | os.PathLike | Non
         + (f", torch {versions['torch']}, fastai {versions.get('fastai', '?')}" if "torch" in versions else ""),
         f"stage          {meta.get('stage', 'unknown')}",
         f"generator      {arch.get('variant', 'faithful')} ResNet34 U-Net, scale {meta.get('scale', arch.get('scale', '?'))}, "
-        f"self-attention {arch.get('self_attention', True)}, residual {arch.get('residual', False)}",
+        f"self-attention {arch.get('self_attention', True)}, residual {arch.get('residual', False)}"
+        + (f", temporal window of {arch['frames']} frames" if int(arch.get("frames", 1)) > 1 else ""),
         f"normalisation  LR {norm.get('lr')} -> [0, 1], HR {norm.get('hr')} -> [0, 1]"
         + (f" (percentiles {norm['percentiles']})" if norm.get("percentiles") else ""),
     ]

@@ -16,31 +16,63 @@ from fastscan.export.model import ExportError
 log = logging.getLogger("fastscan.export")
 
 
-def _test_tile(sample: str | os.PathLike | np.ndarray | None, meta: Mapping[str, Any], size: int, norm_lr: Sequence[float]) -> tuple[np.ndarray, str]:
-    """The ``size`` x ``size`` raw test tile and where it comes from, for the README."""
+def _test_tile(
+    sample: str | os.PathLike | np.ndarray | None, meta: Mapping[str, Any], size: int, norm_lr: Sequence[float], *, frames: int = 1
+) -> tuple[np.ndarray, str]:
+    """The ``size`` x ``size`` raw test tile and where it comes from, for the README.
+
+    A generator with temporal context (``frames`` > 1) gets a ``(frames, size, size)`` window of
+    consecutive registered frames, the restored one in the middle: a window of the dataset store,
+    the first planes of a sample stack, or one image repeated (the window of a one-frame series,
+    whose neighbours are reflected onto itself).
+    """
     if isinstance(sample, np.ndarray):
-        raw, test_source = np.asarray(sample, np.float32), "a tile of the image given to the export"
+        raw, test_source = _window(np.asarray(sample, np.float32), frames, "the image given to the export"), "a tile of the image given to the export"
     elif sample is not None:
-        raw, test_source = _read_sample(sample), f"a tile of {Path(sample).name}"
+        raw, test_source = _window(_read_sample(sample, frames), frames, str(sample)), f"a tile of {Path(sample).name}"
     else:
-        raw = _dataset_tile(meta)
-        test_source = "the most textured validation tile of the training dataset"
+        raw, test_source = _dataset_tile(meta, frames), "the most textured validation tile of the training dataset"
         if raw is None:
-            raw = _synthetic_tile(size, *norm_lr)
+            raw = _window(_synthetic_tile(size, *norm_lr), frames, "the synthetic texture")
             test_source = "a synthetic smooth texture over the model's LR range (no dataset store was at hand)"
-    return _fit(raw, size), test_source
+    if frames > 1:
+        repeated = bool(np.all(raw == raw[:1]))
+        test_source += f", as a window of {frames} frames" + (" (one image repeated, as a one-frame series is reflected)" if repeated else "")
+    return (_fit(raw, size) if raw.ndim == 2 else np.stack([_fit(f, size) for f in raw])), test_source
 
 
-def _dataset_tile(meta: Mapping[str, Any]) -> np.ndarray | None:
+def as_batch(x: np.ndarray) -> np.ndarray:
+    """A test tile ``(Y, X)`` or temporal window ``(frames, Y, X)`` as the network's ``(1, C, Y, X)`` batch."""
+    return x[None] if x.ndim == 3 else x[None, None]
+
+
+def _window(image: np.ndarray, frames: int, what: str) -> np.ndarray:
+    """``image`` as the model's input: a 2-D image, or for ``frames`` > 1 a ``(frames, Y, X)``
+    window (a 2-D image repeated, or the first ``frames`` planes of a stack)."""
+    if frames == 1:
+        if image.ndim != 2:
+            raise ExportError(f"{what}: the sample must be a 2-D image for a one-frame generator, got shape {image.shape}")
+        return image
+    if image.ndim == 2:
+        return np.repeat(image[None], frames, axis=0)
+    if image.ndim != 3 or len(image) < frames:
+        raise ExportError(
+            f"{what}: the sample must be a 2-D image or a stack of at least {frames} frames (the model's temporal window), got shape {image.shape}"
+        )
+    return image[:frames]
+
+
+def _dataset_tile(meta: Mapping[str, Any], frames: int = 1) -> np.ndarray | None:
     """The most textured of the first validation tiles of the model's dataset store (raw LR
-    intensities, in the model's input geometry), or None when the store is not at hand."""
+    intensities, in the model's input geometry), or None when the store is not at hand; for
+    ``frames`` > 1 its temporal window ``(frames, Y, X)``, as training cut it."""
     import zarr
 
     path = (meta.get("dataset") or {}).get("path")
     if not path or not Path(path).is_dir():
         return None
     try:
-        from fastscan.dataset import read_dataset
+        from fastscan.dataset import read_dataset, temporal_windows
 
         group, tiles, _ = read_dataset(path)
         rows = tiles.index[tiles["split"] == "val"].tolist()[:64] or tiles.index.tolist()[:64]
@@ -48,10 +80,15 @@ def _dataset_tile(meta: Mapping[str, Any]) -> np.ndarray | None:
             return None
         lr = group["lr"]
         stack = np.stack([np.asarray(lr[int(i)], dtype=np.float32) for i in rows])
+        best = rows[int(np.argmax(stack.reshape(len(stack), -1).std(axis=1)))]
+        if frames == 1:
+            return np.asarray(lr[int(best)], dtype=np.float32)
+        # Windows over the whole table: rows are the store's, and a window never leaves its FOV.
+        window = temporal_windows(tiles.reset_index(drop=True), frames)[tiles.index.get_loc(best)]
+        return np.stack([np.asarray(lr[int(tiles.index[j])], dtype=np.float32) for j in window])
     except (OSError, KeyError, ValueError, zarr.errors.BaseZarrError) as exc:
         log.warning("%s: cannot read a test tile from the dataset store (%s); using a synthetic one", path, exc)
         return None
-    return stack[int(np.argmax(stack.reshape(len(stack), -1).std(axis=1)))]
 
 
 def _synthetic_tile(size: int, low: float, high: float, seed: int = 0) -> np.ndarray:
@@ -63,8 +100,9 @@ def _synthetic_tile(size: int, low: float, high: float, seed: int = 0) -> np.nda
     return (low + texture * (high - low)).astype(np.float32)
 
 
-def _read_sample(path: str | os.PathLike) -> np.ndarray:
-    """A 2-D image from a ``.npy`` or TIFF file (the first plane of a stack)."""
+def _read_sample(path: str | os.PathLike, frames: int = 1) -> np.ndarray:
+    """A 2-D image from a ``.npy`` or TIFF file (the first plane of a stack); for ``frames`` > 1
+    a stack's first ``frames`` planes, or its one 2-D image."""
     p = Path(path)
     if not p.is_file():
         raise ExportError(f"{p}: the sample image does not exist")
@@ -74,13 +112,16 @@ def _read_sample(path: str | os.PathLike) -> np.ndarray:
         else:
             import tifffile
 
-            arr = tifffile.imread(p, key=0)
+            arr = tifffile.imread(p, key=0) if frames == 1 else tifffile.imread(p)
     except Exception as exc:  # numpy and tifffile raise many kinds for files they cannot read
         raise ExportError(f"{p}: cannot read the sample image ({exc}); give a .npy or TIFF file of one channel") from exc
     arr = np.squeeze(np.asarray(arr))
-    while arr.ndim > 2:
+    if not np.issubdtype(arr.dtype, np.number):
+        raise ExportError(f"{p}: the sample image must be numeric, got {arr.dtype}")
+    keep = 2 if frames == 1 or arr.ndim == 2 else 3
+    while arr.ndim > keep:
         arr = arr[0]
-    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
+    if arr.ndim != keep:
         raise ExportError(f"{p}: the sample image must be a 2-D grayscale image, got shape {arr.shape} of {arr.dtype}")
     return arr.astype(np.float32)
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from fastscan.export.model import ExportError
+from fastscan.export.sample import as_batch
 
 log = logging.getLogger("fastscan.export")
 
@@ -34,7 +35,7 @@ def _plain_generator(model_dir: Path, kwargs: dict[str, Any], x: np.ndarray, res
     state = load_state_dict(model_dir / "generator.pth")
     plain.load_state_dict(state, strict=True)
     with torch.inference_mode():
-        plain_out = plain(torch.from_numpy(x)[None, None]).numpy()[0, 0]
+        plain_out = plain(torch.from_numpy(as_batch(x))).numpy()[0, 0]
     max_diff = float(np.abs(plain_out - restored).max())
     if not max_diff <= ARCH_TOLERANCE:
         raise ExportError(
@@ -56,7 +57,7 @@ def _write_weights(work: Path, files: dict[str, Path], model_dir: Path, plain: A
     files["state"] = work / "generator.pth"
     shutil.copyfile(model_dir / "generator.pth", files["state"])
     files["torchscript"] = work / "generator.torchscript.pt"
-    example = torch.from_numpy(x)[None, None]
+    example = torch.from_numpy(as_batch(x))
     import warnings
 
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():

@@ -192,10 +192,17 @@ def _setup_slide(
     model, meta, desc = _load_model(model_dir, generator, device=device)
     window = model_frames(meta)
     if window > 1:
-        raise RestoreError(
-            f"model {desc['path'] or type(model).__name__} restores each frame from a window of {window} frames of a "
-            f"video-rate series; a slide ({path}) has no neighbouring frames. Restore series with it (fastscan restore "
-            "--series), and slides with a single-frame model (train.architecture.frames: 1)"
+        # A slide is a one-frame series: its window repeats the plane, as training does for a
+        # one-frame FOV (fastscan.dataset.temporal_windows). A generator that learnt from
+        # independent neighbouring frames then gets no second look at the noise.
+        log.warning(
+            "%s: model %s sees a window of %d frames of a video-rate series; a slide has none, so each region is restored "
+            "from itself repeated %d times (as a one-frame series). A single-frame model (train.architecture.frames: 1) "
+            "trained on slide-like pairs may do better",
+            path,
+            desc["path"] or type(model).__name__,
+            window,
+            window,
         )
     partial = _partial(out)
     old = _read_plan(partial)
@@ -245,6 +252,12 @@ def _read_region(plane, plan: Mapping[str, Any], key: tuple[int, int, int], norm
     return _pad(block, ((o - (y0 - ry0), o - (ry1 - y1)), (o - (x0 - rx0), o - (rx1 - x1))))
 
 
+def _as_window(block: np.ndarray, frames: int) -> np.ndarray:
+    """A slide's region as a generator's input: itself, or for a generator with temporal context
+    the window of a one-frame series (the region repeated ``frames`` times)."""
+    return block if frames == 1 else np.repeat(block[None], frames, axis=0)
+
+
 def _restore_slide_units(
     plan: Mapping[str, Any], engine: TileEngine, planes: list, meta: Mapping[str, Any], partial: Path, units: Sequence, *, path, progress: bool | None
 ) -> dict[str, int]:
@@ -254,8 +267,11 @@ def _restore_slide_units(
     s, r = plan["scale"], plan["region"]
     ny, nx = plan["lr_shape"]
     stacked = plan["channels"] is not None
+    from fastscan.models import model_frames
+
     tile_shape = tuple(plan["tile_shape"])
     norm = meta["normalisation"]["lr"]
+    window = model_frames(meta)
 
     def write(key: tuple[int, int, int], hr: np.ndarray) -> None:
         c, iy, ix = key
@@ -280,7 +296,7 @@ def _restore_slide_units(
         _run_units(
             todo,
             read=lambda key: _read_region(planes[key[0]], plan, key, norm),
-            compute=lambda block: engine.predict_blocks([block], tile_shape=tile_shape)[0],
+            compute=lambda block: engine.predict_blocks([_as_window(block, window)], tile_shape=tile_shape)[0],
             write=write,
             partial=partial,
             progress=bar,
