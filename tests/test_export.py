@@ -192,17 +192,29 @@ def test_torchscript_alone_restores_like_fastscan(package, model_dir, tmp_path):
         np.testing.assert_allclose(restored[0, 0], want, rtol=0, atol=1e-3)
 
 
-def test_onnx_weights_reproduce_the_network(tmp_path):
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"variant": "lowres", "hr_head": 16},
+        # A smoothed residual base (its blur kernel must keep a constant shape when traced) over
+        # a temporal window of three frames.
+        {"variant": "lowres", "hr_head": 16, "base_sigma": 2.0, "frames": 3},
+        {"base_sigma": 1.0, "frames": 3},
+    ],
+)
+def test_onnx_weights_reproduce_the_network(tmp_path, overrides):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     from fastscan.export.weights import _export_onnx
 
-    plain = FastscanGenerator(variant="lowres", hr_head=16).eval()
-    plain.load_state_dict(_generator({"variant": "lowres", "img_size": [64, 64]}).state_dict(), strict=True)
+    arch = resolve_architecture({**overrides, "img_size": [64, 64]})
+    plain = FastscanGenerator(**{k: arch[k] for k in ARCH_KWARGS}).eval()
+    plain.load_state_dict(_generator(arch).state_dict(), strict=True)
     path = tmp_path / "g.onnx"
-    assert _export_onnx(plain, torch.rand(1, 1, 32, 32), path) is None
+    k = arch["frames"]
+    assert _export_onnx(plain, torch.rand(1, k, 32, 32), path) is None
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x = torch.rand(2, 1, 64, 96, generator=torch.Generator().manual_seed(2))
+    x = torch.rand(2, k, 64, 96, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         want = plain(x).numpy()
     got = session.run(None, {"input": x.numpy()})[0]

@@ -40,10 +40,12 @@ def lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
     t = torch.arange(-r, r + 1, dtype=torch.float32, device=x.device)
     k = torch.exp(-0.5 * (t / float(sigma)) ** 2)
     k = (k / k.sum()).to(x.dtype)
-    c = x.shape[1]
-    x = F.pad(x, (r, r, r, r), mode="reflect")
-    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, 2 * r + 1), groups=c)
-    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, 2 * r + 1, 1), groups=c)
+    n, c, h, w = x.shape
+    # Every channel through one single-channel kernel: its shape stays a constant when traced,
+    # which the ONNX exporter needs (a kernel expanded to a traced channel count it refuses).
+    x = F.pad(x.reshape(n * c, 1, h, w), (r, r, r, r), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, -1))
+    return F.conv2d(x, k.view(1, 1, -1, 1)).reshape(n, c, h, w)
 
 
 #: fastai NormType names this file implements (``model.json``'s ``architecture.norm_type``).

@@ -7,7 +7,8 @@ and ilastik (through ``bioimageio.core``) run without fastscan:
 - weights ``pytorch_state_dict`` (fastscan's own ``generator.pth``, unchanged, with the
   architecture :mod:`fastscan.torch_generator`, a file that imports only torch),
   ``torchscript`` (traced) and ``onnx`` (when the ``onnx`` package is installed);
-- input ``batch, channel, y, x``: raw intensities of one channel, normalised by a fixed
+- input ``batch, channel, y, x``: raw intensities of one channel (or, for a generator with
+  temporal context, of its k consecutive registered frames as k channels), normalised by a fixed
   ``scale_linear`` with the model's own statistics (``model.json`` ``normalisation.lr``), never by
   per-image percentiles; y and x of ``min + n * step`` px;
 - output ``batch, channel, y, x`` tied to the input at the model's scale (``SizeReference``), in

@@ -47,7 +47,7 @@ def _readme(
     lines = _readme_input(name, meta, kwargs, tiling)
     lines += _readme_output(meta, tiling, formats, onnx_note)
     lines += _readme_training(training, metrics, metrics_source, test_source)
-    lines += _readme_use()
+    lines += _readme_use(int(kwargs["n_in"]))
     return "\n".join(lines)
 
 
@@ -66,7 +66,8 @@ def _readme_input(name: str, meta: Mapping[str, Any], kwargs: Mapping[str, Any],
         "",
         "## Input",
         "",
-        f"- One channel, raw intensities of frames acquired with the scanner settings of the training data, float32; "
+        ("- One channel" if int(kwargs["n_in"]) == 1 else f"- {int(kwargs['n_in'])} channels (a temporal window, below)")
+        + ", raw intensities of frames acquired with the scanner settings of the training data, float32; "
         f"y and x of {tiling['min']} + n * {tiling['step']} px.",
         f"- Normalised inside the package with the model's fixed training statistics: (v - {norm['lr'][0]:g}) / "
         f"({norm['lr'][1]:g} - {norm['lr'][0]:g}) (`scale_linear`), never with per-image percentiles: the network "
@@ -152,17 +153,19 @@ def _readme_training(training: Mapping[str, Any], metrics: list[dict[str, Any]],
     return lines
 
 
-def _readme_use() -> list[str]:
+def _readme_use(frames: int = 1) -> list[str]:
     """How to run the package in Fiji, napari, ilastik and Python, and the citation."""
+    image = "a single-channel image" if frames == 1 else f"a stack of {frames} consecutive registered frames as channels (the middle one is restored)"
     return [
         "",
         "## Use",
         "",
-        "- Fiji: install deepImageJ, open this .zip with *DeepImageJ Install Model*, run it on a single-channel image; "
+        f"- Fiji: install deepImageJ, open this .zip with *DeepImageJ Install Model*, run it on {image}; "
         "TorchScript weights run in deepImageJ's PyTorch engine.",
         "- napari: the bioimage.io plugin (napari-bioimageio / bioimageio.core) runs the package on a layer.",
         "- ilastik: the Neural Network Workflow loads the .zip.",
-        "- Python: `bioimageio.core.predict(model='this.zip', inputs=frame)`.",
+        "- Python: `bioimageio.core.predict(model='this.zip', inputs=frame)`"
+        + ("." if frames == 1 else f", `frame` of shape ({frames}, y, x) with the restored frame in the middle (batch and channel axes: (1, {frames}, y, x))."),
         "",
         "## Citation",
         "",

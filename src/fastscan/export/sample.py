@@ -75,7 +75,10 @@ def _dataset_tile(meta: Mapping[str, Any], frames: int = 1) -> np.ndarray | None
         from fastscan.dataset import read_dataset, temporal_windows
 
         group, tiles, _ = read_dataset(path)
-        rows = tiles.index[tiles["split"] == "val"].tolist()[:64] or tiles.index.tolist()[:64]
+        val = tiles["split"] == "val"
+        # With temporal context, tiles of the frame whose window is the first unreflected one.
+        inner = val & (tiles["frame"] == frames // 2) if frames > 1 else val
+        rows = tiles.index[inner].tolist()[:64] or tiles.index[val].tolist()[:64] or tiles.index.tolist()[:64]
         if not rows:
             return None
         lr = group["lr"]
@@ -112,16 +115,21 @@ def _read_sample(path: str | os.PathLike, frames: int = 1) -> np.ndarray:
         else:
             import tifffile
 
-            arr = tifffile.imread(p, key=0) if frames == 1 else tifffile.imread(p)
+            with tifffile.TiffFile(p) as tif:
+                pages = len(tif.series[0].pages) if tif.series else 1
+            arr = tifffile.imread(p, key=0 if frames == 1 else range(min(frames, pages)))
     except Exception as exc:  # numpy and tifffile raise many kinds for files they cannot read
         raise ExportError(f"{p}: cannot read the sample image ({exc}); give a .npy or TIFF file of one channel") from exc
     arr = np.squeeze(np.asarray(arr))
     if not np.issubdtype(arr.dtype, np.number):
         raise ExportError(f"{p}: the sample image must be numeric, got {arr.dtype}")
-    keep = 2 if frames == 1 or arr.ndim == 2 else 3
-    while arr.ndim > keep:
-        arr = arr[0]
-    if arr.ndim != keep:
+    if frames == 1:
+        while arr.ndim > 2:
+            arr = arr[0]
+    elif arr.ndim > 3 or (arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.shape[0] > 4):
+        # A (T, C, Y, X) file or a colour image (Y, X, 3): neither is a series of one channel.
+        raise ExportError(f"{p}: the sample must be one channel's frames (T, Y, X) or one 2-D image for a {frames}-frame model, got shape {arr.shape}")
+    if arr.ndim not in (2, 3) if frames > 1 else arr.ndim != 2:
         raise ExportError(f"{p}: the sample image must be a 2-D grayscale image, got shape {arr.shape} of {arr.dtype}")
     return arr.astype(np.float32)
 

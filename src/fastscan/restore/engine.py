@@ -462,14 +462,16 @@ def predict_image(
     channels_last: bool | None = False,
     context: int | None = None,
 ) -> np.ndarray:
-    """Restore one normalised 2-D LR image with overlapping, blended tiles.
+    """Restore one normalised 2-D LR image (or temporal window) with overlapping, blended tiles.
 
     Parameters
     ----------
     model : torch.nn.Module
-        Generator mapping ``(N, 1, t, t)`` LR tiles to ``(N, 1, scale*t, scale*t)``, on ``device``.
-    image : ndarray, shape (Y, X)
-        Normalised LR image.
+        Generator mapping ``(N, k, t, t)`` LR tiles (k = 1, or the frames of its temporal
+        window) to ``(N, 1, scale*t, scale*t)``, on ``device``.
+    image : ndarray, shape (Y, X) or (k, Y, X)
+        Normalised LR image, or the temporal window of a generator with temporal context (the
+        restored frame in the middle).
     scale : int
     tile, overlap : int or None
         Largest LR tile and overlap between neighbouring tiles (LR px); None measures them from
