@@ -392,16 +392,20 @@ def read_fov_table(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
-def simulated_fovs(out: Path, *, train_fovs: int, test_fovs: int, frames: int) -> list[dict]:
+def simulated_fovs(out: Path, *, train_fovs: int, test_fovs: int, frames: int, params: dict | None = None) -> list[dict]:
     cache = out / "fovs.json"
     if cache.is_file():
-        return json.loads(cache.read_text())
+        fovs = json.loads(cache.read_text())
+        made_with = fovs[0].get("params") or {} if fovs else {}
+        if made_with != (params or {}):
+            raise SystemExit(f"{out}: its FOVs were simulated with parameters {json.dumps(made_with)}, not {json.dumps(params or {})}; use another --out")
+        return fovs
     splits = ["train"] * train_fovs + ["val"] + ["test"] * test_fovs
-    fovs = prepare_sample(out, *SAMPLE_A, splits, frames=frames, seed=11)
+    fovs = prepare_sample(out, *SAMPLE_A, splits, frames=frames, seed=11, params=params)
     for f in fovs:
         q = f["qc"]
         _log(f"  {f['fov']} ({f['split']}): ncc {q['ncc']:.3f}, line phase {q['line_phase_px']:.2f} px, passed {q['passed']}")
-    fovs = [{k: v for k, v in f.items() if k != "qc"} for f in fovs]
+    fovs = [{**{k: v for k, v in f.items() if k != "qc"}, **({"params": params} if params else {})} for f in fovs]
     cache.write_text(json.dumps(fovs, indent=1))
     return fovs
 
@@ -502,6 +506,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-fovs", type=int, default=4, help="simulated training FOVs")
     ap.add_argument("--test-fovs", type=int, default=2, help="simulated test FOVs")
     ap.add_argument("--frames", type=int, default=4, help="video-rate frames simulated per FOV")
+    ap.add_argument(
+        "--params",
+        default="{}",
+        help="simulation parameters merged over the simulator's defaults (JSON), e.g. a linear scan with longer dwell: "
+        '\'{"lr": {"field_fraction": 0.02, "line_phase_px": 0.0, "dwell_us": 4.0}}\'',
+    )
     ap.add_argument("--eval-frames", type=int, default=4, help="frames restored per test FOV")
     ap.add_argument("--budget", type=float, default=None, help="peer training seconds (default: fastscan's measured training time)")
     ap.add_argument(
@@ -547,8 +557,9 @@ def main(argv: list[str] | None = None) -> int:
         fovs = read_fov_table(args.fovs)
         source = f"registered FOVs of {args.fovs}"
     else:
-        fovs = simulated_fovs(out, train_fovs=args.train_fovs, test_fovs=args.test_fovs, frames=args.frames)
-        source = f"simulator, sample {SAMPLE_A[0]} ({SAMPLE_A[1]})"
+        params = json.loads(args.params)
+        fovs = simulated_fovs(out, train_fovs=args.train_fovs, test_fovs=args.test_fovs, frames=args.frames, params=params)
+        source = f"simulator, sample {SAMPLE_A[0]} ({SAMPLE_A[1]})" + (f", parameters {json.dumps(params)}" if params else "")
     tests = held_out(fovs)
     timer.step("data", t)
 

@@ -74,6 +74,43 @@ def test_tile_dataset_feeds_the_window_as_channels(tmp_path):
         assert rows.frame[ds.window[0]].tolist() == [1, 0, 1]
 
 
+def test_motion_augmentation_moves_the_neighbours_as_a_constant_velocity_and_keeps_the_target(tmp_path):
+    """``train.augment.motion``: frame t + d of a window is cut d times a velocity away, in whole
+    pixels of its own stored tile (reflected at the tile's edges); the middle frame and the HR
+    target are those of the still window."""
+    from fastscan.dataset import MOTION_MAX_PX, DatasetError, FovEntry, TileDataset, build_dataset, read_dataset
+
+    entries = [FovEntry(str(write_registered(tmp_path / f"r{i}.zarr", seed=i, frames=4)), "m", "s", f"f{i}", s) for i, s in enumerate(["train", "val"])]
+    build_dataset(entries, tmp_path / "ds.zarr", tile=32, stride=32, background=0.0)
+    g, _, _ = read_dataset(tmp_path / "ds.zarr")
+    for max_memory_mb in (2048.0, 0.0):  # in memory, and tile by tile from the store
+        ds = TileDataset(tmp_path / "ds.zarr", "train", size=24, frames=3, motion=1.0, max_memory_mb=max_memory_mb, seed=1)
+        still_lr, still_hr = ds._crop(0, 4, 5)
+        shifts = np.array([[-3, 2], [0, 0], [3, -2]])
+        lr, hr = ds._crop(0, 4, 5, shifts)
+        np.testing.assert_array_equal(hr, still_hr)
+        np.testing.assert_allclose(lr[1], still_lr[1], rtol=0, atol=1e-7)
+        for c, (dy, dx) in zip((0, 2), shifts[[0, 2]]):
+            stored = np.asarray(g["lr"][int(ds.index[ds.window[0][c]])], dtype=np.float32)
+            want = (stored - ds.norm["lr"][0]) / (ds.norm["lr"][1] - ds.norm["lr"][0])
+            np.testing.assert_allclose(lr[c], want[4 + dy : 28 + dy, 5 + dx : 29 + dx], rtol=1e-5, atol=1e-6)
+        # Past the tile's edge the neighbour is reflected, never cut short.
+        edge, _ = ds._crop(0, 8, 8, np.array([[-MOTION_MAX_PX, 0], [0, 0], [MOTION_MAX_PX, 0]]))
+        assert edge.shape == (3, 24, 24)
+    # Drawn velocities: opposite and equal for frames t - 1 and t + 1, 1 to MOTION_MAX_PX px.
+    draws = [ds._motion() for _ in range(200)]
+    assert all(d is not None and (d[1] == 0).all() and (d[0] == -d[2]).all() for d in draws)
+    speeds = np.array([np.hypot(*d[2]) for d in draws])
+    assert speeds.min() >= 0.5 and speeds.max() <= np.hypot(MOTION_MAX_PX, MOTION_MAX_PX)
+    half = TileDataset(tmp_path / "ds.zarr", "train", frames=3, motion=0.5, seed=2)
+    moved = sum(half._motion() is not None for _ in range(400))
+    assert 150 < moved < 250  # a probability of 0.5 (binomial sd 10)
+    assert TileDataset(tmp_path / "ds.zarr", "train", frames=1, motion=1.0)._motion() is None  # no neighbours to move
+    assert TileDataset(tmp_path / "ds.zarr", "train", frames=3)._motion() is None
+    with pytest.raises(DatasetError, match="train.augment.motion must be a probability"):
+        TileDataset(tmp_path / "ds.zarr", "train", frames=3, motion=1.5)
+
+
 def test_temporal_generator_trains_restores_series_and_slides(tmp_path, tiny_dataset, caplog):
     import torch
 

@@ -211,3 +211,25 @@ def test_recompute_bn_stats_gives_the_training_tiles_statistics(tiny_dataset):
     torch.testing.assert_close(model[1].running_var, want_var, rtol=1e-5, atol=1e-6)
     assert model[1].momentum == 0.1  # the layer's own momentum is given back
     assert recompute_bn_stats(torch.nn.Conv2d(1, 1, 1), tiny_dataset, frames=1, size=None) == {"tiles": 0, "batch": 0}
+
+
+def test_l1_content_loss_trains_a_different_generator_and_is_checked(tmp_path, tiny_dataset):
+    """``train.generator.loss: l1`` reaches stage 1's learner and the GAN stage's content term."""
+    from fastscan.dataset import make_dataloaders
+    from fastscan.models import build_generator
+    from fastscan.train import _generator_learner
+
+    dls = make_dataloaders(tiny_dataset, size=16, batch_size=2)
+    assert isinstance(_generator_learner(dls, build_generator(), lr_wd=0.0, loss="l1").loss_func.func, torch.nn.L1Loss)
+    with pytest.raises(ValueError, match=r"train.generator.loss must be one of \['mse', 'l1'\], got 'l2'"):
+        _generator_learner(dls, build_generator(), lr_wd=0.0, loss="l2")
+    config = {**TINY, "generator": {"sizes": [16], "epochs": [1]}}
+    for loss in ("mse", "l1"):
+        train_generator(dataset=tiny_dataset, out_dir=tmp_path / loss, config={**config, "generator": {**config["generator"], "loss": loss}}, seed=7, threads=2)
+    a, b = load_state_dict(tmp_path / "mse" / "generator.pth"), load_state_dict(tmp_path / "l1" / "generator.pth")
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the same seed and data: only the loss differs
+    crit = tmp_path / "critic"
+    train_critic(dataset=tiny_dataset, generator_dir=tmp_path / "l1", out_dir=crit, config=config, seed=1, threads=2)
+    l1 = {**config, "generator": {**config["generator"], "loss": "l1"}}
+    meta = train_gan(dataset=tiny_dataset, generator_dir=tmp_path / "l1", critic_dir=crit, out_dir=tmp_path / "gan", config=l1, seed=1, threads=2)
+    assert meta["config"]["generator"]["loss"] == "l1"

@@ -363,6 +363,11 @@ def read_dataset(path: str | os.PathLike) -> tuple[zarr.Group, pd.DataFrame, dic
     return g, pd.read_csv(path / "tiles.tsv", sep="\t", dtype={"session": str, "fov": str, "sample": str}), dict(g.attrs["fastscan"])
 
 
+#: Fastest simulated motion of ``train.augment.motion`` (LR px per frame); the flowing-band
+#: benchmark (benchmarks/flowing.py) saw a 3-frame window smear content from 1 LR px per frame.
+MOTION_MAX_PX = 4
+
+
 class TileDataset:
     """LR/HR tile pairs of one split, normalised, with the paper's augmentations.
 
@@ -378,6 +383,14 @@ class TileDataset:
     zoom resamples the noisy LR tile and lighting/contrast move a pixel's noise away from the
     level its intensity implies. On the raw scan geometry a flip would reverse the sweep and
     swap the odd and even lines' phase, which the network has to learn there, so it is refused.
+
+    ``motion`` (temporal context only) is the share of training windows whose neighbouring
+    frames are displaced as if the specimen moved: a velocity of 1 to :data:`MOTION_MAX_PX` LR px
+    per frame in a random direction moves frame ``t + d`` by ``d`` times it, in whole pixels (so
+    the neighbours keep their own noise, unresampled), reflected at the tile's edges; the HR
+    target stays the middle frame's. Registered training windows are otherwise still, and a
+    generator that never saw a neighbour disagree with the middle frame draws a structure that
+    moves within the field (what rigid registration cannot remove) doubled or smeared.
 
     Parameters
     ----------
@@ -400,6 +413,9 @@ class TileDataset:
     frames : int, optional
         Temporal context (odd): each LR input holds the tile of this many neighbouring frames of
         its FOV as channels, the target frame in the middle (see :func:`temporal_windows`).
+    motion : float
+        Probability that a training window's neighbours are displaced by a random motion (see
+        above); 0 keeps the registered windows as they are.
     """
 
     def __init__(
@@ -416,8 +432,12 @@ class TileDataset:
         seed: int = 0,
         max_memory_mb: float = 2048.0,
         frames: int = 1,
+        motion: float = 0.0,
     ) -> None:
         from fastscan.geometry import model_geometry
+
+        if not 0.0 <= float(motion) <= 1.0:
+            raise DatasetError(f"train.augment.motion must be a probability between 0 and 1, got {motion!r}")
 
         g, table, attrs = read_dataset(path)
         if flips and model_geometry(attrs) is None:
@@ -450,26 +470,42 @@ class TileDataset:
         self.augment = augment
         self.max_zoom, self.max_lighting, self.max_contrast = max_zoom, max_lighting, max_contrast
         self.flips = bool(flips)
+        self.motion = float(motion) if frames > 1 else 0.0
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def _crop(self, i: int, y: int, x: int) -> tuple[np.ndarray, np.ndarray]:
-        """LR crop of the tile's temporal window ``(frames, size, size)`` and its HR crop."""
+    def _crop(self, i: int, y: int, x: int, shifts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """LR crop of the tile's temporal window ``(frames, size, size)`` and its HR crop;
+        ``shifts`` ``(frames, 2)`` moves each frame's crop by whole LR px (see ``motion``)."""
         s, size = self.scale, self.size
         window = self.window[i]
-        if self.in_memory:
-            return (
-                self.lr[window, y : y + size, x : x + size],
-                self.hr[i, s * y : s * (y + size), s * x : s * (x + size)].copy(),
-            )
         j = int(self.index[i])
-        lr = np.stack([self.lr[int(self.index[w]), y : y + size, x : x + size] for w in window])
-        return (
-            normalise(lr, *self.norm["lr"]),
-            normalise(self.hr[j, s * y : s * (y + size), s * x : s * (x + size)], *self.norm["hr"]),
-        )
+        if shifts is not None and np.any(shifts):
+            m = MOTION_MAX_PX * (len(window) // 2)
+            tiles = self.lr[window] if self.in_memory else normalise(np.stack([self.lr[int(self.index[w])] for w in window]), *self.norm["lr"])
+            padded = np.pad(tiles, ((0, 0), (m, m), (m, m)), mode="reflect")
+            lr = np.stack([padded[f, m + y + dy : m + y + dy + size, m + x + dx : m + x + dx + size] for f, (dy, dx) in enumerate(shifts)])
+        elif self.in_memory:
+            lr = self.lr[window, y : y + size, x : x + size]
+        else:
+            lr = normalise(np.stack([self.lr[int(self.index[w]), y : y + size, x : x + size] for w in window]), *self.norm["lr"])
+        if self.in_memory:
+            return lr, self.hr[i, s * y : s * (y + size), s * x : s * (x + size)].copy()
+        return lr, normalise(self.hr[j, s * y : s * (y + size), s * x : s * (x + size)], *self.norm["hr"])
+
+    def _motion(self) -> np.ndarray | None:
+        """Whole-pixel shifts ``(frames, 2)`` of a window under a random constant velocity of 1 to
+        :data:`MOTION_MAX_PX` LR px per frame (frame ``t + d`` moved by ``d`` times it), drawn
+        with probability ``motion``; None otherwise."""
+        if self.motion <= 0.0 or self.rng.random() >= self.motion:
+            return None
+        speed, angle = self.rng.uniform(1.0, MOTION_MAX_PX), self.rng.uniform(0.0, 2.0 * np.pi)
+        v = speed * np.array([np.sin(angle), np.cos(angle)])
+        half = self.window.shape[1] // 2
+        d = np.arange(-half, half + 1)[:, None]
+        return np.clip(np.rint(d * v), -MOTION_MAX_PX * half, MOTION_MAX_PX * half).astype(int)
 
     def __getitem__(self, i: int):
         import torch
@@ -481,7 +517,7 @@ class TileDataset:
             y, x = self.rng.integers(0, t - size + 1, size=2)
         else:
             y = x = (t - size) // 2
-        lr_np, hr_np = self._crop(i, int(y), int(x))
+        lr_np, hr_np = self._crop(i, int(y), int(x), self._motion() if self.augment else None)
         lr, hr = torch.from_numpy(lr_np), torch.from_numpy(hr_np)[None]
         if self.augment:
             zoom = self.rng.uniform(1.0, self.max_zoom)

@@ -184,8 +184,14 @@ def train_params(job):
     does not use: the pretraining leaves out the critic and GAN schedules; the three stages leave
     out ``pretrain_set`` unless they pretrain; the ablation and the fine-tuning, which train from
     scratch and from the sample's GAN, leave out both pretraining keys, and so do the three stages
-    without pretraining (their params are then those of runs made before pretraining existed)."""
+    without pretraining (their params are then those of runs made before pretraining existed).
+    ``augment.motion`` is left out while 0 and ``generator.loss`` while ``mse``, for the same
+    reason."""
     train = dict(config["train"])
+    if not train["augment"].get("motion"):
+        train["augment"] = {k: v for k, v in train["augment"].items() if k != "motion"}
+    if train["generator"].get("loss", "mse") == "mse":
+        train["generator"] = {k: v for k, v in train["generator"].items() if k != "loss"}
     if job == "pretrain":
         return {k: v for k, v in train.items() if k not in ("critic", "gan")}
     if job in ("ablation", "finetune") or train["pretrain"] != "simulated":
