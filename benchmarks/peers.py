@@ -392,6 +392,14 @@ def read_fov_table(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def merged(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes``: dict values merged one level deep, others replaced."""
+    out = json.loads(json.dumps(base))
+    for key, value in changes.items():
+        out[key] = {**out[key], **value} if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def simulated_fovs(out: Path, *, train_fovs: int, test_fovs: int, frames: int, params: dict | None = None) -> list[dict]:
     cache = out / "fovs.json"
     if cache.is_file():
@@ -527,10 +535,11 @@ def main(argv: list[str] | None = None) -> int:
         choices=["none", "flips"],
         help="flips: every method (fastscan's restore.ensemble, CARE and PSSR2 alike) predicts the mean over the four flips",
     )
+    ap.add_argument("--set", default="{}", help='JSON object merged into fastscan\'s schedule (one level deep), e.g. \'{"augment": {"motion": 0.5}}\'')
     ap.add_argument("--smoke", action="store_true", help="tiny data, one short epoch per stage: checks every code path, measures nothing")
     args = ap.parse_args(argv)
 
-    config = json.loads(json.dumps(SCHEDULES[args.schedule]))
+    config = merged(SCHEDULES[args.schedule], json.loads(args.set))
     if args.smoke:
         config["generator"] = {**config["generator"], "sizes": [32], "epochs": [1]}
         config["gan"] = {**config["gan"], "epochs": 1}

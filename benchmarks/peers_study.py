@@ -39,15 +39,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from peers import SCHEDULES, held_out, noise_kept, restore_tests  # noqa: E402
-
-
-def merged(base: dict, changes: dict) -> dict:
-    """``base`` with ``changes``: dict values merged one level deep, others replaced."""
-    out = json.loads(json.dumps(base))
-    for key, value in changes.items():
-        out[key] = {**out[key], **value} if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+from peers import SCHEDULES, held_out, merged, noise_kept, restore_tests  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
