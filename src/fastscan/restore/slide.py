@@ -261,14 +261,14 @@ def _as_window(block: np.ndarray, frames: int) -> np.ndarray:
 def _restore_slide_units(
     plan: Mapping[str, Any], engine: TileEngine, planes: list, meta: Mapping[str, Any], partial: Path, units: Sequence, *, path, progress: bool | None
 ) -> dict[str, int]:
+    from fastscan.models import model_frames
+
     done = _done_keys(partial, 3)
     todo = [u for u in units if u not in done]
     level0 = zarr.open_array(partial / "0", mode="r+")
     s, r = plan["scale"], plan["region"]
     ny, nx = plan["lr_shape"]
     stacked = plan["channels"] is not None
-    from fastscan.models import model_frames
-
     tile_shape = tuple(plan["tile_shape"])
     norm = meta["normalisation"]["lr"]
     window = model_frames(meta)
