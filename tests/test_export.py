@@ -324,4 +324,17 @@ def test_a_temporal_export_takes_a_one_image_sample_as_a_static_window(tmp_path)
     assert "one image repeated, as a one-frame series is reflected" in readme
     with pytest.raises(ExportError, match=r"a 2-D image or a stack of at least 3 frames"):
         export_model(model_dir, tmp_path / "n.bioimageio.zip", onnx=False, test=False, sample=np.zeros((2, 32, 32), np.float32))
+    # Sample files that are no series of one channel are refused, naming the file and the shape.
+    import tifffile
+
+    np.save(tmp_path / "tcyx.npy", np.zeros((4, 3, 32, 32), np.float32))
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((32, 32, 3), np.uint8), photometric="rgb")
+    np.save(tmp_path / "line.npy", np.zeros(32, np.float32))
+    for name, message in (
+        ("tcyx.npy", r"tcyx.npy: the sample must be one channel's frames \(T, Y, X\) or one 2-D image for a 3-frame model, got shape \(4, 3, 32, 32\)"),
+        ("rgb.tif", r"rgb.tif: the sample must be one channel's frames \(T, Y, X\) or one 2-D image for a 3-frame model, got shape \(32, 32, 3\)"),
+        ("line.npy", r"line.npy: the sample image must be a 2-D grayscale image, got shape \(32,\)"),
+    ):
+        with pytest.raises(ExportError, match=message):
+            export_model(model_dir, tmp_path / "n.bioimageio.zip", onnx=False, test=False, sample=tmp_path / name)
     assert not (tmp_path / "n.bioimageio.zip").exists()

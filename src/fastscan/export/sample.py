@@ -48,18 +48,22 @@ def as_batch(x: np.ndarray) -> np.ndarray:
 
 def _window(image: np.ndarray, frames: int, what: str) -> np.ndarray:
     """``image`` as the model's input: a 2-D image, or for ``frames`` > 1 a ``(frames, Y, X)``
-    window (a 2-D image repeated, or the first ``frames`` planes of a stack)."""
+    window as restoration builds it (:func:`fastscan.restore.temporal.temporal_stack`): a 2-D
+    image is a one-frame series, repeated; a stack gives the window of its frame ``frames // 2``,
+    its first ``frames`` planes."""
+    from fastscan.restore.temporal import temporal_stack
+
     if frames == 1:
         if image.ndim != 2:
             raise ExportError(f"{what}: the sample must be a 2-D image for a one-frame generator, got shape {image.shape}")
         return image
     if image.ndim == 2:
-        return np.repeat(image[None], frames, axis=0)
+        return temporal_stack(image[None], [0], frames=frames)[0]
     if image.ndim != 3 or len(image) < frames:
         raise ExportError(
             f"{what}: the sample must be a 2-D image or a stack of at least {frames} frames (the model's temporal window), got shape {image.shape}"
         )
-    return image[:frames]
+    return temporal_stack(image[:frames], [frames // 2], frames=frames)[0]
 
 
 def _dataset_tile(meta: Mapping[str, Any], frames: int = 1) -> np.ndarray | None:
@@ -117,7 +121,7 @@ def _read_sample(path: str | os.PathLike, frames: int = 1) -> np.ndarray:
 
             with tifffile.TiffFile(p) as tif:
                 pages = len(tif.series[0].pages) if tif.series else 1
-            arr = tifffile.imread(p, key=0 if frames == 1 else range(min(frames, pages)))
+                arr = tif.asarray(key=0 if frames == 1 else range(min(frames, pages)))
     except Exception as exc:  # numpy and tifffile raise many kinds for files they cannot read
         raise ExportError(f"{p}: cannot read the sample image ({exc}); give a .npy or TIFF file of one channel") from exc
     arr = np.squeeze(np.asarray(arr))
@@ -129,7 +133,7 @@ def _read_sample(path: str | os.PathLike, frames: int = 1) -> np.ndarray:
     elif arr.ndim > 3 or (arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.shape[0] > 4):
         # A (T, C, Y, X) file or a colour image (Y, X, 3): neither is a series of one channel.
         raise ExportError(f"{p}: the sample must be one channel's frames (T, Y, X) or one 2-D image for a {frames}-frame model, got shape {arr.shape}")
-    if arr.ndim not in (2, 3) if frames > 1 else arr.ndim != 2:
+    if arr.ndim < 2:  # above, a one-frame model's sample was cut to 2-D and a stack's to 3-D
         raise ExportError(f"{p}: the sample image must be a 2-D grayscale image, got shape {arr.shape} of {arr.dtype}")
     return arr.astype(np.float32)
 
