@@ -75,16 +75,14 @@ def flowing_specimens(params: dict, *, frames: int, speed_um: float, seed: int) 
 
 def acquire(specimens: list[np.ndarray], params: dict, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The raw LR series (one acquisition per frame, with noise) and each frame's noise-free HR
-    image in detector units (float)."""
-    from fastscan.simulate import detect, hr_signal, lr_signal
+    image (the simulator's HR acquisition without noise: expected detector units, quantised)."""
+    from fastscan.simulate import acquire_hr, detect, lr_signal
 
     rng = np.random.default_rng(seed)
     lr, hr = [], []
     for spec in specimens:
         lr.append(detect(lr_signal(spec, params=params)[0], dwell_us=params["lr"]["dwell_us"], detector=params["detector"], rng=rng))
-        d = params["detector"]
-        expected = (hr_signal(spec, params=params).astype(np.float64) * d["photons_per_us"] + d["dark_counts_per_us"]) * params["hr"]["dwell_us"]
-        hr.append(d["pmt_gain"] * expected + d["offset_du"])
+        hr.append(acquire_hr(spec, params=params, rng=rng, noise=False))
     return np.stack(lr), np.stack(hr)
 
 
