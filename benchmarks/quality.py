@@ -99,7 +99,7 @@ def prepare_sample(out: Path, sample: str, specimen: str, splits: list[str], *, 
     for i, split in enumerate(splits):
         fov = f"fov{i + 1:02d}"
         base = out / "simulated" / sample / fov
-        write_fov(
+        truth = write_fov(
             lr_path=f"{base}_lr.ome.tif",
             hr_path=f"{base}_hr.ome.tif",
             truth_path=f"{base}_truth.json",
@@ -108,7 +108,7 @@ def prepare_sample(out: Path, sample: str, specimen: str, splits: list[str], *, 
             params={**(params or {}), "lr": {**(params or {}).get("lr", {}), "frames": frames}},
         )
         ingested = out / "ingest" / sample / f"{fov}.zarr"
-        ingest_fov(lr=f"{base}_lr.ome.tif", hr=f"{base}_hr.ome.tif", out=ingested, sample=sample, session="bench", fov=fov)
+        ingest_fov(lr=f"{base}_lr.ome.tif", hr=f"{base}_hr.ome.tif", out=ingested, sample=sample, session="bench", fov=fov, scale=int(truth["scale"]))
         registered = out / "register" / sample / f"{fov}.zarr"
         qc = register_fov(ingested, registered)
         fovs.append({"path": str(registered), "sample": sample, "session": "bench", "fov": fov, "split": split, "qc": qc})

@@ -233,3 +233,37 @@ def test_l1_content_loss_trains_a_different_generator_and_is_checked(tmp_path, t
     l1 = {**config, "generator": {**config["generator"], "loss": "l1"}}
     meta = train_gan(dataset=tiny_dataset, generator_dir=tmp_path / "l1", critic_dir=crit, out_dir=tmp_path / "gan", config=l1, seed=1, threads=2)
     assert meta["config"]["generator"]["loss"] == "l1"
+
+
+def test_critic_depth_fits_the_hr_tile():
+    from fastscan.models import critic_blocks
+
+    # fastai's 3 blocks from 64 px on; each halving of the tile costs a block.
+    assert [critic_blocks(t) for t in (16, 31, 32, 63, 64, 128, 512)] == [1, 1, 2, 2, 3, 3, 3]
+    with pytest.raises(ValueError, match="8 px are too small for the critic"):
+        critic_blocks(8)
+
+
+def test_denoising_project_with_small_tiles_trains_and_restores(tmp_path):
+    """``ingest.scale: 1`` (same-size noisy frames and averaged targets) with 16-px tiles: the
+    critic is built shallow enough for 16-px HR tiles, the GAN stage reloads it with that depth,
+    and restoration keeps the frame's size."""
+    from conftest import write_registered
+
+    from fastscan.dataset import FovEntry, build_dataset
+
+    entries = [
+        FovEntry(str(write_registered(tmp_path / f"reg{i}.zarr", seed=i, scale=1)), "fmd", "s1", f"f{i}", s) for i, s in enumerate(["train", "train", "val"])
+    ]
+    dataset = tmp_path / "ds.zarr"
+    build_dataset(entries, dataset, tile=16, stride=16)
+    config = {**TINY, "generator": {"sizes": [16], "epochs": [1]}}
+    train_generator(dataset=dataset, out_dir=tmp_path / "mse", config=config, seed=1, threads=2)
+    meta = train_critic(dataset=dataset, generator_dir=tmp_path / "mse", out_dir=tmp_path / "critic", config=config, seed=1, threads=2)
+    assert meta["critic"]["n_blocks"] == 1
+    train_gan(dataset=dataset, generator_dir=tmp_path / "mse", critic_dir=tmp_path / "critic", out_dir=tmp_path / "gan", config=config, seed=1, threads=2)
+    model, meta = load_generator(tmp_path / "gan")
+    assert meta["scale"] == 1
+    test = write_registered(tmp_path / "test.zarr", seed=7, scale=1)
+    restore_fov(test, tmp_path / "restored.zarr", models={"gan": tmp_path / "gan"}, frames=1, tile=32, overlap=8, batch_size=4)
+    assert zarr.open_group(str(tmp_path / "restored.zarr"), mode="r")["gan"].shape == (1, 64, 64)

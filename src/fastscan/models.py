@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import pickle
 import re
@@ -392,7 +393,25 @@ def generator_splitter(model: UpsampledUnet | LowResUnet) -> list:
     return [list(encoder.parameters()), rest]
 
 
-def build_critic(*, n_channels: int = 1, nf: int = 128, n_blocks: int = 3, dropout: float = 0.15) -> nn.Module:
+#: fastai's ``gan_critic`` depth (stride-2 blocks after its stem) for HR tiles of 64 px and more.
+CRITIC_BLOCKS = 3
+
+
+def critic_blocks(hr_tile: int) -> int:
+    """The ``gan_critic`` depth that fits an ``hr_tile``-px HR tile.
+
+    The critic halves the tile in its stem and in each block, then ends with a 4x4 convolution
+    without padding, so ``n_blocks`` needs tiles of at least ``2 ** (n_blocks + 3)`` px: 64 px for
+    fastai's 3 blocks. A denoising project (``ingest.scale: 1``) with 32-px tiles gets 2 blocks
+    instead of a convolution larger than its input.
+    """
+    fits = int(math.floor(math.log2(hr_tile))) - 3 if hr_tile > 0 else -1
+    if fits < 1:
+        raise ValueError(f"HR tiles of {hr_tile} px are too small for the critic: it needs at least 16 px (dataset.tile x ingest.scale)")
+    return min(CRITIC_BLOCKS, fits)
+
+
+def build_critic(*, n_channels: int = 1, nf: int = 128, n_blocks: int = CRITIC_BLOCKS, dropout: float = 0.15) -> nn.Module:
     """fastai's ``gan_critic`` (patch critic with self-attention and spectral norm)."""
     from fastai.vision.gan import gan_critic
 

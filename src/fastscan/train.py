@@ -530,7 +530,7 @@ def train_critic(
     from fastai.data.core import DataLoaders
 
     from fastscan.dataset import TileDataset
-    from fastscan.models import build_critic, load_generator, model_frames, save_state_dict
+    from fastscan.models import build_critic, critic_blocks, load_generator, model_frames, save_state_dict
 
     cfg, device, dataset, out_dir = _start_stage(config, seed=seed, threads=threads, dataset=dataset, out_dir=out_dir)
     generator, gen_meta = load_generator(generator_dir, device=device)
@@ -542,7 +542,8 @@ def train_critic(
     del generator
     bs = cfg["batch_size"]
     dls = DataLoaders.from_dsets(*sets, bs=bs, drop_last=(len(sets[0]) > bs, False), device=device)
-    critic = build_critic(nf=int(cfg["critic"]["nf"]))
+    n_blocks = critic_blocks(sets[0].x.shape[-1])
+    critic = build_critic(nf=int(cfg["critic"]["nf"]), n_blocks=n_blocks)
     learn = _critic_learner(dls, critic)
     accelerations = accelerate(learn, device=device, config=cfg)
     _quiet(learn)
@@ -559,7 +560,7 @@ def train_critic(
     save_state_dict(critic, out_dir / "critic.pth")
     meta = _base_meta(stage="critic", dataset=dataset, config=cfg, seed=seed, device=device)
     meta["architecture"] = gen_meta["architecture"]
-    meta["critic"] = {"nf": int(cfg["critic"]["nf"]), "n_channels": 1}
+    meta["critic"] = {"nf": int(cfg["critic"]["nf"]), "n_channels": 1, "n_blocks": n_blocks}
     meta["generator_dir"] = str(generator_dir)
     meta["final_accuracy"] = float(learn.recorder.log[-2]) if learn.recorder.log else math.nan
     meta["accelerations"] = accelerations
@@ -589,13 +590,14 @@ def train_gan(
     from fastai.vision.gan import AdaptiveGANSwitcher, GANLearner
 
     from fastscan.dataset import make_dataloaders
-    from fastscan.models import build_critic, load_generator, load_state_dict, model_frames, read_model_json, save_state_dict
+    from fastscan.models import CRITIC_BLOCKS, build_critic, load_generator, load_state_dict, model_frames, read_model_json, save_state_dict
 
     cfg, device, dataset, out_dir = _start_stage(config, seed=seed, threads=threads, dataset=dataset, out_dir=out_dir)
     generator, gen_meta = load_generator(generator_dir, device=device)
     generator.train()
     crit_meta = read_model_json(critic_dir)
-    critic = build_critic(nf=int(crit_meta["critic"]["nf"]))
+    # Critics saved before their depth was recorded have fastai's default one.
+    critic = build_critic(nf=int(crit_meta["critic"]["nf"]), n_blocks=int(crit_meta["critic"].get("n_blocks", CRITIC_BLOCKS)))
     critic.load_state_dict(load_state_dict(Path(critic_dir) / "critic.pth"))
     dls = make_dataloaders(
         dataset,
