@@ -267,3 +267,61 @@ def test_denoising_project_with_small_tiles_trains_and_restores(tmp_path):
     test = write_registered(tmp_path / "test.zarr", seed=7, scale=1)
     restore_fov(test, tmp_path / "restored.zarr", models={"gan": tmp_path / "gan"}, frames=1, tile=32, overlap=8, batch_size=4)
     assert zarr.open_group(str(tmp_path / "restored.zarr"), mode="r")["gan"].shape == (1, 64, 64)
+
+
+def _drive_switcher(switcher, losses):
+    """The side (G or C) the switcher's GAN trainer is on before each batch, for critic losses."""
+    from types import SimpleNamespace
+
+    state = SimpleNamespace(gen_mode=False)
+    state.switch = lambda: setattr(state, "gen_mode", not state.gen_mode)
+    switcher.learn = SimpleNamespace(gan_trainer=state, training=True, loss=None)
+    switcher.before_fit()
+    sides = []
+    for loss in losses:
+        sides.append("G" if state.gen_mode else "C")
+        switcher.learn.loss = torch.tensor(loss)
+        switcher.after_batch()
+    return "".join(sides)
+
+
+def test_gan_switcher_bounds_the_critics_turn():
+    from fastscan.train import _gan_switcher
+
+    # A critic at chance (BCE 0.69) above the threshold: 3 critic batches, then one generator batch.
+    bounded = _gan_switcher(critic_thresh=0.65, max_critic_steps=3)
+    assert _drive_switcher(bounded, [0.69] * 9) == "CCCGCCCGC"
+    assert bounded.steps == {"generator": 2, "critic": 7}
+    # A good critic hands over at once, as fastai's switcher does.
+    assert _drive_switcher(_gan_switcher(critic_thresh=0.65, max_critic_steps=3), [0.5] * 6) == "CGCGCG"
+    # null: fastai's unbounded switcher, which never reaches the generator with this critic.
+    assert _drive_switcher(_gan_switcher(critic_thresh=0.65, max_critic_steps=None), [0.69] * 9) == "C" * 9
+    for bad in (0, -1, 2.5, True, "5"):
+        with pytest.raises(ValueError, match="max_critic_steps"):
+            resolve_config({"gan": {"max_critic_steps": bad}})
+
+
+def test_gan_stage_trains_the_generator_when_the_critic_stays_above_threshold(tmp_path, tiny_dataset, caplog):
+    """A critic loss threshold no critic reaches: bounded, the generator still trains; unbounded
+    (fastai's switcher), the stage says that it returned the stage-1 generator."""
+    import logging
+
+    config = {**TINY, "generator": {"sizes": [16], "epochs": [1]}, "gan": {"epochs": 1, "critic_thresh": 1e-6}}
+    train_generator(dataset=tiny_dataset, out_dir=tmp_path / "mse", config=config, seed=1, threads=2)
+    train_critic(dataset=tiny_dataset, generator_dir=tmp_path / "mse", out_dir=tmp_path / "critic", config=config, seed=1, threads=2)
+    args = dict(dataset=tiny_dataset, generator_dir=tmp_path / "mse", critic_dir=tmp_path / "critic", seed=1, threads=2)
+    before = load_state_dict(tmp_path / "mse" / "generator.pth")
+
+    def trained(out):
+        after = load_state_dict(out / "generator.pth")
+        return any(not torch.equal(before[k], after[k]) for k in before if k.endswith(".weight") and "running_" not in k)
+
+    meta = train_gan(out_dir=tmp_path / "bounded", config={**config, "gan": {**config["gan"], "max_critic_steps": 2}}, **args)
+    steps = meta["gan_steps"]
+    # Every third batch is the generator's (the last run of critic batches may be cut short).
+    assert steps["generator"] >= 1 and steps["critic"] - 2 * steps["generator"] in (0, 1, 2), steps
+    assert trained(tmp_path / "bounded") and json.loads((tmp_path / "bounded" / "model.json").read_text())["gan_steps"] == steps
+    with caplog.at_level(logging.WARNING, logger="fastscan.train"):
+        meta = train_gan(out_dir=tmp_path / "unbounded", config={**config, "gan": {**config["gan"], "max_critic_steps": None}}, **args)
+    assert meta["gan_steps"]["generator"] == 0 and not trained(tmp_path / "unbounded")
+    assert "never the generator" in caplog.text
