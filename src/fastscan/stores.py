@@ -25,6 +25,7 @@ import numpy as np
 import zarr
 
 from fastscan.atomic import atomic_path
+from fastscan.jsonable import jsonable
 
 #: Name of the registration's entry in the store's ``fastscan`` attribute.
 REGISTRATION = "registration"
@@ -214,19 +215,6 @@ class Registration:
         }
 
 
-def _to_builtin(value: Any) -> Any:
-    """JSON-friendly copy of ``value`` (numpy scalars and arrays become Python objects)."""
-    if isinstance(value, Mapping):
-        return {str(k): _to_builtin(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_to_builtin(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _to_builtin(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def write_registered(
     out: str | os.PathLike,
     *,
@@ -258,7 +246,7 @@ def write_registered(
         ``out``.
     """
     out = Path(out)
-    fastscan_attrs = _to_builtin({**attrs, REGISTRATION: registration.to_attrs()})
+    fastscan_attrs = jsonable({**attrs, REGISTRATION: registration.to_attrs()})
     with atomic_path(out) as tmp:
         dest = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         dest.create_array("lr", data=lr, chunks=(1, *lr.shape[1:]), dimension_names=("t", "y", "x"))
