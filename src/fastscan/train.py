@@ -624,7 +624,8 @@ def train_gan(
     ``checkpoint_dir`` enables per-epoch checkpoints and resuming, as in :func:`train_generator`.
 
     The generator loss is ``weights_gen[0] * adversarial + weights_gen[1] * MSE``; the switcher
-    hands training back to the generator once the critic's loss falls below ``critic_thresh``.
+    hands training back to the generator once the critic's loss falls below ``critic_thresh``, or
+    after ``max_critic_steps`` critic batches (:func:`_gan_switcher`).
     """
     from fastai.optimizer import Adam
     from fastai.vision.gan import GANLearner
@@ -686,10 +687,11 @@ def train_gan(
         meta["gan_steps"] = dict(switcher.steps)
         if switcher.steps["generator"] == 0:
             log.warning(
-                "the GAN stage trained the critic for %d batches and never the generator (its loss stayed above "
-                "train.gan.critic_thresh %.2f, and train.gan.max_critic_steps is null): the model is the stage-1 generator",
+                "the GAN stage trained the critic for %d batches and never the generator (the critic's loss stayed above "
+                "train.gan.critic_thresh %.2f, and train.gan.max_critic_steps is %s): the model is the stage-1 generator",
                 switcher.steps["critic"],
                 float(gcfg["critic_thresh"]),
+                gcfg["max_critic_steps"],
             )
     _write_outputs(out_dir, meta, rows)
     return meta
