@@ -185,12 +185,9 @@ def train_params(job):
     out ``pretrain_set`` unless they pretrain; the ablation and the fine-tuning, which train from
     scratch and from the sample's GAN, leave out both pretraining keys, and so do the three stages
     without pretraining (their params are then those of runs made before pretraining existed).
-    ``augment.motion`` is left out while 0, ``generator.loss`` while ``mse`` and
-    ``gan.max_critic_steps`` while 5, for the same reason (a project's GAN, a protected output,
-    is not asked to retrain when the key arrives at its default)."""
+    ``augment.motion`` is left out while 0 and ``generator.loss`` while ``mse``, for the same
+    reason."""
     train = dict(config["train"])
-    if train["gan"].get("max_critic_steps", 5) == 5:
-        train["gan"] = {k: v for k, v in train["gan"].items() if k != "max_critic_steps"}
     if not train["augment"].get("motion"):
         train["augment"] = {k: v for k, v in train["augment"].items() if k != "motion"}
     if train["generator"].get("loss", "mse") == "mse":
