@@ -51,14 +51,14 @@ def _window(image: np.ndarray, frames: int, what: str) -> np.ndarray:
     window as restoration builds it (:func:`fastscan.restore.temporal.temporal_stack`): a 2-D
     image is a one-frame series, repeated; a stack gives the window of its frame ``frames // 2``,
     its first ``frames`` planes."""
-    from fastscan.restore.temporal import temporal_stack
+    from fastscan.restore.temporal import lone_frame_window, temporal_stack
 
     if frames == 1:
         if image.ndim != 2:
             raise ExportError(f"{what}: the sample must be a 2-D image for a one-frame generator, got shape {image.shape}")
         return image
     if image.ndim == 2:
-        return temporal_stack(image[None], [0], frames=frames)[0]
+        return lone_frame_window(image, frames)
     if image.ndim != 3 or len(image) < frames:
         raise ExportError(
             f"{what}: the sample must be a 2-D image or a stack of at least {frames} frames (the model's temporal window), got shape {image.shape}"

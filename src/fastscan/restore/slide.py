@@ -256,7 +256,7 @@ def _restore_slide_units(
     plan: Mapping[str, Any], engine: TileEngine, planes: list, meta: Mapping[str, Any], partial: Path, units: Sequence, *, path, progress: bool | None
 ) -> dict[str, int]:
     from fastscan.models import model_frames
-    from fastscan.restore.temporal import temporal_stack
+    from fastscan.restore.temporal import lone_frame_window
 
     done = _done_keys(partial, 3)
     todo = [u for u in units if u not in done]
@@ -267,10 +267,6 @@ def _restore_slide_units(
     tile_shape = tuple(plan["tile_shape"])
     norm = meta["normalisation"]["lr"]
     window = model_frames(meta)
-
-    def as_input(block: np.ndarray) -> np.ndarray:
-        # A slide's region is a one-frame series: a temporal generator's window repeats it.
-        return block if window == 1 else temporal_stack(block[None], [0], frames=window)[0]
 
     def write(key: tuple[int, int, int], hr: np.ndarray) -> None:
         c, iy, ix = key
@@ -295,7 +291,7 @@ def _restore_slide_units(
         _run_units(
             todo,
             read=lambda key: _read_region(planes[key[0]], plan, key, norm),
-            compute=lambda block: engine.predict_blocks([as_input(block)], tile_shape=tile_shape)[0],
+            compute=lambda block: engine.predict_blocks([lone_frame_window(block, window)], tile_shape=tile_shape)[0],
             write=write,
             partial=partial,
             progress=bar,

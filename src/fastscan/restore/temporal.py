@@ -67,6 +67,13 @@ def temporal_stack(
     return out
 
 
+def lone_frame_window(image: np.ndarray, frames: int) -> np.ndarray:
+    """A lone 2-D frame (a slide's region, a sample image) as a generator's input: the frame
+    itself, or for a generator with temporal context the window of a one-frame series, which
+    repeats the frame (:func:`temporal_stack` reflecting at both ends of a series of one)."""
+    return image if frames == 1 else temporal_stack(image[None], [0], frames=frames)[0]
+
+
 def input_frames(model: torch.nn.Module) -> int:
     """Input channels of a generator: the frames of its temporal window (1 for single frames)."""
     import torch
