@@ -610,7 +610,7 @@ def train_gan(
 
     ``checkpoint_dir`` enables per-epoch checkpoints and resuming, as in :func:`train_generator`.
 
-    The generator loss is ``weights_gen[0] * adversarial + weights_gen[1] * MSE``; the switcher
+    The generator loss is ``weights_gen[0] * adversarial + weights_gen[1] * content`` (``generator.loss``); the switcher
     hands training back to the generator once the critic's loss falls below ``critic_thresh``
     (:func:`_gan_switcher`).
     """
