@@ -382,6 +382,93 @@ def test_ingest_png_frames_and_target(tmp_path: Path) -> None:
     assert read_fov(tmp_path / "fov.zarr")[0].shape == (3, 16, 16)
 
 
+# ------------------------------------------------------------------------------------------
+# NumPy .npy arrays (the W2S layout: wf_channel0.npy, 400 x 512 x 512 uint16, beside a 2x
+# sim_channel0.npy)
+
+
+def test_npy_series_image_and_header(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    series = rng.integers(0, 65535, (5, 16, 24), dtype=np.uint16)
+    np.save(tmp_path / "wf_channel0.npy", series)
+    frames, meta = read_series(tmp_path / "wf_channel0.npy")
+    np.testing.assert_array_equal(frames, series)
+    assert (meta["format"], meta["axes"], meta["channels"], meta["pixel_size_um"]) == ("npy", "TYX", 1, None)
+    header = read_header(tmp_path / "wf_channel0.npy")
+    assert (header["format"], header["size_yx"], header["frames"], header["dtype"], header["pixel_size_um"]) == ("npy", [16, 24], 5, "uint16", None)
+    # A 2-D array is a single image; half floats are read as float32, big-endian values swapped.
+    np.save(tmp_path / "sim_channel0.npy", rng.random((32, 48)).astype(np.float16))
+    image, meta = read_image(tmp_path / "sim_channel0.npy")
+    assert image.shape == (32, 48) and meta["frames_averaged"] == 1 and meta["dtype"] == "float32"
+    np.save(tmp_path / "big_endian.npy", series.astype(">u2"))
+    frames, meta = read_series(tmp_path / "big_endian.npy")
+    np.testing.assert_array_equal(frames, series)
+    assert frames.dtype == np.dtype("=u2")
+
+
+def test_npy_colour_glob_and_ingest(tmp_path: Path) -> None:
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[..., 1] = 7
+    np.save(tmp_path / "rgb.npy", rgb)
+    frames, meta = read_series(tmp_path / "rgb.npy", channel=1)
+    assert frames.shape == (1, 16, 16) and (frames == 7).all() and meta["channels"] == 3
+    rng = np.random.default_rng(5)
+    for index in range(3):
+        np.save(tmp_path / f"frame{index}.npy", rng.integers(0, 4095, (16, 16), dtype=np.uint16))
+    np.save(tmp_path / "sim.npy", rng.random((32, 32), dtype=np.float32) * 4095)
+    # An array records no pixel size: the sample sheet's columns give it.
+    with pytest.raises(InputError, match="pixel size"):
+        _ingest(tmp_path / "frame*.npy", tmp_path / "sim.npy", tmp_path / "fov.zarr")
+    attrs = _ingest(tmp_path / "frame*.npy", tmp_path / "sim.npy", tmp_path / "fov.zarr", lr_pixel_size_um=0.1, hr_pixel_size_um=0.05)
+    assert (attrs["source"]["lr"]["frame_format"], attrs["source"]["hr"]["format"]) == ("npy", "npy")
+    assert read_fov(tmp_path / "fov.zarr")[0].shape == (3, 16, 16)
+
+
+def test_bad_npy_files_name_the_file_and_the_problem(tmp_path: Path) -> None:
+    good = tmp_path / "good.npy"
+    np.save(good, np.ones((4, 64, 64), np.uint16))
+    raw = good.read_bytes()
+    cases = {
+        "cut.npy": (raw[: len(raw) // 2], "truncated"),
+        "head.npy": (raw[:40], "truncated or corrupt"),
+        "fake.npy": (b"not an array at all", "not a valid NPY file"),
+    }
+    for name, (data, why) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(InputError, match=f"{name}.*{why}"):
+            read_series(tmp_path / name)
+    refused = {
+        "objects.npy": (np.array([{"a": 1}], dtype=object), "Python objects"),
+        "mask.npy": (np.ones((8, 8), bool), "bool array; images must hold integers or floats"),
+        "complex.npy": (np.ones((8, 8), np.complex64), "complex64 array"),
+        "volume.npy": (np.ones((2, 3, 8, 8), np.uint8), r"4-D array of shape \[2, 3, 8, 8\].*one channel"),
+        "line.npy": (np.ones(8, np.uint8), "1-D array"),
+        "empty.npy": (np.ones((0, 8, 8), np.uint8), "empty"),
+    }
+    for name, (array, why) in refused.items():
+        np.save(tmp_path / name, array, allow_pickle=True)
+        with pytest.raises(InputError, match=f"{name}.*{why}"):
+            read_series(tmp_path / name)
+        with pytest.raises(InputError, match=name):
+            read_header(tmp_path / name)
+    with pytest.raises(InputError, match="good.npy: NPY is read as LR frames and HR targets, not as a whole slide"):
+        open_slide(good)
+    assert good.read_bytes() == raw
+
+
+def test_npy_too_big_for_memory_is_refused_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastscan.io.memory import ENV_VAR, MemoryLimitError
+
+    # A sparse file: the header declares 2 GB of uint16 frames, none of which is on disk.
+    path = tmp_path / "huge.npy"
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "<u2", "fortran_order": False, "shape": (4, 16384, 16384)})
+        fh.truncate(fh.tell() + 4 * 16384 * 16384 * 2)
+    monkeypatch.setenv(ENV_VAR, "100")
+    with pytest.raises(MemoryLimitError, match="huge.npy: the image series declares 4 x 16384 x 16384 uint16"):
+        read_series(path)
+
+
 def test_missing_and_unknown_files(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not found"):
         read_series(tmp_path / "missing.tif")

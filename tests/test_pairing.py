@@ -223,6 +223,45 @@ def test_zoom_time_and_series_order_decide() -> None:
     assert pairs == []
 
 
+def test_npy_arrays_of_the_w2s_layout_pair_by_channel(tmp_path: Path, capsys) -> None:
+    """One folder per FOV: each channel's widefield series (T, Y, X) beside its 2x SIM target and
+    the SIM raw input, which fits nothing. Arrays record no pixel size: --lr-pixel-size gives it."""
+    from fastscan.io import ingest_fov
+
+    rng = np.random.default_rng(1)
+    root = tmp_path / "w2s"
+    for image in range(1, 5):
+        folder = root / f"Image{image:03d}"
+        folder.mkdir(parents=True)
+        for channel in range(2):
+            np.save(folder / f"wf_channel{channel}.npy", rng.integers(0, 4095, (3, 16, 16), dtype=np.uint16))
+            np.save(folder / f"sim_channel{channel}.npy", rng.random((32, 32), dtype=np.float32))
+        np.save(folder / "sim_input_channel0.npy", rng.random((48, 80), dtype=np.float32))
+    out = tmp_path / "samples.tsv"
+    assert cli_main(["sheet", str(root), "--out", str(out), "--lr-pixel-size", "0.1", "--no-split"]) == 0
+    printed = capsys.readouterr().out
+    assert "8 pair(s)" in printed and "sim_input_channel0.npy" in printed
+    sheet = load_samples(out)
+    assert len(sheet) == 8 and set(sheet["session"]) == {f"Image{i:03d}" for i in range(1, 5)}
+    for _, row in sheet.iterrows():
+        assert Path(row["lr"]).name.replace("wf_", "sim_") == Path(row["hr"]).name
+        assert (float(row["lr_pixel_size_um"]), float(row["hr_pixel_size_um"])) == (pytest.approx(0.1), pytest.approx(0.05))
+    row = sheet.iloc[0]
+    attrs = ingest_fov(
+        lr=row["lr"],
+        hr=row["hr"],
+        out=tmp_path / "fov.zarr",
+        sample=row["sample"],
+        session=row["session"],
+        fov=row["fov"],
+        lr_pixel_size_um=float(row["lr_pixel_size_um"]),
+        hr_pixel_size_um=float(row["hr_pixel_size_um"]),
+    )
+    assert attrs["source"]["lr"]["format"] == "npy" and attrs["lr_pixel_size_um"] == pytest.approx([0.1, 0.1])
+    with pytest.raises(PairingError, match="LR pixel size must be a positive number"):
+        propose([root], lr_pixel_size_um=-1.0)
+
+
 def test_cli_writes_refuses_and_forces(session: Path, tmp_path: Path, capsys, caplog) -> None:
     out = tmp_path / "samples.tsv"
     args = [str(session / "sim"), "--out", str(out), "--relative-to", str(tmp_path), "--sample", "mito"]
@@ -246,7 +285,7 @@ def test_bad_folders_and_options_are_refused(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "readme.txt").write_text("x")
-    with pytest.raises(PairingError, match="holds no OIB, OIF or TIFF"):
+    with pytest.raises(PairingError, match="holds no OIB, OIF, TIFF or NPY"):
         propose([empty])
     # PNG frames are read as globs, which the sheet cannot propose: said, with what to write.
     (empty / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n")

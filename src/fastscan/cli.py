@@ -78,8 +78,8 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
 def _add_sheet(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
         "sheet",
-        help="pair a session's OIB/OIF/TIFF files into a sample sheet, with a review of what was paired and why",
-        description="Read the header of every OIB/OIF/TIFF under the folders (never the pixels), pair each video-rate "
+        help="pair a session's OIB/OIF/TIFF/NPY files into a sample sheet, with a review of what was paired and why",
+        description="Read the header of every OIB/OIF/TIFF/NPY under the folders (never the pixels), pair each video-rate "
         "series with the HR target of the same field of view (size ratio --scale, same field in micrometres, zoom, "
         "stage and focus position, time), propose a split per FOV and write samples.tsv. A review table of what was "
         "paired, what was not and why is printed; check it before running the workflow.",
@@ -90,6 +90,13 @@ def _add_sheet(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--force", action="store_true", help="replace an existing --out (and --review) file")
     s.add_argument("--scale", type=int, default=2, help="HR pixels per LR pixel per axis, as ingest.scale (default 2)")
     s.add_argument("--sample", default=None, help="sample name of every row (default: the name of each FOLDER)")
+    s.add_argument(
+        "--lr-pixel-size",
+        type=float,
+        default=None,
+        metavar="UM",
+        help="LR pixel size in µm, written for pairs of which neither file records one (NPY arrays, plain TIFFs); HR: UM / --scale",
+    )
     s.add_argument(
         "--relative-to", default=None, metavar="DIR", help="write paths relative to DIR, e.g. . for the folder Snakemake runs in (default: absolute paths)"
     )
@@ -184,6 +191,7 @@ def _sheet(args: argparse.Namespace) -> int:
             position_tolerance=args.position_tolerance,
             focus_tolerance_um=args.focus_tolerance,
             session_gap_h=args.session_gap,
+            lr_pixel_size_um=args.lr_pixel_size,
         )
         sys.stdout.write(review_text(proposal))
         sys.stdout.flush()

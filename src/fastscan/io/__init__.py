@@ -3,7 +3,7 @@
 Three layers live here:
 
 * :func:`read_series` and :func:`read_image` turn a raw acquisition (Olympus OIB/OIF,
-  multi-page TIFF, OME-TIFF, ImageJ TIFF, PNG, or a glob of single-frame files) into a
+  multi-page TIFF, OME-TIFF, ImageJ TIFF, PNG, NumPy ``.npy``, or a glob of single-frame files) into a
   ``(T, Y, X)`` series or a 2-D HR target together with the metadata that matters
   downstream (pixel size, channel count, significant bits, scan settings).
 * :func:`ingest_fov` validates one LR/HR pair and writes the canonical per-FOV Zarr v3
@@ -18,13 +18,14 @@ Modules, lowest layer first (each imports only from those above it):
 
 * :mod:`~fastscan.io.errors` -- :class:`InputError`.
 * :mod:`~fastscan.io.sources` -- what a path names: a glob of frames, a Zarr store, or an
-  OIB/OIF/TIFF/PNG file by its first bytes.
+  OIB/OIF/TIFF/PNG/NPY file by its first bytes.
 * :mod:`~fastscan.io.metadata` -- lengths in micrometres, ISO 8601 times, JSON-safe values.
 * :mod:`~fastscan.io.declared` -- the array a header declares, the channel read from it,
   and the memory refusal before reading it.
 * :mod:`~fastscan.io.olympus` -- Olympus OIB/OIF (settings, OLE sector check, pixels).
 * :mod:`~fastscan.io.tiff` -- the TIFF family (plain, OME, ImageJ, SVS) and its checks.
 * :mod:`~fastscan.io.png` -- PNG frames (8/16-bit grayscale, 8-bit colour): header chunks, pixels.
+* :mod:`~fastscan.io.npy` -- NumPy ``.npy`` arrays: axes by dimension, memory-mapped header.
 * :mod:`~fastscan.io.readers` -- :func:`read_series`, :func:`read_image`,
   :func:`read_header`: a source routed to its format's reader, globs stacked.
 * :mod:`~fastscan.io.fov_store` -- :func:`ingest_fov`, :func:`read_fov`, :func:`file_sha256`.

@@ -1,8 +1,8 @@
 """The public raw readers: route a source to its format's reader, stack globs, read headers.
 
 :func:`read_series`, :func:`read_image` and :func:`read_header` accept any source
-(OIB/OIF, the TIFF family, PNG, a glob of single-frame files) and hand it to
-:mod:`fastscan.io.olympus`, :mod:`fastscan.io.tiff` or :mod:`fastscan.io.png`; :func:`_probe`
+(OIB/OIF, the TIFF family, PNG, NumPy ``.npy``, a glob of single-frame files) and hand it to
+:mod:`fastscan.io.olympus`, :mod:`fastscan.io.tiff`, :mod:`fastscan.io.png` or :mod:`fastscan.io.npy`; :func:`_probe`
 declares a source's array without reading pixels, so that callers can refuse what cannot fit
 first.
 """
@@ -18,6 +18,7 @@ import numpy as np
 
 from fastscan.io.declared import _IMAGE, _SERIES, _declare, _Declared, _declared_frames, _guard, _Role
 from fastscan.io.errors import InputError
+from fastscan.io.npy import _npy_declared, _open_npy, _read_npy, _read_npy_header
 from fastscan.io.olympus import _check_oib_complete, _read_olympus, _read_olympus_header, _truncated_olympus
 from fastscan.io.png import _png_header, _read_png, _read_png_header
 from fastscan.io.sources import PathLike, _detect_format, _glob_files, _is_glob
@@ -31,6 +32,8 @@ def _read_file(path: Path, *, channel: int, role: _Role = _SERIES) -> tuple[np.n
         return _read_tiff(path, channel=channel, role=role)
     if fmt == "png":
         return _read_png(path, channel=channel, role=role)
+    if fmt == "npy":
+        return _read_npy(path, channel=channel, role=role)
     return _read_olympus(path, fmt, channel=channel, role=role)
 
 
@@ -47,6 +50,8 @@ def _probe_file(path: Path) -> _Declared | None:
             # The header chunks alone, no pixel decompressed; their walk also refuses a
             # truncated file here.
             return _png_header(path).declared
+        if fmt == "npy":
+            return _npy_declared(_open_npy(path), path)
         if fmt == "tiff":
             import tifffile
 
@@ -117,7 +122,8 @@ def read_series(path: PathLike, *, channel: int = 0) -> tuple[np.ndarray, dict[s
     ----------
     path : str or os.PathLike
         An Olympus ``.oib``/``.oif`` file, a (multi-page, OME or ImageJ) TIFF, a PNG (8- or
-        16-bit grayscale, or 8-bit colour), or a glob pattern of single-frame files, which
+        16-bit grayscale, or 8-bit colour), a NumPy ``.npy`` array (2-D ``(Y, X)`` or 3-D
+        ``(T, Y, X)``; ``(Y, X, 3|4)`` is colour), or a glob pattern of single-frame files, which
         are stacked in natural order (``frame2`` before ``frame10``).
     channel : int, optional
         Channel to read from multi-channel sources (the ``C`` axis, or the RGB sample axis).
@@ -128,7 +134,7 @@ def read_series(path: PathLike, *, channel: int = 0) -> tuple[np.ndarray, dict[s
         ``(T, Y, X)`` in the source dtype; a single 2-D image gives ``T = 1``. Other
         non-spatial axes (Z, generic pages) are folded into ``T``.
     meta : dict
-        ``format`` (``"oib"``, ``"oif"``, ``"ome-tiff"``, ``"tiff"``, ``"svs"``, ``"png"`` or ``"glob"``),
+        ``format`` (``"oib"``, ``"oif"``, ``"ome-tiff"``, ``"tiff"``, ``"svs"``, ``"png"``, ``"npy"`` or ``"glob"``),
         ``path``, ``pixel_size_um`` (``[y, x]`` or None when the file does not say),
         ``channels``, ``significant_bits`` (int or None), ``axes`` (source axes),
         ``shape`` and ``dtype`` of ``frames``, plus format specific entries such as
@@ -198,12 +204,12 @@ def _read_image(path: PathLike, *, channel: int, role: _Role) -> tuple[np.ndarra
 
 
 def read_header(path: PathLike) -> dict[str, Any]:
-    """What one OIB/OIF/TIFF/PNG file says about its acquisition, without decoding pixel data.
+    """What one OIB/OIF/TIFF/PNG/NPY file says about its acquisition, without decoding pixel data.
 
     Parameters
     ----------
     path : str or os.PathLike
-        An Olympus ``.oib``/``.oif`` file, a TIFF (OME, ImageJ or plain) or a PNG. Globs are
+        An Olympus ``.oib``/``.oif`` file, a TIFF (OME, ImageJ or plain), a PNG or an ``.npy``. Globs are
         not accepted: each file describes itself.
 
     Returns
@@ -220,7 +226,8 @@ def read_header(path: PathLike) -> dict[str, Any]:
         ``TimeIncrement``, ImageJ ``finterval``, Olympus T axis), ``instrument`` (Olympus
         ``SystemName``). ``sources``
         maps each of those that was found to the field it came from. A PNG records only its
-        size, pixel size (``pHYs``) and significant bits (``sBIT``, as recorded).
+        size, pixel size (``pHYs``) and significant bits (``sBIT``, as recorded); an ``.npy``
+        only its shape and dtype.
 
     Raises
     ------
@@ -249,6 +256,8 @@ def read_header(path: PathLike) -> dict[str, Any]:
             declared, meta = _read_tiff_header(path, header)
         elif fmt == "png":
             declared, meta = _read_png_header(path)
+        elif fmt == "npy":
+            declared, meta = _read_npy_header(path)
         else:
             declared, meta = _read_olympus_header(path, fmt, header)
     except InputError:

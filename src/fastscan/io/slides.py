@@ -218,7 +218,7 @@ def open_slide(path: PathLike, *, channel: int | None = 0, level: int = 0) -> tu
     ------
     InputError
         When the path is missing, a directory that is not a Zarr store, unreadable, of
-        unknown format, a PNG (read as LR frames and HR targets only), not a single plane,
+        unknown format, a PNG or NPY (read as LR frames and HR targets only), not a single plane,
         or ``channel``/``level`` is out of range.
     """
     import dask.array as da
@@ -236,8 +236,8 @@ def open_slide(path: PathLike, *, channel: int | None = 0, level: int = 0) -> tu
         arr, meta = _open_zarr_slide(path, level=level)
     else:
         fmt = _detect_format(path)
-        if fmt == "png":
-            raise InputError(f"{path}: PNG is read as LR frames and HR targets, not as a whole slide; give a TIFF/SVS/OIB file or a Zarr directory")
+        if fmt in ("png", "npy"):
+            raise InputError(f"{path}: {fmt.upper()} is read as LR frames and HR targets, not as a whole slide; give a TIFF/SVS/OIB file or a Zarr directory")
         if fmt == "tiff":
             arr, meta = _open_tiff_slide(path, level=level)
         else:

@@ -1,4 +1,4 @@
-"""What a source path names: a glob of single-frame files, a Zarr store, or an OIB/OIF/TIFF/PNG file.
+"""What a source path names: a glob of single-frame files, a Zarr store, or an OIB/OIF/TIFF/PNG/NPY file.
 
 Telling these apart needs only the name and the first bytes, never a format library, so the
 format readers, the slide reader and the restore steps share this one classification.
@@ -19,6 +19,7 @@ PathLike = str | os.PathLike[str]
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_NPY_MAGIC = b"\x93NUMPY"
 _TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf2", ".tf8", ".svs", ".ndpi", ".scn")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -41,11 +42,11 @@ def _glob_files(pattern: str) -> list[Path]:
 
 
 def _detect_format(path: Path) -> str:
-    """Return ``"oib"``, ``"oif"``, ``"tiff"`` or ``"png"`` from the name and the first bytes."""
+    """Return ``"oib"``, ``"oif"``, ``"tiff"``, ``"png"`` or ``"npy"`` from the name and the first bytes."""
     if not path.exists():
         raise InputError(f"{path}: file not found")
     if path.is_dir():
-        raise InputError(f"{path}: is a directory, expected an image file (OIB/OIF/TIFF/PNG)")
+        raise InputError(f"{path}: is a directory, expected an image file (OIB/OIF/TIFF/PNG/NPY)")
     suffix = path.suffix.lower()
     if suffix == ".oif":
         return "oif"
@@ -60,9 +61,11 @@ def _detect_format(path: Path) -> str:
         return "oib"
     if head == _PNG_MAGIC:
         return "png"
-    if suffix in (".oib", ".png") or suffix in _TIFF_SUFFIXES:
+    if head[:6] == _NPY_MAGIC:
+        return "npy"
+    if suffix in (".oib", ".png", ".npy") or suffix in _TIFF_SUFFIXES:
         raise InputError(f"{path}: not a valid {suffix[1:].upper()} file (unexpected header bytes {head[:4]!r}); the file may be truncated or corrupt")
-    raise InputError(f"{path}: unknown image format; supported are OIB, OIF, TIFF/OME-TIFF/ImageJ TIFF/SVS, PNG or a glob of single-frame files")
+    raise InputError(f"{path}: unknown image format; supported are OIB, OIF, TIFF/OME-TIFF/ImageJ TIFF/SVS, PNG, NumPy .npy or a glob of single-frame files")
 
 
 def _zarr_kind(path: Path) -> str | None:

@@ -16,8 +16,9 @@ from typing import Any
 
 from fastscan.io import InputError, read_header
 
-#: File name endings read as images; anything else in the folders is listed as skipped.
-IMAGE_SUFFIXES = (".oib", ".oif", ".tif", ".tiff")
+#: File name endings read as images; anything else in the folders is listed as skipped. NumPy
+#: arrays count: datasets such as W2S keep each series as one ``.npy`` of ``(T, Y, X)``.
+IMAGE_SUFFIXES = (".oib", ".oif", ".tif", ".tiff", ".npy")
 #: Why PNG files are skipped: each holds one frame, and a sheet row names one file per series
 #: (or a glob, which the pairing rules cannot propose).
 _PNG_SKIPPED = "a PNG frame: the sheet pairs whole files; write a glob of the frames (e.g. raw/1/*.png) into the sheet's lr column by hand"
@@ -58,6 +59,15 @@ ROLE_WORDS = (
     "stack",
     "x",
     "ome",
+    # The modality or the state of a public dataset's files: W2S's wf_channel0.npy (widefield)
+    # beside sim_channel0.npy (the SIM target); raw/noisy frames beside gt/clean averages.
+    "wf",
+    "widefield",
+    "sim",
+    "raw",
+    "noisy",
+    "gt",
+    "clean",
 )
 _ROLE = re.compile(r"(?:" + "|".join(ROLE_WORDS) + r")\d*", re.IGNORECASE)
 #: Characters a path in the sheet must not hold: pandas reads ``#`` as the start of a comment.
@@ -145,10 +155,10 @@ def find_files(folders: Sequence[str | os.PathLike]) -> list[Entry]:
 
     Hidden files and the data folders of OIF files (``*.oif.files``, read through their OIF)
     are left out. Raises :class:`PairingError` for a folder that does not exist, is a file, or
-    holds no OIB/OIF/TIFF at all.
+    holds no OIB/OIF/TIFF/NPY at all.
     """
     if not folders:
-        raise PairingError("no folder given: name the folder(s) holding the session's OIB/OIF/TIFF files")
+        raise PairingError("no folder given: name the folder(s) holding the session's OIB/OIF/TIFF/NPY files")
     entries: list[Entry] = []
     seen: set[Path] = set()
     for folder in folders:
@@ -173,7 +183,9 @@ def find_files(folders: Sequence[str | os.PathLike]) -> list[Entry]:
             hint = (
                 f"; its {pngs} PNG file(s) are not paired by the sheet: write globs of the frames (e.g. raw/1/*.png) into samples.tsv by hand" if pngs else ""
             )
-            raise PairingError(f"{root}: holds no OIB, OIF or TIFF file ({len(found)} other file(s)); name the folder that holds the session's images{hint}")
+            raise PairingError(
+                f"{root}: holds no OIB, OIF, TIFF or NPY file ({len(found)} other file(s)); name the folder that holds the session's images{hint}"
+            )
         entries.extend(found)
     return entries
 
@@ -187,7 +199,7 @@ def describe(entries: Iterable[Entry]) -> tuple[list[Entry], list[Unpaired]]:
             left.append(Unpaired(entry, "skipped", "-", _PNG_SKIPPED))
             continue
         if not entry.path.name.lower().endswith(IMAGE_SUFFIXES):
-            left.append(Unpaired(entry, "skipped", "-", "not an OIB, OIF or TIFF file"))
+            left.append(Unpaired(entry, "skipped", "-", "not an OIB, OIF, TIFF or NPY file"))
             continue
         bad = _SHEET_BREAKING.search(os.fspath(entry.path))
         if bad or entry.path.name != entry.path.name.strip():

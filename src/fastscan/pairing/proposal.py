@@ -35,15 +35,20 @@ def propose(
     position_tolerance: float = 0.1,
     focus_tolerance_um: float = 2.0,
     session_gap_h: float = 12.0,
+    lr_pixel_size_um: float | None = None,
 ) -> Proposal:
     """Find, describe and pair the files under ``folders``; name the FOVs and propose splits.
 
     ``sample`` names every pair's sample; None takes each folder's name. ``split=False`` leaves
-    the split column empty (the workflow then assigns splits by hash).
+    the split column empty (the workflow then assigns splits by hash). ``lr_pixel_size_um`` is
+    written for pairs of which neither file records a pixel size (the HR's is it / ``scale``).
     """
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 2:
         raise PairingError(f"scale must be an integer of 2 or more (HR pixels per LR pixel), got {scale!r}")
-    for name, value in (("position tolerance", position_tolerance), ("focus tolerance", focus_tolerance_um), ("session gap", session_gap_h)):
+    checked = [("position tolerance", position_tolerance), ("focus tolerance", focus_tolerance_um), ("session gap", session_gap_h)]
+    if lr_pixel_size_um is not None:
+        checked.append(("LR pixel size", lr_pixel_size_um))
+    for name, value in checked:
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise PairingError(f"{name} must be a positive number, got {value!r}")
     if sample is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", sample):
@@ -53,7 +58,7 @@ def propose(
         usable, scale=scale, position_tolerance=position_tolerance, focus_tolerance_um=focus_tolerance_um, session_gap_h=session_gap_h
     )
     _name_pairs(pairs, sample)
-    _fill_pixel_sizes(pairs, scale)
+    _fill_pixel_sizes(pairs, scale, lr_pixel_size_um)
     if split:
         propose_splits(pairs, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
     else:

@@ -273,8 +273,9 @@ def _unpaired(entries: Sequence[Entry], pairs: list[Pair], found: _Candidates, w
     return unpaired
 
 
-def _fill_pixel_sizes(pairs: list[Pair], scale: int) -> None:
-    """A pixel size one file lacks follows from its partner's; neither: the user must say."""
+def _fill_pixel_sizes(pairs: list[Pair], scale: int, lr_pixel_size_um: float | None = None) -> None:
+    """A pixel size one file lacks follows from its partner's; neither: ``lr_pixel_size_um`` (the
+    user's, for files that record none, such as arrays), else the user must fill the sheet."""
     for p in pairs:
         lr, hr = p.lr.pixel, p.hr.pixel
         if lr and not hr:
@@ -283,8 +284,11 @@ def _fill_pixel_sizes(pairs: list[Pair], scale: int) -> None:
         elif hr and not lr:
             p.lr_pixel_size_um = hr[1] * scale
             p.notes.append(f"LR pixel size not in the file: written as {_fmt(p.lr_pixel_size_um)} µm (HR x {scale})")
+        elif not lr and not hr and lr_pixel_size_um:
+            p.lr_pixel_size_um, p.hr_pixel_size_um = lr_pixel_size_um, lr_pixel_size_um / scale
+            p.notes.append(f"neither file records its pixel size: written as given, LR {_fmt(lr_pixel_size_um)} µm, HR {_fmt(p.hr_pixel_size_um)} µm")
         elif not lr and not hr:
-            p.notes.append("neither file records its pixel size: fill lr_pixel_size_um and hr_pixel_size_um")
+            p.notes.append("neither file records its pixel size: fill lr_pixel_size_um and hr_pixel_size_um (or give --lr-pixel-size)")
         channels = (p.lr.header["channels"], p.hr.header["channels"])  # type: ignore[index]
         if channels[0] != channels[1]:
             p.notes.append(f"channel counts differ (LR {channels[0]}, HR {channels[1]}): fill the channel column, or ingestion stops")
