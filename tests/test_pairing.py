@@ -13,7 +13,7 @@ import tifffile
 
 from fastscan.cli import main as cli_main
 from fastscan.io import InputError, read_header
-from fastscan.pairing import Entry, PairingError, describe, pair_entries, propose, propose_splits, review_text, write_sheet
+from fastscan.pairing import Entry, PairingError, pair_entries, propose, propose_splits, review_text, write_sheet
 from fastscan.sheets import fov_fraction, load_samples
 from fastscan.simulate import write_fov
 
@@ -262,6 +262,82 @@ def test_npy_arrays_of_the_w2s_layout_pair_by_channel(tmp_path: Path, capsys) ->
         propose([root], lr_pixel_size_um=-1.0)
 
 
+def _png(path: Path, value: int, size: int = 16) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size), value, np.uint8)).save(path)
+    return path
+
+
+def test_png_frame_folders_of_the_fmd_layout_are_series(tmp_path: Path, capsys) -> None:
+    """FMD: raw/<fov>/*.png noisy frames beside gt/<fov>/avg50.png, all one size (scale 1)."""
+    from fastscan.io import ingest_fov
+
+    root = tmp_path / "Confocal_BPAE_B"
+    for fov in range(1, 5):
+        for frame in range(3):
+            _png(root / "raw" / str(fov) / f"HV110_P05005100{frame:02d}.png", 10 * fov + frame)
+        _png(root / "gt" / str(fov) / "avg50.png", 10 * fov)
+    (root / "raw" / "1" / "notes.txt").write_text("acquired at 0.5 us dwell")
+    out = tmp_path / "samples.tsv"
+    assert cli_main(["sheet", str(root), "--out", str(out), "--scale", "1", "--lr-pixel-size", "0.2", "--relative-to", str(tmp_path)]) == 0
+    assert "4 pair(s)" in capsys.readouterr().out
+    sheet = load_samples(out)
+    assert list(sheet.index) == [f"Confocal_BPAE_B/Confocal_BPAE_B/{fov}" for fov in range(1, 5)]
+    row = sheet.loc["Confocal_BPAE_B/Confocal_BPAE_B/3"]
+    assert (row["lr"], row["hr"]) == ("Confocal_BPAE_B/raw/3/*.png", "Confocal_BPAE_B/gt/3/avg50.png")
+    assert (row["lr_pixel_size_um"], row["hr_pixel_size_um"]) == ("0.2", "0.2")
+    assert set(sheet["split"]) == {"train", "val", "test"}
+    attrs = ingest_fov(
+        lr=tmp_path / row["lr"],
+        hr=tmp_path / row["hr"],
+        out=tmp_path / "fov.zarr",
+        sample="s",
+        session="s",
+        fov="3",
+        lr_pixel_size_um=0.2,
+        hr_pixel_size_um=0.2,
+        scale=1,
+    )
+    assert attrs["source"]["lr"]["format"] == "glob" and len(attrs["source"]["lr"]["files"]) == 3
+    # At scale 2 the same folders hold no pair, and the review says why.
+    proposal = propose([root], scale=2)
+    assert proposal.pairs == [] and all("no partner" in u.reason for u in proposal.unpaired if u.status == "unpaired")
+    # One unlike frame spoils its folder's series, named, and no other.
+    _png(root / "raw" / "2" / "HV110_P0500510099.png", 1, size=8)
+    proposal = propose([root], scale=1)
+    assert sorted(p.fov for p in proposal.pairs) == ["1", "3", "4"]
+    [bad] = [u for u in proposal.unpaired if u.status == "unreadable"]
+    assert "3 PNG frames, not all alike" not in bad.reason and "4 PNG frames, not all alike" in bad.reason and "HV110_P0500510099.png 8x8" in bad.reason
+
+
+def test_single_frame_denoising_pairs_by_name_and_role_at_scale_1(tmp_path: Path) -> None:
+    """noisy/<name>.png beside clean/<name>.png, and low/ beside GT/ TIFFs: equal frames, so the
+    folder's role word says which is the series; files whose names recur stay single frames."""
+    root = tmp_path / "pairs"
+    for name in ("cellA", "cellB", "cellC"):
+        _png(root / "noisy" / f"{name}.png", 3)
+        _png(root / "clean" / f"{name}.png", 9)
+    (root / "low").mkdir()
+    (root / "GT").mkdir()
+    for name in ("n1", "n2"):
+        tifffile.imwrite(root / "low" / f"{name}.tif", np.ones((16, 16), np.uint16))
+        tifffile.imwrite(root / "GT" / f"{name}.tif", np.ones((16, 16), np.uint16))
+    proposal = propose([root], scale=1, split=False)
+    got = sorted((p.lr.shown(), p.hr.shown()) for p in proposal.pairs)
+    assert got == sorted(
+        [(f"pairs/noisy/{n}.png", f"pairs/clean/{n}.png") for n in ("cellA", "cellB", "cellC")]
+        + [(f"pairs/low/{n}.tif", f"pairs/GT/{n}.tif") for n in ("n1", "n2")]
+    )
+    # Two files alike in frames and in role words: nothing says which is the target.
+    odd = tmp_path / "odd"
+    _png(odd / "a.png", 1)
+    tifffile.imwrite(odd / "b.tif", np.ones((16, 16), np.uint16))
+    proposal = propose([odd], scale=1)
+    assert proposal.pairs == [] and all("named as its target" in u.reason for u in proposal.unpaired)
+
+
 def test_cli_writes_refuses_and_forces(session: Path, tmp_path: Path, capsys, caplog) -> None:
     out = tmp_path / "samples.tsv"
     args = [str(session / "sim"), "--out", str(out), "--relative-to", str(tmp_path), "--sample", "mito"]
@@ -285,18 +361,12 @@ def test_bad_folders_and_options_are_refused(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "readme.txt").write_text("x")
-    with pytest.raises(PairingError, match="holds no OIB, OIF, TIFF or NPY"):
+    with pytest.raises(PairingError, match="holds no OIB, OIF, TIFF, NPY or PNG"):
         propose([empty])
-    # PNG frames are read as globs, which the sheet cannot propose: said, with what to write.
-    (empty / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-    with pytest.raises(PairingError, match="1 PNG file.*raw/1/\\*.png"):
-        propose([empty])
-    _, left = describe([Entry(empty / "1.png", empty)])
-    assert left[0].status == "skipped" and "glob of the frames" in left[0].reason
     with pytest.raises(PairingError, match="folder not found"):
         propose([tmp_path / "missing"])
-    with pytest.raises(PairingError, match="scale must be an integer"):
-        propose([empty], scale=1)
+    with pytest.raises(PairingError, match="scale must be a positive integer"):
+        propose([empty], scale=0)
     with pytest.raises(PairingError, match="split fractions"):
         propose_splits([], val_fraction=0.6, test_fraction=0.5)
     lone = tmp_path / "lone"

@@ -78,8 +78,9 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
 def _add_sheet(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
         "sheet",
-        help="pair a session's OIB/OIF/TIFF/NPY files into a sample sheet, with a review of what was paired and why",
-        description="Read the header of every OIB/OIF/TIFF/NPY under the folders (never the pixels), pair each video-rate "
+        help="pair a session's OIB/OIF/TIFF/NPY/PNG files into a sample sheet, with a review of what was paired and why",
+        description="Read the header of every OIB/OIF/TIFF/NPY/PNG under the folders (never the pixels; a folder of PNG "
+        "frames is one series), pair each video-rate "
         "series with the HR target of the same field of view (size ratio --scale, same field in micrometres, zoom, "
         "stage and focus position, time), propose a split per FOV and write samples.tsv. A review table of what was "
         "paired, what was not and why is printed; check it before running the workflow.",
@@ -88,7 +89,7 @@ def _add_sheet(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True, help="sample sheet to write (refused if it exists, unless --force)")
     s.add_argument("--review", default=None, help="also write the review table as TSV here")
     s.add_argument("--force", action="store_true", help="replace an existing --out (and --review) file")
-    s.add_argument("--scale", type=int, default=2, help="HR pixels per LR pixel per axis, as ingest.scale (default 2)")
+    s.add_argument("--scale", type=int, default=2, help="HR pixels per LR pixel per axis, as ingest.scale (default 2; 1 for denoising pairs)")
     s.add_argument("--sample", default=None, help="sample name of every row (default: the name of each FOLDER)")
     s.add_argument(
         "--lr-pixel-size",

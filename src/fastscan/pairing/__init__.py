@@ -1,7 +1,8 @@
 """Pair a session's files into a sample sheet (``fastscan sheet FOLDER... --out samples.tsv``).
 
-Every OIB/OIF/TIFF/NPY under the given folders is described from its header alone
-(:func:`fastscan.io.read_header`; no pixel data is decoded, so files of any size are cheap).
+Every OIB/OIF/TIFF/NPY/PNG under the given folders is described from its header alone
+(:func:`fastscan.io.read_header`; no pixel data is decoded, so files of any size are cheap);
+a folder of PNG frames is one series, a glob (:mod:`~fastscan.pairing.entries`).
 A video-rate (LR) series and its high-resolution (HR) target are the same field of view
 sampled twice: the HR file has exactly ``scale`` times the pixels per axis over the same
 physical field. Two files of one folder are *candidates* when their sizes say so; the

@@ -43,8 +43,8 @@ def propose(
     the split column empty (the workflow then assigns splits by hash). ``lr_pixel_size_um`` is
     written for pairs of which neither file records a pixel size (the HR's is it / ``scale``).
     """
-    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 2:
-        raise PairingError(f"scale must be an integer of 2 or more (HR pixels per LR pixel), got {scale!r}")
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise PairingError(f"scale must be a positive integer (HR pixels per LR pixel; 1 for denoising pairs), got {scale!r}")
     checked = [("position tolerance", position_tolerance), ("focus tolerance", focus_tolerance_um), ("session gap", session_gap_h)]
     if lr_pixel_size_um is not None:
         checked.append(("LR pixel size", lr_pixel_size_um))

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastscan.pairing.entries import Entry, Unpaired
+from fastscan.pairing.entries import Entry, Unpaired, pairing_folder, role_of
 
 PIXEL_RATIO_TOLERANCE = 0.02
 ZOOM_TOLERANCE = 0.01
@@ -109,6 +109,14 @@ def _check(lr: Entry, hr: Entry, *, scale: int, position_tolerance: float, focus
     return c
 
 
+def _series_before_target(lr: Entry, hr: Entry) -> bool:
+    """At scale 1: can ``lr`` be the series of target ``hr``, by frames, else by role words?"""
+    lr_frames, hr_frames = lr.header["frames"], hr.header["frames"]  # type: ignore[index]
+    if lr_frames != hr_frames:
+        return lr_frames > hr_frames
+    return role_of(lr) == "series" and role_of(hr) == "target"
+
+
 def _decide(options: list[tuple[Entry, _Check]], what: str) -> tuple[Entry | None, str]:
     """The one option that wins by name, else clearly by time; None and why when none does."""
     if len(options) == 1:
@@ -161,16 +169,23 @@ def pair_entries(
 
 
 def _candidates(entries: Sequence[Entry], *, scale: int, position_tolerance: float, focus_tolerance_um: float, session_gap_h: float) -> _Candidates:
-    """Check every pair of files of one folder whose sizes are in ratio ``scale``."""
-    by_folder: dict[Path, list[Entry]] = {}
+    """Check every pair of files of one folder whose sizes are in ratio ``scale``.
+
+    At ``scale`` 1 (denoising) sizes cannot tell the series from the target: the series is the
+    file with more frames, or, at equal frames, the one whose path names it so (``raw``,
+    ``noisy``, ``lr``... against ``gt``, ``avg``, ``hr``...; :func:`role_of`).
+    """
+    by_folder: dict[tuple[Path, tuple[str, ...]], list[Entry]] = {}
     for e in entries:
-        by_folder.setdefault(e.path.parent, []).append(e)
+        by_folder.setdefault(pairing_folder(e), []).append(e)
     found = _Candidates()
     options, refused, has_lr = found.options, found.refused, found.has_lr
     for group in by_folder.values():
         for lr in group:
             for hr in group:
                 if hr is lr or hr.size != (scale * lr.size[0], scale * lr.size[1]):
+                    continue
+                if scale == 1 and not _series_before_target(lr, hr):
                     continue
                 has_lr.add(id(hr))
                 c = _check(lr, hr, scale=scale, position_tolerance=position_tolerance, focus_tolerance_um=focus_tolerance_um, session_gap_h=session_gap_h)
@@ -265,10 +280,17 @@ def _unpaired(entries: Sequence[Entry], pairs: list[Pair], found: _Candidates, w
         else:
             y, x = e.size
             frames = e.header["frames"]  # type: ignore[index]
-            reason = (
-                f"{frames} frame{'s' if frames != 1 else ''} of {y}x{x}; no file of its folder is {scale}x that size "
-                f"({scale * y}x{scale * x}) or 1/{scale} of it ({y / scale:g}x{x / scale:g}): no partner"
-            )
+            counted = f"{frames} frame{'s' if frames != 1 else ''} of {y}x{x}"
+            if scale == 1:
+                reason = (
+                    f"{counted}; no other file of its folder is that size with fewer frames, or, at equal frames, named as its "
+                    "target (gt, avg, clean, hr...) while it is named as a series (raw, noisy, lr...): no partner"
+                )
+            else:
+                reason = (
+                    f"{counted}; no file of its folder is {scale}x that size ({scale * y}x{scale * x}) or 1/{scale} of it "
+                    f"({y / scale:g}x{x / scale:g}): no partner"
+                )
         unpaired.append(Unpaired(e, "unpaired", role, reason))
     return unpaired
 

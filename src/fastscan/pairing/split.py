@@ -3,20 +3,21 @@ of :func:`fastscan.sheets.fov_fraction` (see :mod:`fastscan.pairing`)."""
 
 from __future__ import annotations
 
-from fastscan.pairing.entries import PairingError, name_tokens, sanitise
+from fastscan.pairing.entries import PairingError, sanitise
 from fastscan.pairing.rules import Pair
 
 
 def _name_pairs(pairs: list[Pair], sample: str | None) -> None:
     """Name each pair's sample (``sample``, else its folder's name), session (its subfolders) and
-    FOV (its file name without role words; ``-2``, ``-3``... where that name is taken)."""
+    FOV (its file name, or its folder of frames, without role words; ``-2``, ``-3``... where that
+    name is taken); see :meth:`Entry.place`."""
     taken: set[tuple[str, str, str]] = set()
     for p in pairs:
         root = p.lr.root
         p.sample = sanitise(sample, "sample") if sample else sanitise(root.name, "sample")
-        rel = p.lr.path.parent.relative_to(root).parts
+        words, rel = p.lr.place()
         p.session = sanitise("-".join(rel), "session") if rel else sanitise(root.name, "session")
-        base = sanitise("_".join(name_tokens(p.lr.path)), "fov")
+        base = sanitise("_".join(words), "fov")
         fov, n = base, 1
         while (p.sample, p.session, fov) in taken:
             n += 1
