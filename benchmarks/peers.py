@@ -214,7 +214,7 @@ def export_training(dataset: str | os.PathLike, out: Path) -> dict[str, Any]:
     The tiles are normalised exactly as :class:`fastscan.dataset.TileDataset` feeds fastscan.
     """
     from fastscan.baselines import upsample
-    from fastscan.dataset import normalise, read_dataset
+    from fastscan.dataset import HR_ROW, normalise, read_dataset, read_hr_tiles
 
     g, tiles, attrs = read_dataset(dataset)
     scale = int(attrs["scale"])
@@ -224,7 +224,7 @@ def export_training(dataset: str | os.PathLike, out: Path) -> dict[str, Any]:
     for split in ("train", "val"):
         idx = np.flatnonzero(tiles["split"].to_numpy() == split)
         lr = normalise(g["lr"].get_orthogonal_selection((idx, slice(None), slice(None))), *norm["lr"])
-        hr = normalise(g["hr"].get_orthogonal_selection((idx, slice(None), slice(None))), *norm["hr"])
+        hr = normalise(read_hr_tiles(g, tiles[HR_ROW].to_numpy()[idx]), *norm["hr"])
         np.save(out / f"{split}_lr.npy", lr)
         np.save(out / f"{split}_up.npy", upsample(lr, scale=scale, order=1))
         np.save(out / f"{split}_hr.npy", hr)

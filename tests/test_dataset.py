@@ -5,7 +5,7 @@ import torch
 import zarr
 from conftest import write_registered
 
-from fastscan.dataset import DatasetError, FovEntry, TileDataset, build_dataset, read_dataset, tile_origins
+from fastscan.dataset import HR_ROW, DatasetError, FovEntry, TileDataset, build_dataset, normalise, read_dataset, read_hr_tiles, tile_origins
 
 
 def test_tile_origins_cover_the_edge():
@@ -25,10 +25,52 @@ def test_build_dataset_pairs_and_provenance(tmp_path, tiny_dataset):
     row = table.iloc[0]
     lr_ref = src["lr"][row["frame"], row["y"] : row["y"] + 32, row["x"] : row["x"] + 32]
     np.testing.assert_array_equal(g["lr"][0], lr_ref)
-    np.testing.assert_array_equal(g["hr"][0], src["hr"][2 * row["y"] : 2 * row["y"] + 64, 2 * row["x"] : 2 * row["x"] + 64])
+    np.testing.assert_array_equal(g["hr"][row[HR_ROW]], src["hr"][2 * row["y"] : 2 * row["y"] + 64, 2 * row["x"] : 2 * row["x"] + 64])
     # Split by FOV: no FOV in two splits.
     assert table.groupby("fov")["split"].nunique().max() == 1
     assert set(table["split"]) == {"train", "val"}
+
+
+def test_frames_share_one_hr_tile_per_position_and_old_stores_still_read(tmp_path, tiny_dataset):
+    """Every frame of a FOV has the same target: a position's HR tile is stored once. A store of
+    the earlier layout (one HR tile per LR tile, no hr_row column) reads as before."""
+    import shutil
+
+    g, table, attrs = read_dataset(tiny_dataset)
+    positions = table.groupby(["sample", "session", "fov", "y", "x"]).ngroups
+    assert g["hr"].shape[0] == positions == attrs["counts"]["hr_tiles"] < len(table)
+    assert (table.groupby(["fov", "y", "x"])[HR_ROW].nunique() == 1).all()
+    # The loader gives each tile its own position's target, in memory and read tile by tile.
+    for budget in (1024.0, 0.0):
+        ds = TileDataset(tiny_dataset, "train", augment=False, max_memory_mb=budget)
+        assert ds.in_memory is (budget > 0)
+        for i in (0, len(ds) - 1):
+            row = ds.table.iloc[i]
+            want = normalise(g["hr"][row[HR_ROW]], *attrs["normalisation"]["hr"])
+            np.testing.assert_allclose(ds[i][1][0].numpy(), want, rtol=1e-6, atol=1e-6)  # one float32 normalisation
+    old = tmp_path / "old.zarr"
+    shutil.copytree(tiny_dataset, old)
+    full = read_hr_tiles(g, table[HR_ROW].to_numpy())
+    z = zarr.open_group(str(old), mode="r+")
+    del z["hr"]
+    z.create_array("hr", data=full, chunks=(1, *full.shape[1:]))
+    table.drop(columns=[HR_ROW]).to_csv(old / "tiles.tsv", sep="\t", index=False)
+    g2, t2, _ = read_dataset(old)
+    assert (t2[HR_ROW].to_numpy() == np.arange(len(t2))).all()
+    ds = TileDataset(old, "train", augment=False)
+    np.testing.assert_array_equal(ds[3][1].numpy(), TileDataset(tiny_dataset, "train", augment=False)[3][1].numpy())
+
+
+def test_a_dataset_larger_than_the_free_disk_is_refused_before_writing(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    entries = _three_fovs(tmp_path)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(DatasetError, match=r"ds.zarr: the dataset would hold \d+ LR and \d+ HR tiles.*only 0.0 GB are free.*dataset.max_frames is null"):
+        build_dataset(entries, tmp_path / "ds.zarr", tile=16, stride=16)
+    assert not (tmp_path / "ds.zarr").exists() and not list(tmp_path.glob("ds.zarr*"))
 
 
 def test_normalisation_uses_training_split_only(tmp_path):
@@ -177,8 +219,11 @@ def test_max_tiles_draws_a_fixed_subset_of_training_pairs(tmp_path):
     key = ["fov", "frame", "y", "x"]
     index = {tuple(r): i for i, r in enumerate(tf[key].itertuples(index=False))}
     for i, r in enumerate(ta[key].itertuples(index=False)):
-        np.testing.assert_array_equal(ga["hr"][i], gf["hr"][index[tuple(r)]])
-        np.testing.assert_array_equal(ga["lr"][i], gf["lr"][index[tuple(r)]])
+        j = index[tuple(r)]
+        np.testing.assert_array_equal(ga["hr"][ta[HR_ROW][i]], gf["hr"][tf[HR_ROW][j]])
+        np.testing.assert_array_equal(ga["lr"][i], gf["lr"][j])
+    # Only the positions some kept tile uses have an HR tile.
+    assert ga["hr"].shape[0] == ta[HR_ROW].nunique() == a["counts"]["hr_tiles"] < gf["hr"].shape[0]
 
 
 def test_normalisation_override_and_geometry(tmp_path):

@@ -23,6 +23,9 @@ from fastscan.stores import RegisteredStore, read_registered
 log = logging.getLogger(__name__)
 
 TILE_COLUMNS = ["sample", "session", "fov", "frame", "y", "x", "split"]
+#: The column of ``tiles.tsv`` that gives each tile's row of the ``hr`` array: every frame of a
+#: FOV shares the HR target, so a position's HR tile is stored once, not once per frame.
+HR_ROW = "hr_row"
 
 
 class DatasetError(ValueError):
@@ -174,7 +177,10 @@ def build_dataset(
         "geometry": geometry,
         "fovs": [u.name for u in usable],
     }
-    _write_dataset(Path(out), plans, set(keep), rows, attrs, tile=tile, scale=scale, correct_geometry=correct_geometry)
+    hr_rows, n_hr = _hr_rows(plans, set(keep))
+    attrs["counts"]["hr_tiles"] = n_hr
+    _check_disk(Path(out), n_lr=len(rows), n_hr=n_hr, tile=tile, scale=scale, frames=max(p.frames for p in plans), max_frames=max_frames)
+    _write_dataset(Path(out), plans, set(keep), hr_rows, rows, attrs, tile=tile, scale=scale, correct_geometry=correct_geometry)
     return attrs
 
 
@@ -313,10 +319,44 @@ def _subsample_training_tiles(rows: Sequence[tuple], max_tiles: int | None, seed
     return [i for i in range(len(rows)) if i not in drop]
 
 
+def _hr_rows(plans: Sequence[_TilePlan], kept: set[int]) -> tuple[list[dict[int, int]], int]:
+    """Per plan, the ``hr`` row of each position index some kept tile uses, numbered plan by plan
+    in position order; and how many rows that makes. ``kept`` indexes the candidate rows in
+    :func:`_tile_rows` order."""
+    out = []
+    n = 0
+    i = 0
+    for plan in plans:
+        k = len(plan.positions)
+        used = sorted({p for f in range(plan.frames) for p in range(k) if i + f * k + p in kept})
+        out.append({p: n + r for r, p in enumerate(used)})
+        n += len(used)
+        i += plan.frames * k
+    return out, n
+
+
+def _check_disk(out: Path, *, n_lr: int, n_hr: int, tile: int, scale: int, frames: int, max_frames: int | None) -> None:
+    """Refuse, before writing, a dataset larger than the free space where it goes: a full disk
+    would also break every other job writing there. The size is the uncompressed float32 one (noisy
+    tiles barely compress)."""
+    import shutil
+
+    need = 4 * (n_lr * tile * tile + n_hr * (scale * tile) ** 2)
+    where = next((p for p in (out.parent, *out.parent.parents) if p.exists()), Path("."))
+    free = shutil.disk_usage(where).free
+    if need > free:
+        cut = f"dataset.max_frames is {max_frames}" if max_frames is not None else "dataset.max_frames is null (every frame)"
+        raise DatasetError(
+            f"{out}: the dataset would hold {n_lr} LR and {n_hr} HR tiles, about {need / 1e9:.1f} GB, and only {free / 1e9:.1f} GB are free "
+            f"on {where}; {cut} and the longest FOV gives {frames} frames: set a smaller dataset.max_frames, or a larger dataset.stride, or free space"
+        )
+
+
 def _write_dataset(
     out: Path,
     plans: Sequence[_TilePlan],
     kept: set[int],
+    hr_rows: Sequence[dict[int, int]],
     rows: Sequence[tuple],
     attrs: dict[str, Any],
     *,
@@ -324,34 +364,40 @@ def _write_dataset(
     scale: int,
     correct_geometry: bool,
 ) -> None:
-    """Write the store atomically: the kept tiles of ``plans`` (``kept`` indexes the candidate
-    rows in :func:`_tile_rows` order), read frame by frame, then the attributes and the tile table."""
+    """Write the store atomically: the kept LR tiles of ``plans`` (``kept`` indexes the candidate
+    rows in :func:`_tile_rows` order), read frame by frame; each used position's HR tile once
+    (``hr_rows``, from :func:`_hr_rows`); then the attributes and the tile table, whose
+    :data:`HR_ROW` column points each tile at its HR row."""
     n = len(rows)
+    n_hr = sum(len(m) for m in hr_rows)
+    s = scale
     with atomic_path(out) as tmp:
         g = zarr.open_group(tmp, mode="w")
         lr_arr = g.create_array("lr", shape=(n, tile, tile), chunks=(1, tile, tile), dtype="float32")
-        hr_arr = g.create_array("hr", shape=(n, scale * tile, scale * tile), chunks=(1, scale * tile, scale * tile), dtype="float32")
+        hr_arr = g.create_array("hr", shape=(n_hr, s * tile, s * tile), chunks=(1, s * tile, s * tile), dtype="float32")
+        row_hr: list[int] = []
         i = 0  # index over all candidate rows; ``j`` over the kept ones written so far
         j = 0
-        for plan in plans:
+        for plan, rows_of in zip(plans, hr_rows, strict=True):
             positions, hr = plan.positions, plan.fov.hr
+            for p, r in rows_of.items():
+                y, x = positions[p]
+                hr_arr[r] = hr[s * y : s * (y + tile), s * x : s * (x + tile)]
             k = len(positions)
             for f in range(plan.frames):
                 sel = [p for p in range(k) if i + p in kept]
                 if sel:
                     frame = _read_lr(plan.fov, f, correct_geometry=correct_geometry)
-                    m = len(sel)
-                    lr_arr[j : j + m] = np.stack([frame[positions[p][0] : positions[p][0] + tile, positions[p][1] : positions[p][1] + tile] for p in sel])
-                    hr_arr[j : j + m] = np.stack(
-                        [
-                            hr[scale * positions[p][0] : scale * (positions[p][0] + tile), scale * positions[p][1] : scale * (positions[p][1] + tile)]
-                            for p in sel
-                        ]
+                    lr_arr[j : j + len(sel)] = np.stack(
+                        [frame[positions[p][0] : positions[p][0] + tile, positions[p][1] : positions[p][1] + tile] for p in sel]
                     )
-                    j += m
+                    row_hr.extend(rows_of[p] for p in sel)
+                    j += len(sel)
                 i += k
         g.attrs["fastscan"] = attrs
-        pd.DataFrame(rows, columns=TILE_COLUMNS).to_csv(tmp / "tiles.tsv", sep="\t", index=False)
+        table = pd.DataFrame(rows, columns=TILE_COLUMNS)
+        table[HR_ROW] = row_hr
+        table.to_csv(tmp / "tiles.tsv", sep="\t", index=False)
 
 
 def read_dataset(path: str | os.PathLike) -> tuple[zarr.Group, pd.DataFrame, dict]:
@@ -360,7 +406,18 @@ def read_dataset(path: str | os.PathLike) -> tuple[zarr.Group, pd.DataFrame, dic
     if not (path / "tiles.tsv").is_file():
         raise DatasetError(f"{path} is not a fastscan dataset (no tiles.tsv)")
     g = zarr.open_group(path, mode="r")
-    return g, pd.read_csv(path / "tiles.tsv", sep="\t", dtype={"session": str, "fov": str, "sample": str}), dict(g.attrs["fastscan"])
+    table = pd.read_csv(path / "tiles.tsv", sep="\t", dtype={"session": str, "fov": str, "sample": str})
+    if HR_ROW not in table:
+        # Stores written before the HR tiles were shared held one HR tile per LR tile.
+        table[HR_ROW] = np.arange(len(table))
+    return g, table, dict(g.attrs["fastscan"])
+
+
+def read_hr_tiles(group: zarr.Group, hr_rows: Sequence[int] | np.ndarray) -> np.ndarray:
+    """The HR tiles of the given ``hr`` rows, in that order (raw intensities), each read once."""
+    unique, inverse = np.unique(np.asarray(hr_rows, dtype=np.int64), return_inverse=True)
+    tiles = group["hr"].get_orthogonal_selection((unique, slice(None), slice(None)))
+    return np.asarray(tiles)[inverse]
 
 
 #: Fastest simulated motion of ``train.augment.motion`` (LR px per frame); the flowing-band
@@ -459,14 +516,19 @@ class TileDataset:
         self.norm = attrs["normalisation"]
         self.tile = tile
         self.index = idx
-        nbytes = len(idx) * 4 * (tile * tile) * (1 + self.scale**2)
+        hr_rows = self.table[HR_ROW].to_numpy()
+        unique_hr, hr_inverse = np.unique(hr_rows, return_inverse=True)
+        nbytes = 4 * tile * tile * (len(idx) + len(unique_hr) * self.scale**2)
         self.in_memory = nbytes <= max_memory_mb * 2**20
         if self.in_memory:
-            # Small datasets are read once; per-chunk reads would dominate a training step.
+            # Small datasets are read once; per-chunk reads would dominate a training step. Each
+            # HR tile is held once, however many frames share it.
             self.lr = normalise(g["lr"].get_orthogonal_selection((idx, slice(None), slice(None))), *self.norm["lr"])
-            self.hr = normalise(g["hr"].get_orthogonal_selection((idx, slice(None), slice(None))), *self.norm["hr"])
+            self.hr = normalise(g["hr"].get_orthogonal_selection((unique_hr, slice(None), slice(None))), *self.norm["hr"])
+            self.hr_index = hr_inverse
         else:
             self.lr, self.hr = g["lr"], g["hr"]
+            self.hr_index = hr_rows
         self.augment = augment
         self.max_zoom, self.max_lighting, self.max_contrast = max_zoom, max_lighting, max_contrast
         self.flips = bool(flips)
@@ -481,7 +543,6 @@ class TileDataset:
         ``shifts`` ``(frames, 2)`` moves each frame's crop by whole LR px (see ``motion``)."""
         s, size = self.scale, self.size
         window = self.window[i]
-        j = int(self.index[i])
         if shifts is not None and np.any(shifts):
             m = MOTION_MAX_PX * (len(window) // 2)
             tiles = self.lr[window] if self.in_memory else normalise(np.stack([self.lr[int(self.index[w])] for w in window]), *self.norm["lr"])
@@ -491,9 +552,10 @@ class TileDataset:
             lr = self.lr[window, y : y + size, x : x + size]
         else:
             lr = normalise(np.stack([self.lr[int(self.index[w]), y : y + size, x : x + size] for w in window]), *self.norm["lr"])
+        h = int(self.hr_index[i])
         if self.in_memory:
-            return lr, self.hr[i, s * y : s * (y + size), s * x : s * (x + size)].copy()
-        return lr, normalise(self.hr[j, s * y : s * (y + size), s * x : s * (x + size)], *self.norm["hr"])
+            return lr, self.hr[h, s * y : s * (y + size), s * x : s * (x + size)].copy()
+        return lr, normalise(self.hr[h, s * y : s * (y + size), s * x : s * (x + size)], *self.norm["hr"])
 
     def _motion(self) -> np.ndarray | None:
         """Whole-pixel shifts ``(frames, 2)`` of a window under a random constant velocity of 1 to
