@@ -286,7 +286,7 @@ def test_png_frame_folders_of_the_fmd_layout_are_series(tmp_path: Path, capsys) 
     sheet = load_samples(out)
     assert list(sheet.index) == [f"Confocal_BPAE_B/Confocal_BPAE_B/{fov}" for fov in range(1, 5)]
     row = sheet.loc["Confocal_BPAE_B/Confocal_BPAE_B/3"]
-    assert (row["lr"], row["hr"]) == ("Confocal_BPAE_B/raw/3/*.png", "Confocal_BPAE_B/gt/3/avg50.png")
+    assert (row["lr"], row["hr"]) == ("Confocal_BPAE_B/raw/3/HV110_P*.png", "Confocal_BPAE_B/gt/3/avg50.png")
     assert (row["lr_pixel_size_um"], row["hr_pixel_size_um"]) == ("0.2", "0.2")
     assert set(sheet["split"]) == {"train", "val", "test"}
     attrs = ingest_fov(
@@ -330,6 +330,23 @@ def test_single_frame_denoising_pairs_by_name_and_role_at_scale_1(tmp_path: Path
         [(f"pairs/noisy/{n}.png", f"pairs/clean/{n}.png") for n in ("cellA", "cellB", "cellC")]
         + [(f"pairs/low/{n}.tif", f"pairs/GT/{n}.tif") for n in ("n1", "n2")]
     )
+    # In one folder: frames beside their average (the glob leaves it out), a noisy frame beside
+    # its target, and at scale 2 an LR frame beside its HR target.
+    mixed = tmp_path / "mixed"
+    for t in range(3):
+        _png(mixed / "fov1" / f"frame{t}.png", t)
+    _png(mixed / "fov1" / "avg.png", 1)
+    _png(mixed / "fov2" / "low.png", 1)
+    _png(mixed / "fov2" / "gt.png", 1)
+    proposal = propose([mixed], scale=1, split=False)
+    assert sorted((p.lr.shown(), p.hr.shown()) for p in proposal.pairs) == [
+        ("mixed/fov1/frame*.png", "mixed/fov1/avg.png"),
+        ("mixed/fov2/low.png", "mixed/fov2/gt.png"),
+    ]
+    _png(mixed / "fov3" / "lr.png", 1)
+    _png(mixed / "fov3" / "hr.png", 1, size=32)
+    proposal = propose([mixed], scale=2, split=False)
+    assert [(p.lr.shown(), p.hr.shown()) for p in proposal.pairs] == [("mixed/fov3/lr.png", "mixed/fov3/hr.png")]
     # Two files alike in frames and in role words: nothing says which is the target.
     odd = tmp_path / "odd"
     _png(odd / "a.png", 1)

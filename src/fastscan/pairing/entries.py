@@ -5,14 +5,15 @@ used are kept as :class:`Unpaired`, with the reason, for the review.
 
 A folder of PNG frames is one series: public denoising datasets (FMD: ``raw/1/*.png``, 50
 noisy frames, beside ``gt/1/avg50.png``) store one frame per file, and the sheet names the
-series as a glob of them. Folders of equal-sized PNGs whose file names recur in a sibling
-folder (``noisy/fov1.png`` beside ``clean/fov1.png``) are single-frame pairs instead, and stay
-files. Folders named by a role word (``raw``, ``gt``, ``lr``, ``hr``...) are left out of
+series as a glob of them. Folders of PNGs whose file names recur in a sibling folder
+(``noisy/fov1.png`` beside ``clean/fov1.png``) are single-frame pairs instead, and stay files;
+so does a PNG named as a target (``avg.png`` beside its frames, ``gt.png`` beside ``low.png``). Folders named by a role word (``raw``, ``gt``, ``lr``, ``hr``...) are left out of
 the folder a file is paired in (:func:`pairing_folder`), so ``raw/1`` and ``gt/1`` are one.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -99,7 +100,7 @@ class PairingError(InputError):
 @dataclass
 class Entry:
     """One file found in the folders, with its header or the reason it cannot be used; or a
-    folder of PNG frames, whose ``path`` is the glob ``folder/*.png`` and ``frames`` its files."""
+    folder of PNG frames, whose ``path`` is their glob ``folder/frame*.png`` and ``frames`` its files."""
 
     path: Path
     root: Path
@@ -244,7 +245,12 @@ def find_files(folders: Sequence[str | os.PathLike]) -> list[Entry]:
 
 def _frame_folders(entries: Sequence[Entry]) -> list[Entry]:
     """The folders of two or more PNG frames that are series (see the module notes), as glob
-    entries whose ``frames`` are the folder's PNG entries."""
+    entries whose ``frames`` are the PNG entries the glob matches.
+
+    A PNG named by a target word (``avg50.png``, ``gt.png``) is no frame: it stays its own file,
+    and the glob is narrowed to the frames' common name start (``frame*.png``) so that it does
+    not match it; where no such glob exists, every PNG of the folder stays its own file.
+    """
     pngs: dict[Path, list[Entry]] = {}
     for e in entries:
         if e.path.suffix.lower() == ".png":
@@ -252,13 +258,19 @@ def _frame_folders(entries: Sequence[Entry]) -> list[Entry]:
     names = {folder: {_stem(e.path).lower() for e in group} for folder, group in pngs.items()}
     globs = []
     for folder, group in pngs.items():
-        if len(group) < 2:
+        frames = [e for e in group if not any(_TARGET_WORDS.fullmatch(w) for w in re.split(r"[^A-Za-z0-9]+", _stem(e.path)) if w)]
+        if len(frames) < 2:
             continue
         where = pairing_folder(group[0])
         if any(other != folder and pairing_folder(pngs[other][0]) == where and names[other] & names[folder] for other in pngs):
             continue  # the same names in a sibling folder: single-frame pairs, file by file
-        suffixes = sorted({e.path.suffix for e in group})
-        globs.append(Entry(folder / f"*{suffixes[0]}", group[0].root, frames=group))
+        suffix = frames[0].path.suffix
+        # The frames' common name start, without the frame number's leading digits.
+        pattern = os.path.commonprefix([e.path.name for e in frames]).rstrip("0123456789") + "*" + suffix
+        kept = {id(e) for e in frames}
+        if any(fnmatch.fnmatchcase(e.path.name, pattern) for e in group if id(e) not in kept):
+            continue
+        globs.append(Entry(folder / pattern, group[0].root, frames=frames))
     return globs
 
 
@@ -267,8 +279,8 @@ def _describe_frames(entry: Entry) -> None:
     frame has been read and found of the same size, type and channels."""
     frames = entry.frames or []
     folder = entry.path.parent
-    if _GLOB_BREAKING.search(os.fspath(folder)):
-        entry.reason = f"{folder}: the folder's name holds one of *?[] and its frames cannot be named by a glob; rename it"
+    if _GLOB_BREAKING.search(os.fspath(folder)) or _GLOB_BREAKING.search(entry.path.name[: entry.path.name.index("*")]):
+        entry.reason = f"{folder}: the folder's or the frames' names hold one of *?[] and the frames cannot be named by a glob; rename them"
         return
     if len({e.path.suffix for e in frames}) > 1:
         entry.reason = f"{folder}: its PNG names end in both .png and .PNG, which one glob cannot match; rename them alike"
