@@ -337,8 +337,8 @@ def _hr_rows(plans: Sequence[_TilePlan], kept: set[int]) -> tuple[list[dict[int,
 
 def _check_disk(out: Path, *, n_lr: int, n_hr: int, tile: int, scale: int, frames: int, max_frames: int | None) -> None:
     """Refuse, before writing, a dataset larger than the free space where it goes: a full disk
-    would also break every other job writing there. The size is the uncompressed float32 one (noisy
-    tiles barely compress)."""
+    would also break every other job writing there. The size is the uncompressed float32 one, an
+    upper bound of what the compressed store takes."""
     import shutil
 
     need = 4 * (n_lr * tile * tile + n_hr * (scale * tile) ** 2)
