@@ -243,6 +243,10 @@ def test_npy_arrays_of_the_w2s_layout_pair_by_channel(tmp_path: Path, capsys) ->
     assert "8 pair(s)" in printed and "sim_input_channel0.npy" in printed
     sheet = load_samples(out)
     assert len(sheet) == 8 and set(sheet["session"]) == {f"Image{i:03d}" for i in range(1, 5)}
+    # Both channels of an image are one FOV: one split, never one trained on and one held out.
+    split = propose([root], lr_pixel_size_um=0.1)
+    assert all(len({p.split for p in split.pairs if p.session == s}) == 1 for s in {p.session for p in split.pairs})
+    assert {p.split for p in split.pairs} == {"train", "val", "test"}
     for _, row in sheet.iterrows():
         assert Path(row["lr"]).name.replace("wf_", "sim_") == Path(row["hr"]).name
         assert (float(row["lr_pixel_size_um"]), float(row["hr_pixel_size_um"])) == (pytest.approx(0.1), pytest.approx(0.05))
