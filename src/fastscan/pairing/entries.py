@@ -144,9 +144,9 @@ class Entry:
         (:func:`name_tokens`); a folder of frames is named by itself, or by the nearest folder
         above it that is not a role word (``fov1/raw/*.png``), and its session lies above that.
         """
-        parts = self.path.parent.relative_to(self.root).parts
         if not self.is_glob:
-            return name_tokens(self.path), tuple(p for p in parts if not _role_folder(p))
+            return name_tokens(self.path), pairing_folder(self)[1]
+        parts = self.path.parent.relative_to(self.root).parts
         named = [i for i, p in enumerate(parts) if not _role_folder(p)]
         if not named:
             return name_tokens(self.path.parent), ()
@@ -175,9 +175,14 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
+def _words(text: str) -> list[str]:
+    """The runs of letters and digits of a name."""
+    return [w for w in re.split(r"[^A-Za-z0-9]+", text) if w]
+
+
 def name_tokens(path: Path) -> list[str]:
     """The words of a file name that name its field of view (role words removed)."""
-    words = [w for w in re.split(r"[^A-Za-z0-9]+", _stem(path)) if w]
+    words = _words(_stem(path))
     kept = [w for w in words if not _ROLE.fullmatch(w)]
     return kept or words
 
@@ -193,7 +198,7 @@ def pairing_folder(entry: Entry) -> tuple[Path, tuple[str, ...]]:
 def role_of(entry: Entry) -> str | None:
     """``"series"`` or ``"target"`` when the words of an entry's path below its root (folders
     and file name) name one role only, else None."""
-    words = [w for part in entry.path.relative_to(entry.root).parts for w in re.split(r"[^A-Za-z0-9]+", part) if w]
+    words = [w for part in entry.path.relative_to(entry.root).parts for w in _words(part)]
     series = any(_SERIES_WORDS.fullmatch(w) for w in words)
     target = any(_TARGET_WORDS.fullmatch(w) for w in words)
     return "series" if series and not target else "target" if target and not series else None
@@ -256,13 +261,16 @@ def _frame_folders(entries: Sequence[Entry]) -> list[Entry]:
         if e.path.suffix.lower() == ".png":
             pngs.setdefault(e.path.parent, []).append(e)
     names = {folder: {_stem(e.path).lower() for e in group} for folder, group in pngs.items()}
+    # Folders that pair with each other (raw/1 and gt/1), found once.
+    siblings: dict[tuple[Path, tuple[str, ...]], list[Path]] = {}
+    for folder, group in pngs.items():
+        siblings.setdefault(pairing_folder(group[0]), []).append(folder)
     globs = []
     for folder, group in pngs.items():
-        frames = [e for e in group if not any(_TARGET_WORDS.fullmatch(w) for w in re.split(r"[^A-Za-z0-9]+", _stem(e.path)) if w)]
+        frames = [e for e in group if not any(_TARGET_WORDS.fullmatch(w) for w in _words(_stem(e.path)))]
         if len(frames) < 2:
             continue
-        where = pairing_folder(group[0])
-        if any(other != folder and pairing_folder(pngs[other][0]) == where and names[other] & names[folder] for other in pngs):
+        if any(other != folder and names[other] & names[folder] for other in siblings[pairing_folder(group[0])]):
             continue  # the same names in a sibling folder: single-frame pairs, file by file
         suffix = frames[0].path.suffix
         # The frames' common name start, without the frame number's leading digits.
