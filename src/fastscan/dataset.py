@@ -177,10 +177,11 @@ def build_dataset(
         "geometry": geometry,
         "fovs": [u.name for u in usable],
     }
-    hr_rows, n_hr = _hr_rows(plans, set(keep))
+    hr_rows, tile_hr = _hr_rows(plans, set(keep))
+    n_hr = sum(len(m) for m in hr_rows)
     attrs["counts"]["hr_tiles"] = n_hr
     _check_disk(Path(out), n_lr=len(rows), n_hr=n_hr, tile=tile, scale=scale, frames=max(p.frames for p in plans), max_frames=max_frames)
-    _write_dataset(Path(out), plans, set(keep), hr_rows, rows, attrs, tile=tile, scale=scale, correct_geometry=correct_geometry)
+    _write_dataset(Path(out), plans, set(keep), hr_rows, tile_hr, rows, attrs, tile=tile, scale=scale, correct_geometry=correct_geometry)
     return attrs
 
 
@@ -319,20 +320,23 @@ def _subsample_training_tiles(rows: Sequence[tuple], max_tiles: int | None, seed
     return [i for i in range(len(rows)) if i not in drop]
 
 
-def _hr_rows(plans: Sequence[_TilePlan], kept: set[int]) -> tuple[list[dict[int, int]], int]:
+def _hr_rows(plans: Sequence[_TilePlan], kept: set[int]) -> tuple[list[dict[int, int]], list[int]]:
     """Per plan, the ``hr`` row of each position index some kept tile uses, numbered plan by plan
-    in position order; and how many rows that makes. ``kept`` indexes the candidate rows in
-    :func:`_tile_rows` order."""
+    in position order; and each kept tile's ``hr`` row, in :func:`_tile_rows` order, which
+    ``kept`` indexes."""
     out = []
+    tile_rows: list[int] = []
     n = 0
     i = 0
     for plan in plans:
         k = len(plan.positions)
-        used = sorted({p for f in range(plan.frames) for p in range(k) if i + f * k + p in kept})
-        out.append({p: n + r for r, p in enumerate(used)})
-        n += len(used)
+        kept_positions = [p for f in range(plan.frames) for p in range(k) if i + f * k + p in kept]
+        rows_of = {p: n + r for r, p in enumerate(sorted(set(kept_positions)))}
+        out.append(rows_of)
+        tile_rows.extend(rows_of[p] for p in kept_positions)
+        n += len(rows_of)
         i += plan.frames * k
-    return out, n
+    return out, tile_rows
 
 
 def _check_disk(out: Path, *, n_lr: int, n_hr: int, tile: int, scale: int, frames: int, max_frames: int | None) -> None:
@@ -357,6 +361,7 @@ def _write_dataset(
     plans: Sequence[_TilePlan],
     kept: set[int],
     hr_rows: Sequence[dict[int, int]],
+    tile_hr: Sequence[int],
     rows: Sequence[tuple],
     attrs: dict[str, Any],
     *,
@@ -367,7 +372,7 @@ def _write_dataset(
     """Write the store atomically: the kept LR tiles of ``plans`` (``kept`` indexes the candidate
     rows in :func:`_tile_rows` order), read frame by frame; each used position's HR tile once
     (``hr_rows``, from :func:`_hr_rows`); then the attributes and the tile table, whose
-    :data:`HR_ROW` column points each tile at its HR row."""
+    :data:`HR_ROW` column (``tile_hr``) points each tile at its HR row."""
     n = len(rows)
     n_hr = sum(len(m) for m in hr_rows)
     s = scale
@@ -375,7 +380,6 @@ def _write_dataset(
         g = zarr.open_group(tmp, mode="w")
         lr_arr = g.create_array("lr", shape=(n, tile, tile), chunks=(1, tile, tile), dtype="float32")
         hr_arr = g.create_array("hr", shape=(n_hr, s * tile, s * tile), chunks=(1, s * tile, s * tile), dtype="float32")
-        row_hr: list[int] = []
         i = 0  # index over all candidate rows; ``j`` over the kept ones written so far
         j = 0
         for plan, rows_of in zip(plans, hr_rows, strict=True):
@@ -391,12 +395,11 @@ def _write_dataset(
                     lr_arr[j : j + len(sel)] = np.stack(
                         [frame[positions[p][0] : positions[p][0] + tile, positions[p][1] : positions[p][1] + tile] for p in sel]
                     )
-                    row_hr.extend(rows_of[p] for p in sel)
                     j += len(sel)
                 i += k
         g.attrs["fastscan"] = attrs
         table = pd.DataFrame(rows, columns=TILE_COLUMNS)
-        table[HR_ROW] = row_hr
+        table[HR_ROW] = tile_hr
         table.to_csv(tmp / "tiles.tsv", sep="\t", index=False)
 
 
