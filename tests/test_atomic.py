@@ -92,3 +92,12 @@ def test_an_empty_folder_may_be_replaced(tmp_path):
         tmp.mkdir()
         (tmp / "zarr.json").write_text("{}")
     assert (out / "zarr.json").is_file()
+
+
+def test_free_space_is_measured_where_the_output_will_be_written(tmp_path):
+    from fastscan.atomic import free_space
+
+    # The writer creates missing folders, so the space that counts is the nearest existing one's.
+    where, free = free_space(tmp_path / "results" / "register" / "s" / "f1.zarr")
+    assert where == tmp_path.absolute() and free > 0
+    assert free_space(tmp_path / "f1.zarr")[0] == tmp_path.absolute()

@@ -379,6 +379,46 @@ def test_register_fov_rejects_mismatched_shapes(tmp_path):
     assert not (tmp_path / "out.zarr").exists()
 
 
+def test_register_fov_max_frames_keeps_the_first_frames(tmp_path):
+    lr, hr, _, drift = good_fov(T=8)
+    src = write_canonical(tmp_path / "f1.zarr", lr, hr, fov="f1")
+    row = reg.register_fov(src, tmp_path / "out.zarr", max_frames=3)
+    assert row["frames"] == 3 and row["passed"] is True
+    group = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
+    assert group["lr"].shape == (3, 64, 64)
+    r = group.attrs["fastscan"]["registration"]
+    assert np.shape(r["drift_px"]) == (3, 2) and r["photons"]["frames"] == 3
+    # The same frames as registering the whole series: their drift relative to one another is
+    # measured alike (the reference, the temporal median, differs, hence the common offset).
+    err = np.asarray(r["drift_px"]) + drift[:3]
+    assert rms(err - err.mean(axis=0)) < 0.2
+    # More frames than the series holds keeps them all; so does null.
+    assert reg.register_fov(src, tmp_path / "all.zarr", max_frames=100)["frames"] == 8
+    assert reg.register_fov(src, tmp_path / "none.zarr", max_frames=None)["frames"] == 8
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.5, True, "10"])
+def test_register_fov_refuses_a_bad_max_frames(tmp_path, bad):
+    lr, hr, _, _ = good_fov(T=2)
+    src = write_canonical(tmp_path / "f1.zarr", lr, hr, fov="f1")
+    with pytest.raises(ValueError, match="register.max_frames"):
+        reg.register_fov(src, tmp_path / "out.zarr", max_frames=bad)
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_register_fov_refuses_a_store_larger_than_the_free_disk(tmp_path, monkeypatch):
+    import shutil
+
+    lr, hr, _, _ = good_fov(T=4)
+    src = write_canonical(tmp_path / "f1.zarr", lr, hr, fov="f1")
+    usage = type(shutil.disk_usage(tmp_path))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    out = tmp_path / "register" / "f1.zarr"
+    with pytest.raises(OSError, match=r"4 frames of 64x64 px.*register\.max_frames"):
+        reg.register_fov(src, out)
+    assert not out.exists() and not list(tmp_path.glob("register/*"))
+
+
 # ---------------------------------------------------------------------------------------------
 # QC tables
 

@@ -153,6 +153,14 @@ def remove(path: str | os.PathLike) -> None:
         path.unlink()
 
 
+def free_space(final: str | os.PathLike) -> tuple[Path, int]:
+    """The folder an output at ``final`` would be written in (its nearest existing ancestor,
+    since the writer creates the rest) and the bytes free there, for a check before writing."""
+    final = Path(final).absolute()
+    where = next((p for p in final.parents if p.exists()), Path("."))
+    return where, shutil.disk_usage(where).free
+
+
 def _temp_name(final: Path, kind: str) -> Path:
     # pid + random: two writers (or a re-used pid after a crash) never share a temporary.
     return final.with_name(f"{final.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")

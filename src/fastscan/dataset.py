@@ -343,11 +343,10 @@ def _check_disk(out: Path, *, n_lr: int, n_hr: int, tile: int, scale: int, frame
     """Refuse, before writing, a dataset larger than the free space where it goes: a full disk
     would also break every other job writing there. The size is the uncompressed float32 one, an
     upper bound of what the compressed store takes."""
-    import shutil
+    from fastscan.atomic import free_space
 
     need = 4 * (n_lr * tile * tile + n_hr * (scale * tile) ** 2)
-    where = next((p for p in (out.parent, *out.parent.parents) if p.exists()), Path("."))
-    free = shutil.disk_usage(where).free
+    where, free = free_space(out)
     if need > free:
         cut = f"dataset.max_frames is {max_frames}" if max_frames is not None else "dataset.max_frames is null (every frame)"
         raise DatasetError(

@@ -85,6 +85,7 @@ def register_fov(
     iterations: int = 2,
     smooth_sigma: float = 1.0,
     blur_sigma: float = 0.0,
+    max_frames: int | None = None,
     qc: str | Path | None = None,
 ) -> dict[str, Any]:
     """Register one canonical FOV store and write the registered store.
@@ -111,6 +112,11 @@ def register_fov(
         Gaussian pre-smoothing (LR px) for the drift and HR shift estimates.
     blur_sigma : float, optional
         Extra blur of :func:`forward_model`, in LR px.
+    max_frames : int, optional
+        Register and store only the series' first ``max_frames`` frames (all by default). The
+        registered store holds every frame it registers as float32, which for long series is
+        most of a project's disk (W2S: 400 shots of 512 px, 420 MB per FOV and channel) while
+        training reads at most ``dataset.max_frames`` of them and evaluation ``restore.frames``.
     qc : str or Path, optional
         If given, the returned QC row is also written there with :func:`write_qc`.
 
@@ -151,7 +157,8 @@ def register_fov(
     the line phase, the scan model and the HR shift are estimated from the frame itself.
     """
     src, out = Path(src), Path(out)
-    attrs, lr, hr, scale = _read_fov(src)
+    attrs, lr, hr, scale = _read_fov(src, max_frames=max_frames)
+    _check_free_space(out, lr, hr)
     ident = {k: str(attrs.get(k, "")) for k in ("sample", "session", "fov")}
     label = "/".join(ident.values())
     drift_options = {
@@ -227,15 +234,24 @@ class _Registered(NamedTuple):
         return self.registered.shape[0] == 1
 
 
-def _read_fov(src: Path) -> tuple[dict[str, Any], np.ndarray, np.ndarray, int]:
-    """The ``fastscan`` attributes, LR series, HR image and scale of a canonical FOV store, checked."""
+def _read_fov(src: Path, *, max_frames: int | None = None) -> tuple[dict[str, Any], np.ndarray, np.ndarray, int]:
+    """The ``fastscan`` attributes, LR series (its first ``max_frames`` frames), HR image and
+    scale of a canonical FOV store, checked."""
     group = zarr.open_group(str(src), mode="r")
     attrs = dict(group.attrs.get("fastscan", {}))
     if attrs.get("kind") != "fov":
         raise ValueError(
             f"{src} is not a canonical per-FOV store (attribute fastscan.kind is {attrs.get('kind')!r}, expected 'fov'); write it with fastscan.io.ingest_fov"
         )
-    lr = _as_frames(np.asarray(group["lr"][...]), name=f"{src}/lr")
+    if max_frames is not None and (isinstance(max_frames, bool) or int(max_frames) != max_frames or max_frames < 1):
+        raise ValueError(f"register.max_frames must be a whole number of frames >= 1 or null, got {max_frames!r}")
+    stored = group["lr"]
+    if max_frames is not None and stored.ndim == 3 and stored.shape[0] > max_frames:
+        # Only the frames kept are read: a long series need not fit in memory whole.
+        logger.info("%s: registering the first %d of %d frames (register.max_frames)", src, max_frames, stored.shape[0])
+        lr = _as_frames(np.asarray(stored[: int(max_frames)]), name=f"{src}/lr")
+    else:
+        lr = _as_frames(np.asarray(stored[...]), name=f"{src}/lr")
     if lr.shape[0] == 0:
         # One frame is enough (see Notes); none leaves nothing to register, and the estimates
         # below would fail on an empty mean with a message that names neither store nor cause.
@@ -245,6 +261,21 @@ def _read_fov(src: Path) -> tuple[dict[str, Any], np.ndarray, np.ndarray, int]:
     if hr.shape != (scale * lr.shape[1], scale * lr.shape[2]):
         raise ValueError(f"{src}: hr shape {hr.shape} is not scale={scale} times the LR frame shape {lr.shape[1:]}; re-run ingestion")
     return attrs, lr, hr, scale
+
+
+def _check_free_space(out: Path, lr: np.ndarray, hr: np.ndarray) -> None:
+    """Refuse, before registering, a store larger than the free space where it goes: a full disk
+    fails the write late and breaks every other job writing there. The size is the uncompressed
+    float32 one, an upper bound of the compressed store."""
+    from fastscan.atomic import free_space
+
+    need = 4 * (lr.size + hr.size)
+    where, free = free_space(out)
+    if need > free:
+        raise OSError(
+            f"{out}: the registered store would hold {lr.shape[0]} frames of {lr.shape[1]}x{lr.shape[2]} px, about {need / 1e9:.2f} GB, "
+            f"and only {free / 1e9:.2f} GB are free on {where}: set register.max_frames to register fewer frames per FOV, or free space"
+        )
 
 
 def _register_series(
