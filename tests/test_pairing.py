@@ -316,6 +316,46 @@ def test_png_frame_folders_of_the_fmd_layout_are_series(tmp_path: Path, capsys) 
     assert "3 PNG frames, not all alike" not in bad.reason and "4 PNG frames, not all alike" in bad.reason and "HV110_P0500510099.png 8x8" in bad.reason
 
 
+def test_test_patterns_hold_out_a_datasets_own_test_fovs(tmp_path: Path, capsys) -> None:
+    """--test keeps a public dataset's split: FMD's FOV 19 (raw/19, gt/19), W2S's Image081 on
+    (every channel of them); the other FOVs are split into train and val only."""
+    fmd = tmp_path / "Confocal_BPAE_B"
+    for fov in (1, 2, 3, 4, 5, 19):
+        for frame in range(2):
+            _png(fmd / "raw" / str(fov) / f"HV110_P05005100{frame:02d}.png", fov + frame)
+        _png(fmd / "gt" / str(fov) / "avg50.png", fov)
+    out = tmp_path / "samples.tsv"
+    assert cli_main(["sheet", str(fmd), "--out", str(out), "--scale", "1", "--test", "*/19/*"]) == 0
+    assert "matches --test '*/19/*'" in capsys.readouterr().out
+    sheet = load_samples(out)
+    assert list(sheet.index[sheet["split"] == "test"]) == ["Confocal_BPAE_B/Confocal_BPAE_B/19"]
+    assert set(sheet["split"]) == {"train", "val", "test"} and (sheet["split"] == "val").sum() == 1
+    # The same FOVs without --test: a random one of them is the test split, not necessarily 19.
+    assert {p.split for p in propose([fmd], scale=1).pairs} == {"train", "val", "test"}
+
+    w2s = tmp_path / "w2s"
+    rng = np.random.default_rng(2)
+    for image in (1, 2, 3, 80, 81, 99, 120):
+        folder = w2s / f"Image{image:03d}"
+        folder.mkdir(parents=True)
+        for channel in range(2):
+            np.save(folder / f"wf_channel{channel}.npy", rng.integers(0, 4095, (2, 16, 16), dtype=np.uint16))
+            np.save(folder / f"sim_channel{channel}.npy", rng.random((32, 32), dtype=np.float32))
+    proposal = propose([w2s], lr_pixel_size_um=0.1, test=["Image08[1-9]/*", "Image09?/*", "Image1??/*"])
+    held = {p.session for p in proposal.pairs if p.split == "test"}
+    assert held == {"Image081", "Image099", "Image120"}
+    assert all(sum(p.session == s for p in proposal.pairs) == 2 for s in held)  # both channels
+    assert {p.split for p in proposal.pairs if p.session not in held} == {"train", "val"}
+
+    # A pattern that matches nothing is a typo, not an empty test split; --no-split contradicts it.
+    with pytest.raises(PairingError, match=r"--test 'Image81/\*' matched no paired file"):
+        propose([w2s], lr_pixel_size_um=0.1, test=["Image81/*"])
+    with pytest.raises(PairingError, match="--no-split"):
+        propose([w2s], lr_pixel_size_um=0.1, test=["Image1??/*"], split=False)
+    assert cli_main(["sheet", str(w2s), "--out", str(tmp_path / "w.tsv"), "--test", "nothing/*"]) == 2
+    assert not (tmp_path / "w.tsv").exists()
+
+
 def test_single_frame_denoising_pairs_by_name_and_role_at_scale_1(tmp_path: Path) -> None:
     """noisy/<name>.png beside clean/<name>.png, and low/ beside GT/ TIFFs: equal frames, so the
     folder's role word says which is the series; files whose names recur stay single frames."""

@@ -105,6 +105,14 @@ def _add_sheet(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0, help="seed of the split order, as the config's seed (default 0)")
     s.add_argument("--val-fraction", type=float, default=0.15, help="as split.val_fraction (default 0.15)")
     s.add_argument("--test-fraction", type=float, default=0.15, help="as split.test_fraction (default 0.15)")
+    s.add_argument(
+        "--test",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="hold out as test the FOVs whose LR or HR path below FOLDER matches this glob (repeatable; * also crosses /), "
+        "e.g. a public dataset's own test FOVs: 'raw/19/*'; the other FOVs are split into train and val",
+    )
     s.add_argument("--position-tolerance", type=float, default=0.1, help="largest stage distance of a pair, as a fraction of the field width (default 0.1)")
     s.add_argument("--focus-tolerance", type=float, default=2.0, help="largest focus difference of a pair in µm (default 2)")
     s.add_argument("--session-gap", type=float, default=12.0, help="hours beyond which two files are of different sessions (default 12)")
@@ -193,6 +201,7 @@ def _sheet(args: argparse.Namespace) -> int:
             focus_tolerance_um=args.focus_tolerance,
             session_gap_h=args.session_gap,
             lr_pixel_size_um=args.lr_pixel_size,
+            test=args.test,
         )
         sys.stdout.write(review_text(proposal))
         sys.stdout.flush()

@@ -36,12 +36,15 @@ def propose(
     focus_tolerance_um: float = 2.0,
     session_gap_h: float = 12.0,
     lr_pixel_size_um: float | None = None,
+    test: Sequence[str] = (),
 ) -> Proposal:
     """Find, describe and pair the files under ``folders``; name the FOVs and propose splits.
 
     ``sample`` names every pair's sample; None takes each folder's name. ``split=False`` leaves
     the split column empty (the workflow then assigns splits by hash). ``lr_pixel_size_um`` is
     written for pairs of which neither file records a pixel size (the HR's is it / ``scale``).
+    ``test`` holds glob patterns of the FOVs to hold out as the test split (a public dataset's
+    own test FOVs; see :func:`~fastscan.pairing.split.propose_splits`).
     """
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
         raise PairingError(f"scale must be a positive integer (HR pixels per LR pixel; 1 for denoising pairs), got {scale!r}")
@@ -53,6 +56,8 @@ def propose(
             raise PairingError(f"{name} must be a positive number, got {value!r}")
     if sample is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", sample):
         raise PairingError(f"sample name {sample!r}: names may only hold letters, digits and _.- and must start with a letter or digit")
+    if test and not split:
+        raise PairingError("--test sets the test split, which --no-split leaves to the workflow's hash: give one of them")
     usable, left = describe(find_files(folders))
     pairs, unpaired = pair_entries(
         usable, scale=scale, position_tolerance=position_tolerance, focus_tolerance_um=focus_tolerance_um, session_gap_h=session_gap_h
@@ -60,7 +65,7 @@ def propose(
     _name_pairs(pairs, sample)
     _fill_pixel_sizes(pairs, scale, lr_pixel_size_um)
     if split:
-        propose_splits(pairs, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+        propose_splits(pairs, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, test=test)
     else:
         for p in pairs:
             p.notes.append("split left to the workflow's hash")

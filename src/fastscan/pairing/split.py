@@ -4,6 +4,8 @@ of :func:`fastscan.sheets.fov_fraction` (see :mod:`fastscan.pairing`)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from fnmatch import fnmatchcase
 
 from fastscan.pairing.entries import PairingError, sanitise
 from fastscan.pairing.rules import Pair
@@ -57,32 +59,77 @@ def _same_fov(pairs: list[Pair]) -> dict[int, object]:
     return {id(p): find(("hr", id(p.hr))) for p in pairs}
 
 
-def propose_splits(pairs: list[Pair], *, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15) -> None:
+def _relative(entry) -> str:
+    """An entry's path below the folder it was found in, with ``/`` (what ``--test`` matches)."""
+    return entry.path.relative_to(entry.root).as_posix()
+
+
+def _held_out(groups: dict[object, list[Pair]], patterns: Sequence[str]) -> dict[object, str]:
+    """The FOV groups of which some pair's LR or HR path (below its folder) matches a pattern,
+    each with the first pattern it matches."""
+    held = {}
+    for key, group in groups.items():
+        hit = next((pat for pat in patterns for p in group for e in (p.lr, p.hr) if fnmatchcase(_relative(e), pat)), None)
+        if hit is not None:
+            held[key] = hit
+    return held
+
+
+def propose_splits(
+    pairs: list[Pair],
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    test: Sequence[str] = (),
+) -> None:
     """Set each pair's split, per sample, in the order of :func:`fastscan.sheets.fov_fraction`.
 
     Pairs of one FOV get one split: those that share an HR target, and the channels of one FOV
     saved as files of their own (:func:`_same_fov`), so that no held-out FOV was trained on in
     another channel.
+
+    ``test`` holds glob patterns (``fnmatch``: ``*`` also crosses ``/``) matched against each
+    pair's LR and HR paths below the folder they were found in: a public dataset's own test
+    FOVs (FMD's ``*/19/*``, W2S's ``Image08[1-9]/*``). The FOVs they match are the test split and
+    ``test_fraction`` is not used; the others are split into train and val. A pattern that
+    matches no pair is refused: a typo would otherwise leave the test split empty.
     """
     from fastscan.sheets import fov_fraction
 
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise PairingError(f"split fractions val={val_fraction} test={test_fraction} must be in [0, 1) and sum to less than 1")
+    patterns = list(test)
+    unmatched = [pat for pat in patterns if not any(fnmatchcase(_relative(e), pat) for p in pairs for e in (p.lr, p.hr))]
+    if unmatched:
+        raise PairingError(
+            f"--test {', '.join(repr(u) for u in unmatched)} matched no paired file; patterns are matched against the paths below the "
+            "folders given, e.g. 'raw/19/*' or '*/19/*' for a folder raw/19/"
+        )
     samples: dict[str, dict[object, list[Pair]]] = {}
     fov_of = _same_fov(pairs)
     for p in pairs:
         samples.setdefault(p.sample, {}).setdefault(fov_of[id(p)], []).append(p)
     for groups in samples.values():
-        fovs = sorted(groups.values(), key=lambda g: fov_fraction(g[0].sample, g[0].session, g[0].fov, seed=seed))
-        n = len(fovs)
-        n_test = max(1, round(n * test_fraction)) if test_fraction > 0 and n >= 3 else 0
-        n_val = max(1, round(n * val_fraction)) if val_fraction > 0 and n >= 2 else 0
+        held = _held_out(groups, patterns)
+        order = sorted((k for k in groups if k not in held), key=lambda k: fov_fraction(groups[k][0].sample, groups[k][0].session, groups[k][0].fov, seed=seed))
+        n = len(order)
+        if patterns:
+            n_test = 0
+            n_val = max(1, round(n * val_fraction)) if val_fraction > 0 and n >= 2 else 0
+        else:
+            n_test = max(1, round(n * test_fraction)) if test_fraction > 0 and n >= 3 else 0
+            n_val = max(1, round(n * val_fraction)) if val_fraction > 0 and n >= 2 else 0
         while n_test + n_val > n - 1 and (n_test or n_val):
             if n_test >= n_val and n_test:
                 n_test -= 1
             else:
                 n_val -= 1
-        for i, group in enumerate(fovs):
+        for key, pat in held.items():
+            for p in groups[key]:
+                p.split = "test"
+                p.notes.append(f"test: matches --test {pat!r}")
+        for i, key in enumerate(order):
             split = "test" if i < n_test else "val" if i < n_test + n_val else "train"
-            for p in group:
+            for p in groups[key]:
                 p.split = split
