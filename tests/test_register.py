@@ -397,7 +397,7 @@ def test_register_fov_max_frames_keeps_the_first_frames(tmp_path):
     assert reg.register_fov(src, tmp_path / "none.zarr", max_frames=None)["frames"] == 8
 
 
-@pytest.mark.parametrize("bad", [0, -2, 2.5, True, "10"])
+@pytest.mark.parametrize("bad", [0, -2, 2.5, True, "10", "ten"])
 def test_register_fov_refuses_a_bad_max_frames(tmp_path, bad):
     lr, hr, _, _ = good_fov(T=2)
     src = write_canonical(tmp_path / "f1.zarr", lr, hr, fov="f1")

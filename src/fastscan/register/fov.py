@@ -243,7 +243,7 @@ def _read_fov(src: Path, *, max_frames: int | None = None) -> tuple[dict[str, An
         raise ValueError(
             f"{src} is not a canonical per-FOV store (attribute fastscan.kind is {attrs.get('kind')!r}, expected 'fov'); write it with fastscan.io.ingest_fov"
         )
-    if max_frames is not None and (isinstance(max_frames, bool) or int(max_frames) != max_frames or max_frames < 1):
+    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer)) or max_frames < 1):
         raise ValueError(f"register.max_frames must be a whole number of frames >= 1 or null, got {max_frames!r}")
     stored = group["lr"]
     if max_frames is not None and stored.ndim == 3 and stored.shape[0] > max_frames:
