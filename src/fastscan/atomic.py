@@ -157,7 +157,7 @@ def free_space(final: str | os.PathLike) -> tuple[Path, int]:
     """The folder an output at ``final`` would be written in (its nearest existing ancestor,
     since the writer creates the rest) and the bytes free there, for a check before writing."""
     final = Path(final).absolute()
-    where = next((p for p in final.parents if p.exists()), Path("."))
+    where = next(p for p in final.parents if p.exists())  # the root, at the latest
     return where, shutil.disk_usage(where).free
 
 

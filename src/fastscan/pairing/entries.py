@@ -262,15 +262,16 @@ def _frame_folders(entries: Sequence[Entry]) -> list[Entry]:
             pngs.setdefault(e.path.parent, []).append(e)
     names = {folder: {_stem(e.path).lower() for e in group} for folder, group in pngs.items()}
     # Folders that pair with each other (raw/1 and gt/1), found once.
+    where = {folder: pairing_folder(group[0]) for folder, group in pngs.items()}
     siblings: dict[tuple[Path, tuple[str, ...]], list[Path]] = {}
-    for folder, group in pngs.items():
-        siblings.setdefault(pairing_folder(group[0]), []).append(folder)
+    for folder in pngs:
+        siblings.setdefault(where[folder], []).append(folder)
     globs = []
     for folder, group in pngs.items():
         frames = [e for e in group if not any(_TARGET_WORDS.fullmatch(w) for w in _words(_stem(e.path)))]
         if len(frames) < 2:
             continue
-        if any(other != folder and names[other] & names[folder] for other in siblings[pairing_folder(group[0])]):
+        if any(other != folder and names[other] & names[folder] for other in siblings[where[folder]]):
             continue  # the same names in a sibling folder: single-frame pairs, file by file
         suffix = frames[0].path.suffix
         # The frames' common name start, without the frame number's leading digits.

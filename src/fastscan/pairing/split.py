@@ -64,15 +64,9 @@ def _relative(entry) -> str:
     return entry.path.relative_to(entry.root).as_posix()
 
 
-def _held_out(groups: dict[object, list[Pair]], patterns: Sequence[str]) -> dict[object, str]:
-    """The FOV groups of which some pair's LR or HR path (below its folder) matches a pattern,
-    each with the first pattern it matches."""
-    held = {}
-    for key, group in groups.items():
-        hit = next((pat for pat in patterns for p in group for e in (p.lr, p.hr) if fnmatchcase(_relative(e), pat)), None)
-        if hit is not None:
-            held[key] = hit
-    return held
+def _matches(pairs: list[Pair], patterns: Sequence[str]) -> dict[int, list[str]]:
+    """Per pair (by ``id``), the patterns its LR or HR path (below its folder) matches, in order."""
+    return {id(p): [pat for pat in patterns if any(fnmatchcase(_relative(e), pat) for e in (p.lr, p.hr))] for p in pairs}
 
 
 def propose_splits(
@@ -100,7 +94,8 @@ def propose_splits(
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise PairingError(f"split fractions val={val_fraction} test={test_fraction} must be in [0, 1) and sum to less than 1")
     patterns = list(test)
-    unmatched = [pat for pat in patterns if not any(fnmatchcase(_relative(e), pat) for p in pairs for e in (p.lr, p.hr))]
+    hits = _matches(pairs, patterns)
+    unmatched = [pat for pat in patterns if not any(pat in h for h in hits.values())]
     if unmatched:
         raise PairingError(
             f"--test {', '.join(repr(u) for u in unmatched)} matched no paired file; patterns are matched against the paths below the "
@@ -111,15 +106,16 @@ def propose_splits(
     for p in pairs:
         samples.setdefault(p.sample, {}).setdefault(fov_of[id(p)], []).append(p)
     for groups in samples.values():
-        held = _held_out(groups, patterns)
+        held = {}  # each held-out FOV, with the first pattern one of its pairs matches
+        for key, group in groups.items():
+            matched = {pat for p in group for pat in hits[id(p)]}
+            if matched:
+                held[key] = next(pat for pat in patterns if pat in matched)
         order = sorted((k for k in groups if k not in held), key=lambda k: fov_fraction(groups[k][0].sample, groups[k][0].session, groups[k][0].fov, seed=seed))
         n = len(order)
-        if patterns:
-            n_test = 0
-            n_val = max(1, round(n * val_fraction)) if val_fraction > 0 and n >= 2 else 0
-        else:
-            n_test = max(1, round(n * test_fraction)) if test_fraction > 0 and n >= 3 else 0
-            n_val = max(1, round(n * val_fraction)) if val_fraction > 0 and n >= 2 else 0
+        # With --test patterns the test split is theirs: the rest is only train and val.
+        n_test = max(1, round(n * test_fraction)) if test_fraction > 0 and n >= 3 and not patterns else 0
+        n_val = max(1, round(n * val_fraction)) if val_fraction > 0 and n >= 2 else 0
         while n_test + n_val > n - 1 and (n_test or n_val):
             if n_test >= n_val and n_test:
                 n_test -= 1

@@ -246,12 +246,12 @@ def _read_fov(src: Path, *, max_frames: int | None = None) -> tuple[dict[str, An
     if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer)) or max_frames < 1):
         raise ValueError(f"register.max_frames must be a whole number of frames >= 1 or null, got {max_frames!r}")
     stored = group["lr"]
-    if max_frames is not None and stored.ndim == 3 and stored.shape[0] > max_frames:
-        # Only the frames kept are read: a long series need not fit in memory whole.
+    # A 2-D lr is one frame: only a (T, Y, X) series is cut. Only the frames kept are read, so
+    # a long series need not fit in memory whole.
+    cut = max_frames is not None and stored.ndim == 3 and stored.shape[0] > max_frames
+    if cut:
         logger.info("%s: registering the first %d of %d frames (register.max_frames)", src, max_frames, stored.shape[0])
-        lr = _as_frames(np.asarray(stored[: int(max_frames)]), name=f"{src}/lr")
-    else:
-        lr = _as_frames(np.asarray(stored[...]), name=f"{src}/lr")
+    lr = _as_frames(np.asarray(stored[: int(max_frames)] if cut else stored[...]), name=f"{src}/lr")
     if lr.shape[0] == 0:
         # One frame is enough (see Notes); none leaves nothing to register, and the estimates
         # below would fail on an empty mean with a message that names neither store nor cause.
