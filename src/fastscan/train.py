@@ -375,53 +375,7 @@ def _init_generator(model, init: str | os.PathLike, meta: dict) -> dict:
 #: Content losses of ``train.generator.loss``. ``l1``: the median of the noisy-looking outcomes
 #: instead of their mean; on the peers benchmark's single-frame stage 1 it halved the background
 #: noise kept (0.048 -> 0.023) and raised SSIM 0.905 -> 0.916 at the same PSNR (25.75 -> 25.72 dB).
-#: ``l1_ssim``: ``SSIM_WEIGHT * (1 - SSIM) + (1 - SSIM_WEIGHT) * L1`` (Zhao et al., "Loss functions
-#: for image restoration with neural networks", IEEE TCI 2017, there with MS-SSIM). A pixel loss
-#: weighs every error alike; SSIM weighs an error by the local contrast and structure around it, as
-#: the SSIM that scores the result does, so faint structure in the background counts as much as
-#: bright structure.
-CONTENT_LOSSES = ("mse", "l1", "l1_ssim")
-SSIM_WEIGHT = 0.84
-
-
-def ssim_map(pred, targ):
-    """The SSIM of each 7 x 7 window of ``pred`` against ``targ`` (N, C, H, W), differentiable.
-
-    The definition of :func:`fastscan.metrics.ssim`, which scores restorations: a uniform 7 x 7
-    window, the sample covariance, ``K1 = 0.01``, ``K2 = 0.03`` and data range 1 (the normalised HR
-    scale), over the windows that fit inside the image (no padding). Its mean over one image is
-    that metric's value, so the loss optimises what is reported.
-    """
-    from torch.nn import functional as F
-
-    from fastscan.metrics import SSIM_WIN_SIZE
-
-    pred, targ = pred.float(), targ.float()
-    win = SSIM_WIN_SIZE
-    n = win * win
-    c1, c2 = 0.01**2, 0.03**2
-
-    def mean(x):
-        return F.avg_pool2d(x, win, stride=1)
-
-    mu_p, mu_t = mean(pred), mean(targ)
-    cov_norm = n / (n - 1)  # the sample covariance over the window, as scikit-image computes it
-    var_p = cov_norm * (mean(pred * pred) - mu_p * mu_p)
-    var_t = cov_norm * (mean(targ * targ) - mu_t * mu_t)
-    cov = cov_norm * (mean(pred * targ) - mu_p * mu_t)
-    return ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p * mu_p + mu_t * mu_t + c1) * (var_p + var_t + c2))
-
-
-class L1SSIMLoss:
-    """``SSIM_WEIGHT * (1 - mean SSIM) + (1 - SSIM_WEIGHT) * mean |pred - targ|`` on the normalised
-    HR scale; zero only where ``pred`` equals ``targ``. Computed in float32 under mixed precision."""
-
-    def __call__(self, pred, targ):
-        from torch.nn import functional as F
-
-        targ = targ.view_as(pred)
-        l1 = F.l1_loss(pred.float(), targ.float())
-        return SSIM_WEIGHT * (1.0 - ssim_map(pred, targ).mean()) + (1.0 - SSIM_WEIGHT) * l1
+CONTENT_LOSSES = ("mse", "l1")
 
 
 def _generator_learner(dls, model, *, lr_wd: float, loss: str = "mse"):
@@ -434,7 +388,7 @@ def _generator_learner(dls, model, *, lr_wd: float, loss: str = "mse"):
 
     if loss not in CONTENT_LOSSES:
         raise ValueError(f"train.generator.loss must be one of {list(CONTENT_LOSSES)}, got {loss!r}")
-    loss_func = {"mse": MSELossFlat, "l1": L1LossFlat, "l1_ssim": L1SSIMLoss}[loss]()
+    loss_func = MSELossFlat() if loss == "mse" else L1LossFlat()
     return Learner(dls, model, loss_func=loss_func, metrics=[valid_psnr], splitter=generator_splitter, wd=lr_wd)
 
 
