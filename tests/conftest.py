@@ -67,3 +67,25 @@ def assert_same_restoration(got, want):
     assert got.shape == want.shape
     assert np.isfinite(got).all() and np.isfinite(want).all(), "a chunk was never written (NaN)"
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3, equal_nan=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(root, bin_dir, tmp_path_factory):
+    """The tiny workflow of test_workflow run to the end once per session, for the tests that
+    inspect it and plan on top of it. A test that changes more than a sheet it puts back works on
+    a copy (``copy_run``)."""
+    from test_workflow import make_workdir, snakemake
+
+    work = make_workdir(root, tmp_path_factory.mktemp("tiny"))
+    snakemake(bin_dir, work, "--configfile", "config/tiny/config.yaml")
+    return work
+
+
+def copy_run(work, dest):
+    """A copy of a finished workflow directory that Snakemake finds up to date: copytree keeps
+    the files' modification times, and .snakemake travels with them (the code, params and input
+    records that Snakemake's rerun triggers compare against)."""
+    import shutil
+
+    shutil.copytree(work, dest, symlinks=True)
+    return dest

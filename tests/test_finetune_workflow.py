@@ -1,9 +1,12 @@
 """The optional experiments through the workflow: fine-tuning on a new sample (Table IV) and the
 data-size ablation (Table III), on the tiny simulated project."""
 
+import re
+
 import pandas as pd
 import pytest
 import yaml
+from conftest import copy_run
 from test_workflow import TINY_CONFIG, make_workdir, planned_jobs, sheet_row, snakemake
 
 TISSUE = [("fov11", "train"), ("fov12", "val"), ("fov13", "test")]
@@ -13,16 +16,22 @@ def tissue_row(fov, split):
     return sheet_row(fov, split).replace("mito", "tissue")
 
 
-def experiment_workdir(root, tmp_path):
-    config = {
-        **TINY_CONFIG,
-        "finetune": {"ft": {"model": "mito", "sample": "tissue", "pairs": [4, 8], "epochs": 1}},
-        "ablation": {"models": ["mito"], "pairs": [6]},
-    }
-    work = make_workdir(root, tmp_path, config=config)
+EXPERIMENTS = {
+    "finetune": {"ft": {"model": "mito", "sample": "tissue", "pairs": [4, 8], "epochs": 1}},
+    "ablation": {"models": ["mito"], "pairs": [6]},
+}
+
+
+def add_experiments(work):
+    """The experiments' config and the new sample's FOVs, added to a tiny project."""
+    (work / "config/tiny/config.yaml").write_text(yaml.safe_dump({**TINY_CONFIG, **EXPERIMENTS}))
     sheet = work / "config/tiny/samples.tsv"
     sheet.write_text(sheet.read_text() + "".join(tissue_row(f, s) for f, s in TISSUE))
     return work
+
+
+def experiment_workdir(root, tmp_path):
+    return add_experiments(make_workdir(root, tmp_path))
 
 
 def test_experiments_are_planned_only_when_configured(root, bin_dir, tmp_path):
@@ -47,9 +56,14 @@ def test_finetune_needs_the_new_samples_splits(root, bin_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_finetune_and_ablation_run(root, bin_dir, tmp_path):
-    work = experiment_workdir(root, tmp_path)
-    snakemake(bin_dir, work, "results/finetune/ft/metrics.tsv", "results/ablation/mito/metrics.tsv", "--configfile", "config/tiny/config.yaml")
+def test_finetune_and_ablation_run(tiny_run, bin_dir, tmp_path):
+    # On a copy of the finished tiny project, as a user adds the experiments to theirs: the source
+    # model is not trained again (the experiments' keys are no params of its rules), only the new
+    # sample's FOVs and the experiments run.
+    work = add_experiments(copy_run(tiny_run, tmp_path / "work"))
+    proc = snakemake(bin_dir, work, "results/finetune/ft/metrics.tsv", "results/ablation/mito/metrics.tsv", "--configfile", "config/tiny/config.yaml")
+    ran = set(re.findall(r"^Finished jobid: \d+ \(Rule: (\w+)\)$", proc.stdout + proc.stderr, re.M))
+    assert {"register_fov", "finetune", "ablation_train"} <= ran and not {"build_dataset", "train_generator", "train_critic", "train_gan"} & ran, ran
 
     ft = pd.read_csv(work / "results/finetune/ft/metrics.tsv", sep="\t")
     assert set(ft["method"]) == {"bilinear", "bicubic", "classical", "gan", "finetune_4", "finetune_8"}

@@ -222,14 +222,6 @@ def test_bad_sheet_names_the_row(root, bin_dir, tmp_path):
     assert proc.returncode != 0 and "duplicate" in out and "mito/tiny/fov01" in out
 
 
-@pytest.fixture(scope="module")
-def tiny_run(root, bin_dir, tmp_path_factory):
-    """The tiny workflow run to the end once, for the tests that inspect it and plan on top of it."""
-    work = make_workdir(root, tmp_path_factory.mktemp("tiny"))
-    snakemake(bin_dir, work, "--configfile", "config/tiny/config.yaml")
-    return work
-
-
 @pytest.mark.slow
 def test_tiny_workflow_end_to_end(tiny_run, bin_dir):
     work = tiny_run
