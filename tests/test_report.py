@@ -499,3 +499,31 @@ def test_registration_qc_shows_photons_and_the_photon_transfer_plot(tmp_path: Pa
     assert "No photon transfer curve for 1 FOV(s)" in fragment and "mito/s1/002" in fragment
     # A table from before the calibration existed renders without a plot.
     assert "<img" not in registration_qc_table(_qc(tmp_path / "old.tsv"))
+
+
+def test_table_ii_says_what_each_gan_stage_trained(tmp_path: Path) -> None:
+    """A GAN stage whose critic never handed over leaves the stage-1 generator as the "gan" row:
+    Table II says so under the table, from the model's model.json (gan_steps)."""
+    from fastscan.models import resolve_architecture, write_model_json
+
+    metrics = write_tsv(_metrics_table(np.random.default_rng(5)), tmp_path / "metrics.tsv")
+    models = []
+    for name, steps in {"inert": {"generator": 0, "critic": 180}, "trained": {"generator": 12, "critic": 40}, "older": None}.items():
+        meta = {"format": "fastscan-model/1", "stage": "gan", "architecture": resolve_architecture({}), "scale": 2}
+        meta["normalisation"] = {"lr": [0.0, 1.0], "hr": [0.0, 1.0]}
+        if steps:
+            meta["gan_steps"] = steps
+        (tmp_path / "models" / name).mkdir(parents=True)
+        write_model_json(tmp_path / "models" / name, meta)
+        models.append(tmp_path / "models" / name)
+    write_report_figures(metrics_tsv=metrics, restored=[], curves=[], qc_tsv=None, out_dir=tmp_path / "r", models=models)
+    page = (tmp_path / "r" / "summary.html").read_text()
+    assert "Model inert: the GAN stage trained the critic for 180 batches and never the generator" in page
+    assert "so its GAN row is the stage-1 generator" in page
+    assert "Model trained: the GAN stage trained the generator for 12 batches and the critic for 40." in page
+    assert "Model older" not in page  # trained before the record existed: no claim either way
+    # A damaged model.json costs its line, not the report (restoring with it had checked it).
+    (tmp_path / "models" / "inert" / "model.json").write_text("{")
+    write_report_figures(metrics_tsv=metrics, restored=[], curves=[], qc_tsv=None, out_dir=tmp_path / "r2", models=models)
+    page = (tmp_path / "r2" / "summary.html").read_text()
+    assert "Model inert: its model.json could not be read" in page and "Model trained: the GAN stage trained the generator" in page

@@ -28,10 +28,10 @@ MODEL = "mito"
 TEST_FOV = "results/restore/fov/mito/mito/tiny/fov04.zarr"
 
 
-def _model(work: Path, where: str, stage: str, tiles: int, curves: list[tuple]) -> None:
+def _model(work: Path, where: str, stage: str, tiles: int, curves: list[tuple], **extra) -> None:
     folder = work / where
     folder.mkdir(parents=True)
-    meta = {"format": "fastscan-model/1", "stage": stage, "dataset": {"tiles_train": tiles}}
+    meta = {"format": "fastscan-model/1", "stage": stage, "dataset": {"tiles_train": tiles}, **extra}
     (folder / "model.json").write_text(json.dumps(meta))
     pd.DataFrame(curves, columns=["stage", "epoch", "train_loss", "valid_loss", "valid_psnr"]).to_csv(folder / "curves.tsv", sep="\t", index=False)
 
@@ -86,7 +86,7 @@ def _upstream_outputs(work: Path) -> None:
     """What training, restoration and registration QC would have left for the report."""
     _model(work, f"results/train/{MODEL}/mse", "mse", 48, [("mse", 1, 0.08, 0.06, 14.0), ("mse", 2, 0.05, 0.04, 16.0)])
     _model(work, f"results/train/{MODEL}/critic", "critic", 48, [("critic", 1, 0.6, 0.5, None)])
-    _model(work, f"results/models/{MODEL}", "gan", 48, [("gan", 1, 1.3, 2.1, 15.5)])
+    _model(work, f"results/models/{MODEL}", "gan", 48, [("gan", 1, 1.3, 2.1, 15.5)], gan_steps={"generator": 0, "critic": 7})
     store = work / TEST_FOV
     store.parent.mkdir(parents=True)
     _restored_store(store)
@@ -145,6 +145,7 @@ def test_report_rules_and_html(root, bin_dir, tmp_path):
             assert base64.b64decode(embedded[name])[:8] == b"\x89PNG\r\n\x1a\n", name
     summary = base64.b64decode(embedded["summary.html"]).decode()
     assert "Table II" in summary and "GAN" in summary and "±" in summary
+    assert "Model mito: the GAN stage trained the critic for 7 batches and never the generator" in summary
     table = base64.b64decode(embedded["summary.tsv"]).decode()
     assert table.startswith("model\tsample\tmethod\tlabel\tpairs")
     departures_html = base64.b64decode(embedded["hallucination.html"]).decode()

@@ -233,6 +233,8 @@ def test_tiny_workflow_end_to_end(tiny_run, bin_dir):
     assert len(qc) == len(ROWS)
     for name in ("psnr_boxes.png", "ssim_boxes.png", "examples.png", "training_curves.png", "summary.tsv"):
         assert (work / "results/report" / name).stat().st_size > 0
+    # Under Table II: what the GAN stage trained (the tiny schedule's critic may or may not hand over).
+    assert "Model mito: the GAN stage trained the " in (work / "results/report/summary.html").read_text()
 
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader

@@ -33,6 +33,8 @@ rule report:
         curves=get_curves,
         qc=rules.registration_qc.output,
         slides=get_all_slides,
+        # What each model's GAN stage trained (model.json gan_steps), said under Table II.
+        models=expand("results/models/{model}/model.json", model=config["models"]),
         # Optional: empty unless the config lists an ablation or fine-tuning runs.
         ablation=get_ablation_metrics,
         finetune=get_finetune_metrics,

@@ -16,5 +16,6 @@ with rule_logging(snakemake.log[0]):
         ablation_metrics=list(snakemake.input.ablation),
         finetune_metrics=list(snakemake.input.finetune),
         slides=list(snakemake.input.slides),
+        models=[os.path.dirname(m) for m in snakemake.input.models],
         example_fovs=snakemake.params.example_fovs,
     )

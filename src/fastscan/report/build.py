@@ -7,6 +7,7 @@ the other modules' of :mod:`fastscan.report`.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from fastscan.report.boxes import plot_metric_boxes
 from fastscan.report.curves import plot_training_curves
 from fastscan.report.panels import _MAX_EXAMPLE_ROWS, plot_example_panels, plot_hallucination_panels, plot_slide_thumbnails
 from fastscan.report.qc import registration_qc_page
-from fastscan.report.tables import hallucination_html, table_html
+from fastscan.report.tables import gan_stage_notes, hallucination_html, table_html
 
 logger = logging.getLogger(__name__)
 
@@ -89,15 +90,33 @@ class _Table:
     page: str
 
 
+def _model_record(model_dir: str | Path) -> dict | None:
+    """A final model's ``model.json`` for the note under Table II, or None with a warning.
+
+    Lenient, like the training-pair count of the metrics (:func:`fastscan.metrics.model_pairs`):
+    restoring with the model has already checked the file, and a record that cannot be read now
+    costs one line of the report, not the report.
+    """
+    path = Path(model_dir) / "model.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        logger.warning("%s unreadable (%s): the report cannot say what its GAN stage trained", path, exc)
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 def _report_tables(
     df: pd.DataFrame,
     restored: Sequence[Path],
     *,
     ablation_metrics: Sequence[str | Path],
     finetune_metrics: Sequence[str | Path],
+    models: Sequence[str | Path],
     k: float,
 ) -> dict[str, _Table]:
     """Tables II-IV and the departure table, each with its HTML page, keyed by file stem."""
+    metas = {Path(m).name: _model_record(m) for m in models}
     summary = summarise(df)
     departures = hallucination_table(restored, k=k)
     ablation = ablation_table(read_optional_metrics(list(ablation_metrics), key="ablation"))
@@ -110,6 +129,7 @@ def _report_tables(
                 summary,
                 title="Table II: test-set metrics per method",
                 empty_note="No test images were restored, so there are no metrics.",
+                notes=gan_stage_notes(metas),
             ),
         ),
         _Table("hallucination", departures, hallucination_html(departures)),
@@ -145,6 +165,7 @@ def write_report_figures(
     ablation_metrics: Sequence[str | Path] = (),
     finetune_metrics: Sequence[str | Path] = (),
     slides: Sequence[str | Path] = (),
+    models: Sequence[str | Path] = (),
     example_fovs: int = _MAX_EXAMPLE_ROWS,
     hallucination_k: float = DEFAULT_K,
 ) -> list[Path]:
@@ -171,6 +192,9 @@ def write_report_figures(
         exist are skipped, and with none the tables and Fig. 6 say so.
     slides : sequence of str or Path, optional
         Restored whole-slide OME-Zarr images for the thumbnails.
+    models : sequence of str or Path, optional
+        Final model directories (``results/models/{model}``): Table II says
+        under the table what each one's GAN stage trained (``gan_steps``).
     example_fovs : int, optional
         FOVs shown in the example and departure figures.
     hallucination_k : float, optional
@@ -194,7 +218,7 @@ def write_report_figures(
     df = read_metrics_tsv(metrics_tsv)
     restored_paths = [Path(p) for p in restored]
     examples = _pick_examples(restored_paths, len(restored_paths))
-    tables = _report_tables(df, restored_paths, ablation_metrics=ablation_metrics, finetune_metrics=finetune_metrics, k=hallucination_k)
+    tables = _report_tables(df, restored_paths, ablation_metrics=ablation_metrics, finetune_metrics=finetune_metrics, models=models, k=hallucination_k)
     qc_page = registration_qc_page(qc_tsv)
     # In the order of REPORT_FILES.
     return [

@@ -7,6 +7,7 @@ rather than ``html`` so that it does not read as the standard library's :mod:`ht
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -50,7 +51,37 @@ def _mean_sd(mean: Any, sd: Any, fmt: str) -> str:
     return text
 
 
-def table_html(table: pd.DataFrame, *, title: str, empty_note: str) -> str:
+def gan_stage_notes(models: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
+    """What each model's GAN stage trained, from its ``model.json`` (``gan_steps``).
+
+    fastai's adaptive switcher gives the generator a batch only once the critic's loss is below
+    ``train.gan.critic_thresh``. A critic that cannot tell restored tiles from HR targets keeps
+    every batch, and the model's "gan" row is then the stage-1 generator: the reader of Table II
+    must know that the two rows are one network. Models without the record (trained before it
+    existed, or a resumed GAN stage that found every epoch done) get no note; a record that could
+    not be read (None) is named.
+    """
+    notes = []
+    for name, meta in models.items():
+        if meta is None:
+            notes.append(f"Model {name}: its model.json could not be read, so what its GAN stage trained is not known (see the report's log).")
+            continue
+        steps = meta.get("gan_steps")
+        if not steps:
+            continue
+        if steps["generator"] == 0:
+            notes.append(
+                f"Model {name}: the GAN stage trained the critic for {steps['critic']} batches and never the generator "
+                "(the critic's loss stayed above train.gan.critic_thresh: it could not tell restored tiles from HR "
+                "targets), so its GAN row is the stage-1 generator. More training tiles or critic epochs give the "
+                "critic what it needs (config/README.md, train.critic.epochs)."
+            )
+        else:
+            notes.append(f"Model {name}: the GAN stage trained the generator for {steps['generator']} batches and the critic for {steps['critic']}.")
+    return notes
+
+
+def table_html(table: pd.DataFrame, *, title: str, empty_note: str, notes: Sequence[str] = ()) -> str:
     """Render a summary table (Table II, III or IV) as an HTML page.
 
     Parameters
@@ -63,6 +94,8 @@ def table_html(table: pd.DataFrame, *, title: str, empty_note: str) -> str:
         Heading of the page.
     empty_note : str
         Paragraph shown instead of a table when `table` has no rows.
+    notes : sequence of str, optional
+        Paragraphs shown below the table (or the empty note), e.g. :func:`gan_stage_notes`.
 
     Returns
     -------
@@ -72,8 +105,9 @@ def table_html(table: pd.DataFrame, *, title: str, empty_note: str) -> str:
         within each block of rows sharing the grouping columns the best PSNR
         and SSIM means (and the lowest NRMSE) are set in bold.
     """
+    extra = "".join(f'\n<p class="note">{html.escape(note)}</p>' for note in notes)
     if table.empty:
-        return _html_page(title, f'<p class="note">{html.escape(empty_note)}</p>')
+        return _html_page(title, f'<p class="note">{html.escape(empty_note)}</p>{extra}')
     groups = [c for c in ("ablation", "finetune", "model", "sample") if c in table.columns]
     header = [_GROUP_HEADERS[c] for c in groups] + ["Method", "Training pairs", "n"]
     header += [label for label, _ in _STAT_FORMATS.values()]
@@ -106,7 +140,7 @@ def table_html(table: pd.DataFrame, *, title: str, empty_note: str) -> str:
         "images. Bold: best value in each block. Infinite PSNR (exact reconstruction) is left out of the "
         "PSNR statistics.</p>"
     )
-    return _html_page(title, f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>\n{note}")
+    return _html_page(title, f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>\n{note}{extra}")
 
 
 def hallucination_html(table: pd.DataFrame) -> str:
