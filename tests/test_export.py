@@ -29,6 +29,8 @@ META = {
     "geometry": {"correct": True, "field_fraction": 0.8},
     "dataset": {"path": "/nonexistent/dataset.zarr", "tile": 32, "counts": {"tiles": 40, "train": 32, "val": 8}},
     "versions": {"fastscan": "0.1.0", "torch": torch.__version__},
+    # A GAN stage whose critic never handed over: the package says its weights are stage 1's.
+    "gan_steps": {"generator": 0, "critic": 5},
 }
 
 
@@ -113,6 +115,7 @@ def test_package_describes_the_model(package, model_dir):
         state = z.read("generator.pth")
     assert {"rdf.yaml", "README.md", "cover.png", "test_input.npy", "test_output.npy", "torch_generator.py", "generator.torchscript.pt"} <= names
     assert state == (model_dir / "generator.pth").read_bytes()  # fastscan's weights, unchanged
+    assert "- GAN stage: the GAN stage trained the critic for 5 batches and never the generator" in readme
     assert rdf["format_version"].startswith("0.5.") and rdf["license"] == "BSD-3-Clause"
     assert rdf["cite"][0]["doi"] == "10.1038/s41592-021-01080-z"
     (inp,), (outp,) = rdf["inputs"], rdf["outputs"]
@@ -250,6 +253,7 @@ def test_info_shows_training_normalisation_geometry_metrics_and_version(model_di
     assert "LR [100.0, 4000.0] -> [0, 1], HR [50.0, 3000.0] -> [0, 1]" in text
     assert "field fraction 0.8" in text and "LR tiles of 32 px" in text and json.dumps(META["dataset"]["counts"]) in text
     assert "gan" in text and "PSNR  26.00 dB  SSIM 0.750" in text  # the mean of this model's rows only
+    assert "gan stage      the GAN stage trained the critic for 5 batches and never the generator" in text
 
 
 @pytest.fixture(scope="module")

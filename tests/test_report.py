@@ -519,7 +519,7 @@ def test_table_ii_says_what_each_gan_stage_trained(tmp_path: Path) -> None:
     write_report_figures(metrics_tsv=metrics, restored=[], curves=[], qc_tsv=None, out_dir=tmp_path / "r", models=models)
     page = (tmp_path / "r" / "summary.html").read_text()
     assert "Model inert: the GAN stage trained the critic for 180 batches and never the generator" in page
-    assert "so its GAN row is the stage-1 generator" in page
+    assert "so the model is the stage-1 generator; more training tiles or critic epochs" in page
     assert "Model trained: the GAN stage trained the generator for 12 batches and the critic for 40." in page
     assert "Model older" not in page  # trained before the record existed: no claim either way
     # A damaged model.json costs its line, not the report (restoring with it had checked it).

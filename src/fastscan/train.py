@@ -568,6 +568,18 @@ def train_critic(
     return meta
 
 
+def describe_gan_steps(steps: dict[str, int]) -> str:
+    """What a GAN stage trained (``model.json`` ``gan_steps``), in words: the training log, the
+    report's Table II and the exported package's README say it alike. A GAN stage whose critic
+    never handed over returned the stage-1 generator, and a reader of a "gan" row must know."""
+    if steps["generator"] == 0:
+        return (
+            f"the GAN stage trained the critic for {steps['critic']} batches and never the generator (the critic's loss stayed "
+            "above train.gan.critic_thresh: it could not tell restored tiles from HR targets), so the model is the stage-1 generator"
+        )
+    return f"the GAN stage trained the generator for {steps['generator']} batches and the critic for {steps['critic']}"
+
+
 def _gan_switcher(*, critic_thresh: float):
     """fastai's ``AdaptiveGANSwitcher``, counting the batches each side trained (``steps``).
 
@@ -674,10 +686,8 @@ def train_gan(
         meta["gan_steps"] = dict(switcher.steps)
         if switcher.steps["generator"] == 0:
             log.warning(
-                "the GAN stage trained the critic for %d batches and never the generator: the critic's loss never fell "
-                "below train.gan.critic_thresh %.2f (it cannot yet tell restored tiles from HR targets), so the model is "
-                "the stage-1 generator; more critic epochs (train.critic.epochs, train.gan.epochs) give it the steps to learn",
-                switcher.steps["critic"],
+                "%s (threshold %.2f); more training tiles or critic epochs (train.critic.epochs, train.gan.epochs) give it the steps to learn",
+                describe_gan_steps(switcher.steps),
                 float(gcfg["critic_thresh"]),
             )
     _write_outputs(out_dir, meta, rows)

@@ -13,6 +13,7 @@ import numpy as np
 
 from fastscan.export.description import PAPER, window_channel_names
 from fastscan.export.model import _geometry_config, _versions
+from fastscan.train import describe_gan_steps
 
 
 def _cover(path: Path, raw: np.ndarray, restored: np.ndarray, norm_lr: Sequence[float], scale: int) -> None:
@@ -131,6 +132,7 @@ def _readme_training(training: Mapping[str, Any], metrics: list[dict[str, Any]],
         f"- Dataset: {training.get('dataset') or 'not recorded'}; LR tiles of {training.get('tile_lr_px') or '?'} px; "
         f"tile counts {json.dumps(training.get('tiles')) if training.get('tiles') else 'not recorded'}.",
         f"- Stage {training.get('stage') or '?'}; epochs {json.dumps(training.get('epochs') or {})}; seed {training.get('seed')}.",
+        *([f"- GAN stage: {describe_gan_steps(training['gan_steps'])}."] if training.get("gan_steps") else []),
         f"- Test tensors: {test_source}.",
         "",
         "## Validation",

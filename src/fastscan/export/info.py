@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from fastscan.export.model import ExportError, _metrics_rows, _training_summary, _versions
+from fastscan.train import describe_gan_steps
 
 
 def model_info(model_dir: str | os.PathLike, *, metrics: str | os.PathLike | None = None) -> str:
@@ -49,6 +50,8 @@ def model_info(model_dir: str | os.PathLike, *, metrics: str | os.PathLike | Non
         lines.append("training data  not recorded in model.json")
     if training["epochs"]:
         lines.append(f"epochs         {json.dumps(training['epochs'])}")
+    if training["gan_steps"]:
+        lines.append(f"gan stage      {describe_gan_steps(training['gan_steps'])}")
     curves = meta.get("curves") or []
     last = next((c for c in reversed(curves) if isinstance(c, dict) and c.get("valid_psnr") is not None), None)
     if last is not None:

@@ -108,6 +108,7 @@ def _training_summary(meta: Mapping[str, Any]) -> dict[str, Any]:
         "epochs": {k: (cfg.get(k) or {}).get("epochs") for k in ("generator", "critic", "gan") if isinstance(cfg.get(k), dict)},
         "pretrained_encoder": cfg.get("pretrained"),
         "seed": meta.get("seed"),
+        "gan_steps": meta.get("gan_steps"),
     }
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from fastscan.baselines import method_colour
+from fastscan.train import describe_gan_steps
 
 _TABLE_STYLE = (
     "<style>body{font-family:sans-serif;font-size:small}"
@@ -65,19 +66,14 @@ def gan_stage_notes(models: Mapping[str, Mapping[str, Any] | None]) -> list[str]
     for name, meta in models.items():
         if meta is None:
             notes.append(f"Model {name}: its model.json could not be read, so what its GAN stage trained is not known (see the report's log).")
-            continue
-        steps = meta.get("gan_steps")
-        if not steps:
-            continue
-        if steps["generator"] == 0:
-            notes.append(
-                f"Model {name}: the GAN stage trained the critic for {steps['critic']} batches and never the generator "
-                "(the critic's loss stayed above train.gan.critic_thresh: it could not tell restored tiles from HR "
-                "targets), so its GAN row is the stage-1 generator. More training tiles or critic epochs give the "
-                "critic what it needs (config/README.md, train.critic.epochs)."
+        elif meta.get("gan_steps"):
+            steps = meta["gan_steps"]
+            advice = (
+                "; more training tiles or critic epochs give the critic what it needs (config/README.md, train.critic.epochs)"
+                if steps["generator"] == 0
+                else ""
             )
-        else:
-            notes.append(f"Model {name}: the GAN stage trained the generator for {steps['generator']} batches and the critic for {steps['critic']}.")
+            notes.append(f"Model {name}: {describe_gan_steps(steps)}{advice}.")
     return notes
 
 
