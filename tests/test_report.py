@@ -527,3 +527,6 @@ def test_table_ii_says_what_each_gan_stage_trained(tmp_path: Path) -> None:
     write_report_figures(metrics_tsv=metrics, restored=[], curves=[], qc_tsv=None, out_dir=tmp_path / "r2", models=models)
     page = (tmp_path / "r2" / "summary.html").read_text()
     assert "Model inert: its model.json could not be read" in page and "Model trained: the GAN stage trained the generator" in page
+    (tmp_path / "models" / "inert" / "model.json").write_text('{"gan_steps": {"generator": "many"}}')
+    write_report_figures(metrics_tsv=metrics, restored=[], curves=[], qc_tsv=None, out_dir=tmp_path / "r3", models=models)
+    assert "Model inert: its model.json&#x27;s gan_steps is not two batch counts" in (tmp_path / "r3" / "summary.html").read_text()

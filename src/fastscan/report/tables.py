@@ -64,10 +64,13 @@ def gan_stage_notes(models: Mapping[str, Mapping[str, Any] | None]) -> list[str]
     """
     notes = []
     for name, meta in models.items():
+        steps = meta.get("gan_steps") if meta is not None else None
+        readable = isinstance(steps, Mapping) and all(isinstance(steps.get(k), int) for k in ("generator", "critic"))
         if meta is None:
             notes.append(f"Model {name}: its model.json could not be read, so what its GAN stage trained is not known (see the report's log).")
-        elif meta.get("gan_steps"):
-            steps = meta["gan_steps"]
+        elif steps is not None and not readable:
+            notes.append(f"Model {name}: its model.json's gan_steps is not two batch counts ({steps!r}), so what its GAN stage trained is not known.")
+        elif steps:
             advice = (
                 "; more training tiles or critic epochs give the critic what it needs (config/README.md, train.critic.epochs)"
                 if steps["generator"] == 0
