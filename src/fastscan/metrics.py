@@ -193,6 +193,29 @@ def _fastscan_attrs(group: Any) -> dict[str, Any]:
     return dict(nested) if isinstance(nested, Mapping) else {}
 
 
+def model_record(model_dir: str | Path, *, consequence: str) -> dict | None:
+    """A model's ``model.json`` for a table that reports on the model, or None with a warning.
+
+    Lenient, unlike :func:`fastscan.models.read_model_json`, which checks the file before a model
+    is used: restoring with the model has already done that, and a record that cannot be read
+    when the tables are written costs a cell or a line (``consequence``, said in the warning),
+    not the metrics or the report.
+    """
+    path = Path(model_dir) / "model.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        logger.warning("%s not found: %s", path, consequence)
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        logger.warning("%s unreadable (%s): %s", path, exc, consequence)
+        return None
+    if not isinstance(meta, dict):
+        logger.warning("%s holds no JSON object: %s", path, consequence)
+        return None
+    return meta
+
+
 def model_pairs(model_dir: str | Path) -> int | None:
     """Number of training tile pairs behind a trained model, from its ``model.json``.
 
@@ -210,15 +233,10 @@ def model_pairs(model_dir: str | Path) -> int | None:
         metrics table can still be written for a model whose provenance is gone.
     """
     path = Path(model_dir) / "model.json"
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        logger.warning("%s not found: number of training pairs unknown", path)
+    meta = model_record(model_dir, consequence="number of training pairs unknown")
+    if meta is None:
         return None
-    except (OSError, json.JSONDecodeError) as exc:
-        logger.warning("%s unreadable (%s): number of training pairs unknown", path, exc)
-        return None
-    dataset = meta.get("dataset") if isinstance(meta, Mapping) else None
+    dataset = meta.get("dataset")
     if not isinstance(dataset, Mapping):
         logger.warning("%s has no 'dataset' entry: number of training pairs unknown", path)
         return None

@@ -7,7 +7,6 @@ the other modules' of :mod:`fastscan.report`.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from fastscan.hallucination import DEFAULT_K, hallucination_table
 from fastscan.metrics import (
     ablation_table,
     generalisation_table,
+    model_record,
     read_metrics_tsv,
     read_optional_metrics,
     summarise,
@@ -90,22 +90,6 @@ class _Table:
     page: str
 
 
-def _model_record(model_dir: str | Path) -> dict | None:
-    """A final model's ``model.json`` for the note under Table II, or None with a warning.
-
-    Lenient, like the training-pair count of the metrics (:func:`fastscan.metrics.model_pairs`):
-    restoring with the model has already checked the file, and a record that cannot be read now
-    costs one line of the report, not the report.
-    """
-    path = Path(model_dir) / "model.json"
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        logger.warning("%s unreadable (%s): the report cannot say what its GAN stage trained", path, exc)
-        return None
-    return meta if isinstance(meta, dict) else None
-
-
 def _report_tables(
     df: pd.DataFrame,
     restored: Sequence[Path],
@@ -116,7 +100,7 @@ def _report_tables(
     k: float,
 ) -> dict[str, _Table]:
     """Tables II-IV and the departure table, each with its HTML page, keyed by file stem."""
-    metas = {Path(m).name: _model_record(m) for m in models}
+    metas = {Path(m).name: model_record(m, consequence="the report cannot say what its GAN stage trained") for m in models}
     summary = summarise(df)
     departures = hallucination_table(restored, k=k)
     ablation = ablation_table(read_optional_metrics(list(ablation_metrics), key="ablation"))
