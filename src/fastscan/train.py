@@ -568,15 +568,22 @@ def train_critic(
     return meta
 
 
-def describe_gan_steps(steps: dict[str, int]) -> str:
+def describe_gan_steps(steps: dict[str, int], *, advice: bool = False) -> str:
     """What a GAN stage trained (``model.json`` ``gan_steps``), in words: the training log, the
     report's Table II and the exported package's README say it alike. A GAN stage whose critic
-    never handed over returned the stage-1 generator, and a reader of a "gan" row must know."""
+    never handed over returned the stage-1 generator, and a reader of a "gan" row must know.
+
+    ``advice`` adds what to change when the generator was never trained, for those who can
+    retrain (the log and the report; not the README of a package shared with others)."""
     if steps["generator"] == 0:
-        return (
+        text = (
             f"the GAN stage trained the critic for {steps['critic']} batches and never the generator (the critic's loss stayed "
             "above train.gan.critic_thresh: it could not tell restored tiles from HR targets), so the model is the stage-1 generator"
         )
+        if advice:
+            # Why more data rather than another threshold: config/README.md, train.critic.epochs.
+            text += "; more training tiles or critic epochs (train.critic.epochs, train.gan.epochs in config/README.md) give the critic what it needs"
+        return text
     return f"the GAN stage trained the generator for {steps['generator']} batches and the critic for {steps['critic']}"
 
 
@@ -685,10 +692,6 @@ def train_gan(
     if hasattr(switcher, "steps"):  # not when a resumed run found every epoch done
         meta["gan_steps"] = dict(switcher.steps)
         if switcher.steps["generator"] == 0:
-            log.warning(
-                "%s (threshold %.2f); more training tiles or critic epochs (train.critic.epochs, train.gan.epochs) give it the steps to learn",
-                describe_gan_steps(switcher.steps),
-                float(gcfg["critic_thresh"]),
-            )
+            log.warning("%s (threshold %.2f)", describe_gan_steps(switcher.steps, advice=True), float(gcfg["critic_thresh"]))
     _write_outputs(out_dir, meta, rows)
     return meta

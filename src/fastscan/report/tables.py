@@ -71,12 +71,7 @@ def gan_stage_notes(models: Mapping[str, Mapping[str, Any] | None]) -> list[str]
         elif steps is not None and not readable:
             notes.append(f"Model {name}: its model.json's gan_steps is not two batch counts ({steps!r}), so what its GAN stage trained is not known.")
         elif steps:
-            advice = (
-                "; more training tiles or critic epochs give the critic what it needs (config/README.md, train.critic.epochs)"
-                if steps["generator"] == 0
-                else ""
-            )
-            notes.append(f"Model {name}: {describe_gan_steps(steps)}{advice}.")
+            notes.append(f"Model {name}: {describe_gan_steps(steps, advice=True)}.")
     return notes
 
 
