@@ -286,7 +286,8 @@ def test_png_frame_folders_of_the_fmd_layout_are_series(tmp_path: Path, capsys) 
     (root / "raw" / "1" / "notes.txt").write_text("acquired at 0.5 us dwell")
     out = tmp_path / "samples.tsv"
     assert cli_main(["sheet", str(root), "--out", str(out), "--scale", "1", "--lr-pixel-size", "0.2", "--relative-to", str(tmp_path)]) == 0
-    assert "4 pair(s)" in capsys.readouterr().out
+    review = capsys.readouterr().out
+    assert "4 pair(s)" in review and "sample/session/fov" in review  # the sheet's key, as the first column shows it
     sheet = load_samples(out)
     assert list(sheet.index) == [f"Confocal_BPAE_B/Confocal_BPAE_B/{fov}" for fov in range(1, 5)]
     row = sheet.loc["Confocal_BPAE_B/Confocal_BPAE_B/3"]
@@ -354,6 +355,26 @@ def test_test_patterns_hold_out_a_datasets_own_test_fovs(tmp_path: Path, capsys)
         propose([w2s], lr_pixel_size_um=0.1, test=["Image1??/*"], split=False)
     assert cli_main(["sheet", str(w2s), "--out", str(tmp_path / "w.tsv"), "--test", "nothing/*"]) == 2
     assert not (tmp_path / "w.tsv").exists()
+
+
+def test_a_denoising_dataset_without_scale_1_is_told_so(tmp_path: Path, capsys, caplog) -> None:
+    """FMD's folders at the default scale 2 pair nothing. The user hears that, and that --scale 1
+    is what frames and targets of one size need, not that their --test glob matched nothing."""
+    fmd = tmp_path / "Confocal_BPAE_B"
+    for fov in (1, 2, 19):
+        for frame in range(2):
+            _png(fmd / "raw" / str(fov) / f"HV110_P05005100{frame:02d}.png", fov + frame)
+        _png(fmd / "gt" / str(fov) / "avg50.png", fov)
+    out = tmp_path / "samples.tsv"
+    assert cli_main(["sheet", str(fmd), "--out", str(out), "--test", "*/19/*"]) == 2
+    assert "no partner" in capsys.readouterr().out  # the review was printed
+    assert "no LR series could be paired" in caplog.text and "Every file is 16x16" in caplog.text and "give --scale 1" in caplog.text
+    assert "matched no paired file" not in caplog.text and not out.exists()
+    # Files of several sizes that do not pair get no such hint: the scale is not the obvious cause.
+    _png(fmd / "gt" / "2" / "avg50.png", 2, size=24)
+    with pytest.raises(PairingError) as err:
+        write_sheet(propose([fmd], scale=2), out)
+    assert "--scale 1" not in str(err.value)
 
 
 def test_single_frame_denoising_pairs_by_name_and_role_at_scale_1(tmp_path: Path) -> None:

@@ -64,7 +64,7 @@ def propose(
     )
     _name_pairs(pairs, sample)
     _fill_pixel_sizes(pairs, scale, lr_pixel_size_um)
-    if split:
+    if split and pairs:  # no pairs: the review and write_sheet say so, not a --test that matched nothing
         propose_splits(pairs, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, test=test)
     else:
         for p in pairs:

@@ -83,7 +83,7 @@ def review_text(proposal: Proposal) -> str:
     rows = review_rows(proposal)
     out = []
     if proposal.pairs:
-        head = ("fov", "split", "LR series", "HR target", "evidence / notes")
+        head = ("sample/session/fov", "split", "LR series", "HR target", "evidence / notes")
         table = [
             (f"{p['sample']}/{p['session']}/{p['fov']}", p["split"] or "-", p["file"], p["partner"], "; ".join(x for x in (p["evidence"], p["notes"]) if x))
             for p in rows

@@ -36,6 +36,16 @@ def _write_refusing(path: Path, text: str, *, force: bool, check=None) -> None:
             check(tmp)
 
 
+def _scale_hint(proposal: Proposal) -> str:
+    """When nothing paired at ``--scale N`` but the files left out come in one size, the dataset
+    is most likely a denoising one (noisy frames beside averages of the same size): say so."""
+    sizes = {u.entry.size for u in proposal.unpaired if u.status == "unpaired" and u.entry.header}
+    if proposal.scale != 1 and len(sizes) == 1 and sum(u.status == "unpaired" for u in proposal.unpaired) > 1:
+        ((y, x),) = sizes
+        return f". Every file is {y}x{x}: for noisy frames and targets of one size (a denoising dataset) give --scale 1"
+    return ""
+
+
 def write_sheet(
     proposal: Proposal,
     out: str | os.PathLike,
@@ -54,7 +64,7 @@ def write_sheet(
 
     out = Path(out)
     if not proposal.pairs:
-        raise PairingError("no LR series could be paired with an HR target (see the review); no sheet written")
+        raise PairingError(f"no LR series could be paired with an HR target (see the review); no sheet written{_scale_hint(proposal)}")
     check_outputs(out, review, force=force)
     if relative_to is not None and not Path(relative_to).is_dir():
         raise PairingError(f"{relative_to}: not a folder (paths in the sheet are written relative to it)")
