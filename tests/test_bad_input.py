@@ -357,17 +357,26 @@ def test_oib_single_scan_as_lr_series_needs_its_channel(tmp_path: Path) -> None:
     assert attrs["source"]["lr"]["shape"] == [1, 256, 256]
 
 
-@pytest.mark.parametrize(("hr_size", "scale", "expected"), [(64, 3, "96x96"), (32, 2, "64x64"), (65, 2, "64x64")])
-def test_hr_not_scale_times_lr(tmp_path: Path, hr_size: int, scale: int, expected: str) -> None:
+@pytest.mark.parametrize(
+    ("hr_size", "scale", "expected", "hint"),
+    [
+        (64, 3, "96x96", "(the HR is 2x the LR: for such pairs set ingest.scale: 2 in the workflow's config)"),
+        (32, 2, "64x64", "(the HR is 1x the LR: for such pairs set ingest.scale: 1 in the workflow's config)"),
+        (65, 2, "64x64", "64x64"),  # no whole factor: no setting to suggest
+    ],
+)
+def test_hr_not_scale_times_lr(tmp_path: Path, hr_size: int, scale: int, expected: str, hint: str) -> None:
     lr, _ = _pair(tmp_path / "raw", size=32)
     hr = _ome(tmp_path / "hr_bad.ome.tif", _scene((hr_size, hr_size), 1), "YX", 0.2)
-    _refused(
+    err = _refused(
         InputError,
         _ingest(tmp_path, lr, hr, scale=scale),
         f"{hr}: HR image is {hr_size}x{hr_size} but the LR frames of {lr} are 32x32",
         f"with scale={scale} the HR must be {expected}",
+        hint,
         out=_out(tmp_path),
     )
+    assert ("ingest.scale" in str(err)) == (hr_size % 32 == 0)
 
 
 def test_lr_series_without_frames(tmp_path: Path) -> None:

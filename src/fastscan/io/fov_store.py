@@ -323,10 +323,15 @@ def _check_pair(lr: PathLike, hr: PathLike, lr_data: np.ndarray, hr_data: np.nda
     _check_frame_count(lr, lr_data.shape[0])
     expected = (lr_data.shape[1] * scale, lr_data.shape[2] * scale)
     if hr_data.shape != expected:
+        # Pairs whose sizes differ by another whole factor are most often a project set up at the
+        # wrong scale (a denoising dataset's frames and averages are one size): name the setting.
+        k = hr_data.shape[0] // lr_data.shape[1]
+        whole = k >= 1 and hr_data.shape == (lr_data.shape[1] * k, lr_data.shape[2] * k)
+        hint = f" (the HR is {k}x the LR: for such pairs set ingest.scale: {k} in the workflow's config)" if whole else ""
         raise InputError(
             f"{hr}: HR image is {hr_data.shape[0]}x{hr_data.shape[1]} but the LR frames of "
             f"{lr} are {lr_data.shape[1]}x{lr_data.shape[2]}; with scale={scale} the HR must be "
-            f"{expected[0]}x{expected[1]}"
+            f"{expected[0]}x{expected[1]}{hint}"
         )
     _check_values(lr_data, lr, "LR series")
     _check_values(hr_data, hr, "HR image")
