@@ -2,6 +2,7 @@
 
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -256,6 +257,18 @@ def test_info_shows_training_normalisation_geometry_metrics_and_version(model_di
     assert "field fraction 0.8" in text and "LR tiles of 32 px" in text and json.dumps(META["dataset"]["counts"]) in text
     assert "gan" in text and "PSNR  26.00 dB  SSIM 0.750" in text  # the mean of this model's rows only
     assert "gan stage      the GAN stage trained the critic for 5 batches and never the generator" in text
+
+    # Inside a workflow project the model finds the project's metrics table by itself, and only its own rows count.
+    project = tmp_path / "results"
+    shutil.copytree(model_dir, project / "models" / "mito")
+    (project / "report").mkdir()
+    shutil.copy(metrics, project / "report" / "metrics.tsv")
+    assert main(["info", str(project / "models" / "mito")]) == 0
+    text = capsys.readouterr().out
+    assert f"metrics        {project / 'report' / 'metrics.tsv'}" in text and "PSNR  26.00 dB  SSIM 0.750" in text
+    shutil.copytree(model_dir, project / "models" / "unscored")
+    assert main(["info", str(project / "models" / "unscored")]) == 0
+    assert "metrics        none at hand" in capsys.readouterr().out  # the table holds mito's and other's rows, not its
 
 
 @pytest.fixture(scope="module")

@@ -132,7 +132,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--author", action="append", default=None, help="author name (repeat for several; default: fastscan contributors)")
     e.add_argument("--license", default=None, help="SPDX licence of the weights (default BSD-3-Clause)")
     e.add_argument("--sample", default=None, help="raw LR image (.npy or TIFF) to cut the test tile from (default: the model's dataset)")
-    e.add_argument("--metrics", default=None, help="per-image metrics table (results/report/metrics.tsv) for the README")
+    e.add_argument(
+        "--metrics", default=None, help="per-image metrics table for the README (default: MODEL/metrics.tsv, else the workflow's results/report/metrics.tsv)"
+    )
     e.add_argument("--no-onnx", action="store_true", help="leave out the ONNX weights")
     e.add_argument("--no-test", action="store_true", help="skip bioimageio.core's model test of the written package")
 
@@ -143,7 +145,7 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
         help="show a model's training data, normalisation, geometry, metrics and the fastscan version that made it",
     )
     i.add_argument("model", help="model directory (generator.pth + model.json)")
-    i.add_argument("--metrics", default=None, help="per-image metrics table (default: MODEL/metrics.tsv when present)")
+    i.add_argument("--metrics", default=None, help="per-image metrics table (default: MODEL/metrics.tsv, else the workflow's results/report/metrics.tsv)")
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -12,8 +12,8 @@ from fastscan.train import describe_gan_steps
 
 def model_info(model_dir: str | os.PathLike, *, metrics: str | os.PathLike | None = None) -> str:
     """A readable account of a model directory: what it was trained on, how it normalises, its
-    input geometry and scale, its metrics (``MODEL_DIR/metrics.tsv`` or ``metrics``) and the
-    fastscan version that made it."""
+    input geometry and scale, its metrics (``metrics``, or found as
+    :func:`~fastscan.export.model._metrics_rows` says) and the fastscan version that made it."""
     from fastscan.models import ModelError, read_model_json
 
     model_dir = Path(model_dir)
@@ -64,5 +64,5 @@ def model_info(model_dir: str | os.PathLike, *, metrics: str | os.PathLike | Non
         lines.append(f"metrics        {source}")
         lines += [f"  {r['method']:<12} {r['images']:>4} images  PSNR {r['psnr_mean']:6.2f} dB  SSIM {r['ssim_mean']:.3f}" for r in rows]
     else:
-        lines.append("metrics        none at hand (give --metrics results/report/metrics.tsv)")
+        lines.append("metrics        none at hand (give --metrics with a table the workflow's metrics rule wrote)")
     return "\n".join(lines)

@@ -65,11 +65,17 @@ def export_tiling(model: Any, meta: Mapping[str, Any], kwargs: Mapping[str, Any]
 
 
 def _metrics_rows(metrics: str | os.PathLike | None, model_dir: Path, model: str) -> tuple[list[dict[str, Any]], str | None]:
-    """Mean PSNR/SSIM per method of the model's test images, from a per-image metrics table
-    (``results/report/metrics.tsv``, or ``metrics.tsv`` in the model directory)."""
+    """Mean PSNR/SSIM per method of the model's test images, from a per-image metrics table:
+    ``metrics``; else ``metrics.tsv`` in the model directory; else, for a model where the workflow
+    puts it (``results/models/NAME``), the workflow's ``results/report/metrics.tsv``, of which only
+    this model's rows are taken (none: no metrics)."""
     import pandas as pd
 
-    path = Path(metrics) if metrics else model_dir / "metrics.tsv"
+    workflow_table = model_dir.parent.name == "models" and not (model_dir / "metrics.tsv").is_file()
+    if metrics:
+        path = Path(metrics)
+    else:
+        path = model_dir.parent.parent / "report" / "metrics.tsv" if workflow_table else model_dir / "metrics.tsv"
     if not path.is_file():
         if metrics:
             raise ExportError(f"{path}: the metrics table does not exist (it is written by the workflow's metrics rule)")
@@ -83,6 +89,8 @@ def _metrics_rows(metrics: str | os.PathLike | None, model_dir: Path, model: str
         raise ExportError(f"{path}: the metrics table lacks the columns {sorted(need - set(table.columns))} (see fastscan.metrics.METRIC_COLUMNS)")
     if "model" in table.columns and (table["model"].astype(str) == model).any():
         table = table[table["model"].astype(str) == model]
+    elif not metrics and workflow_table:
+        return [], None  # the project's table holds other models only
     rows = []
     for method, part in table.groupby("method", sort=False):
         rows.append(
