@@ -6,8 +6,19 @@ import contextlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
+
+#: Warnings that third-party code emits on every run and that say nothing about the user's data
+#: or settings: torch deprecations inside fastai (and torch's own TorchScript loader), and
+#: fastai's GAN callbacks setting learner attributes, which its ``GANTrainer`` does by design.
+#: A job's log leaves them out, so that the warnings it keeps are worth reading.
+QUIET_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
+    (FutureWarning, r"`torch\.jit\.(script|load)` is deprecated"),
+    (FutureWarning, r"`torch\.nn\.utils\.weight_norm` is deprecated"),
+    (UserWarning, r"You are shadowing an attribute \((generator|critic|gen_mode)\) that exists in the learner"),
+)
 
 
 @contextlib.contextmanager
@@ -16,7 +27,8 @@ def rule_logging(path: str | os.PathLike, *, level: int = logging.INFO) -> Itera
 
     fastai and tqdm write progress to stdout/stderr; in a non-interactive job that belongs in the
     rule's log, not in the terminal of the Snakemake run. An exception is logged with its
-    traceback before it propagates, so the log says why the job failed.
+    traceback before it propagates, so the log says why the job failed. Warnings go to the log
+    too, except the third-party noise of :data:`QUIET_WARNINGS`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -30,7 +42,9 @@ def rule_logging(path: str | os.PathLike, *, level: int = logging.INFO) -> Itera
         logging.captureWarnings(True)
         log = logging.getLogger("fastscan.job")
         try:
-            with contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+            with contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh), warnings.catch_warnings():
+                for category, message in QUIET_WARNINGS:
+                    warnings.filterwarnings("ignore", message=message, category=category)
                 yield log
         except BaseException:
             log.exception("job failed")
