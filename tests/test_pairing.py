@@ -315,6 +315,10 @@ def test_png_frame_folders_of_the_fmd_layout_are_series(tmp_path: Path, capsys) 
     assert sorted(p.fov for p in proposal.pairs) == ["1", "3", "4"]
     [bad] = [u for u in proposal.unpaired if u.status == "unreadable"]
     assert "3 PNG frames, not all alike" not in bad.reason and "4 PNG frames, not all alike" in bad.reason and "HV110_P0500510099.png 8x8" in bad.reason
+    # Its target, left alone, points at it: the file to fix is named beside the target too.
+    [target] = [u for u in proposal.unpaired if u.status == "unpaired"]
+    assert target.entry.path.name == "avg50.png" and target.entry.path.parent.name == "2"
+    assert "Confocal_BPAE_B/raw/2/HV110_P*.png in the same folder could not be read" in target.reason
 
 
 def test_test_patterns_hold_out_a_datasets_own_test_fovs(tmp_path: Path, capsys) -> None:

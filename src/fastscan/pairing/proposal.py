@@ -9,7 +9,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fastscan.pairing.entries import PairingError, Unpaired, describe, find_files
+from fastscan.pairing.entries import PairingError, Unpaired, describe, find_files, pairing_folder
 from fastscan.pairing.rules import Pair, _fill_pixel_sizes, pair_entries
 from fastscan.pairing.split import _name_pairs, propose_splits
 
@@ -21,6 +21,20 @@ class Proposal:
     pairs: list[Pair]
     unpaired: list[Unpaired]
     scale: int
+
+
+def _point_at_unreadable_neighbours(unpaired: list[Unpaired], left: list[Unpaired]) -> None:
+    """A file left without partner in a folder where another file could not be read (a series
+    with one unlike frame, a corrupt TIFF) has most likely lost its partner to that: say so
+    beside the generic reason, so that the review leads to the file to fix."""
+    unreadable: dict[tuple, list[str]] = {}
+    for u in left:
+        if u.status == "unreadable":
+            unreadable.setdefault(pairing_folder(u.entry), []).append(u.entry.shown())
+    for u in unpaired:
+        near = unreadable.get(pairing_folder(u.entry))
+        if u.status == "unpaired" and near:
+            u.reason += f"; {', '.join(near)} in the same folder could not be read (listed here too) and may be its partner"
 
 
 def propose(
@@ -62,6 +76,7 @@ def propose(
     pairs, unpaired = pair_entries(
         usable, scale=scale, position_tolerance=position_tolerance, focus_tolerance_um=focus_tolerance_um, session_gap_h=session_gap_h
     )
+    _point_at_unreadable_neighbours(unpaired, left)
     _name_pairs(pairs, sample)
     _fill_pixel_sizes(pairs, scale, lr_pixel_size_um)
     if split and pairs:  # no pairs: the review and write_sheet say so, not a --test that matched nothing
