@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -242,7 +243,7 @@ def test_cli_errors_name_the_file_and_the_fix(tmp_path, model_dir, caplog):
     assert not list(tmp_path.glob("*.zip")) and not list(tmp_path.glob(".*"))
 
 
-def test_info_shows_training_normalisation_geometry_metrics_and_version(model_dir, tmp_path, capsys):
+def test_info_shows_training_normalisation_geometry_metrics_and_version(model_dir, tmp_path, capsys, caplog):
     metrics = tmp_path / "metrics.tsv"
     rows = [
         {"model": "mito", "sample": "s", "session": "a", "fov": "f1", "frame": 0, "method": "gan", "psnr": 25.0, "ssim": 0.7, "nrmse": 0.1, "pairs": 3},
@@ -267,8 +268,27 @@ def test_info_shows_training_normalisation_geometry_metrics_and_version(model_di
     text = capsys.readouterr().out
     assert f"metrics        {project / 'report' / 'metrics.tsv'}" in text and "PSNR  26.00 dB  SSIM 0.750" in text
     shutil.copytree(model_dir, project / "models" / "unscored")
-    assert main(["info", str(project / "models" / "unscored")]) == 0
-    assert "metrics        none at hand" in capsys.readouterr().out  # the table holds mito's and other's rows, not its
+    with caplog.at_level(logging.WARNING, logger="fastscan"):
+        assert main(["info", str(project / "models" / "unscored")]) == 0
+    # The table holds mito's and other's rows, not its: no scores of another model under its name.
+    assert "metrics        none at hand" in capsys.readouterr().out and "holds no rows of model 'unscored'" in caplog.text
+    # Given by the user, such a table is an error that names it, not the mean of every model.
+    assert main(["info", str(project / "models" / "unscored"), "--metrics", str(metrics)]) == 2
+    assert f"{metrics}: the metrics table holds no rows of model 'unscored' (its models: mito, other)" in caplog.text
+    # A model retrained after the metrics were computed: those scores are of the earlier model.
+    weights = project / "models" / "mito" / "generator.pth"
+    stamp = (project / "report" / "metrics.tsv").stat().st_mtime
+    os.utime(weights, (stamp + 10, stamp + 10))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fastscan"):
+        assert main(["info", str(project / "models" / "mito")]) == 0
+    assert "metrics        none at hand" in capsys.readouterr().out and "is older than" in caplog.text
+    # A project table that cannot be read does not stop info: a warning names it.
+    (project / "report" / "metrics.tsv").write_text("psnr\n1\n")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fastscan"):
+        assert main(["info", str(project / "models" / "unscored")]) == 0
+    assert "metrics        none at hand" in capsys.readouterr().out and "lacks the columns ['method', 'ssim']" in caplog.text
 
 
 @pytest.fixture(scope="module")

@@ -68,8 +68,9 @@ def export_model(
         input geometry; default: a validation tile of the model's dataset store, else a synthetic
         texture over the model's LR range.
     metrics : path-like, optional
-        Per-image metrics table (``results/report/metrics.tsv``); default ``MODEL_DIR/metrics.tsv``
-        when present.
+        Per-image metrics table (``results/report/metrics.tsv``); default ``MODEL_DIR/metrics.tsv``,
+        else the project's table for a model under ``results/models/`` (see
+        :func:`~fastscan.export.model._metrics_rows`).
     onnx : bool
         Add ONNX weights when the ``onnx`` package is installed.
     test : bool
@@ -101,7 +102,7 @@ def export_model(
     x, restored = _restore_tile(model, raw, norm_lr, scale=scale, size=tiling["test"])
     plain, max_diff = _plain_generator(model_dir, kwargs, x, restored)
     fields = _package_fields(model_dir, name=name, description=description, authors=authors, license=license, tags=tags, version=version)
-    metric_rows, metrics_source = _metrics_rows(metrics, model_dir, model_dir.name)
+    metric_rows, metrics_source = _metrics_rows(metrics, model_dir)
     facts = {
         "model_dir": model_dir,
         "meta": meta,

@@ -57,7 +57,7 @@ def model_info(model_dir: str | os.PathLike, *, metrics: str | os.PathLike | Non
     if last is not None:
         lines.append(f"last epoch     {last.get('stage', '?')} epoch {last.get('epoch', '?')}: validation PSNR {float(last['valid_psnr']):.2f} dB")
     try:
-        rows, source = _metrics_rows(metrics, model_dir, model_dir.name)
+        rows, source = _metrics_rows(metrics, model_dir)
     except ExportError as exc:
         raise ModelError(str(exc)) from exc
     if rows:

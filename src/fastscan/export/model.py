@@ -4,11 +4,14 @@ the network expects, the versions and the metrics table; and :class:`ExportError
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("fastscan.export")
 
 #: Architecture keys of ``model.json`` that :class:`fastscan.torch_generator.FastscanGenerator` takes.
 ARCH_KWARGS = ("variant", "scale", "n_in", "n_out", "blur", "self_attention", "norm_type", "y_range", "residual", "hr_head", "base_sigma")
@@ -64,33 +67,57 @@ def export_tiling(model: Any, meta: Mapping[str, Any], kwargs: Mapping[str, Any]
     return {"tile": int(tile), "overlap": int(overlap), "min": smallest, "step": step, "test": test}
 
 
-def _metrics_rows(metrics: str | os.PathLike | None, model_dir: Path, model: str) -> tuple[list[dict[str, Any]], str | None]:
-    """Mean PSNR/SSIM per method of the model's test images, from a per-image metrics table:
-    ``metrics``; else ``metrics.tsv`` in the model directory; else, for a model where the workflow
-    puts it (``results/models/NAME``), the workflow's ``results/report/metrics.tsv``, of which only
-    this model's rows are taken (none: no metrics)."""
-    import pandas as pd
+def _metrics_rows(metrics: str | os.PathLike | None, model_dir: str | os.PathLike) -> tuple[list[dict[str, Any]], str | None]:
+    """Mean PSNR/SSIM per method of the model's test images, and the table they came from.
 
-    workflow_table = model_dir.parent.name == "models" and not (model_dir / "metrics.tsv").is_file()
+    The table is ``metrics`` when given (a table that is missing, unreadable or holds no row of
+    this model is an error); else ``metrics.tsv`` in the model directory; else, for a model where
+    the workflow puts it (``results/models/NAME``), the project's ``results/report/metrics.tsv``.
+    A table found rather than given gives no metrics, with a warning, where it cannot be read or
+    holds none of this model's rows, and the project's table also where it is older than the
+    model's weights (scores of an earlier model of that name). A table with a ``model`` column
+    counts only the rows of this model (the directory's name).
+    """
+    model_dir = Path(model_dir).resolve()  # "." names a model too
     if metrics:
-        path = Path(metrics)
+        return _read_metrics(Path(metrics), model_dir.name)
+    own, project = model_dir / "metrics.tsv", model_dir.parent.parent / "report" / "metrics.tsv"
+    if own.is_file():
+        path = own
+    elif model_dir.parent.name == "models" and project.is_file():
+        path = project
+        weights = model_dir / "generator.pth"
+        if weights.is_file() and project.stat().st_mtime < weights.stat().st_mtime:
+            log.warning("%s is older than %s: its scores are of an earlier model, not shown (rerun the workflow's metrics rule)", project, weights)
+            return [], None
     else:
-        path = model_dir.parent.parent / "report" / "metrics.tsv" if workflow_table else model_dir / "metrics.tsv"
-    if not path.is_file():
-        if metrics:
-            raise ExportError(f"{path}: the metrics table does not exist (it is written by the workflow's metrics rule)")
         return [], None
     try:
-        table = pd.read_csv(path, sep="\t")
+        return _read_metrics(path, model_dir.name)
+    except ExportError as exc:
+        log.warning("%s; no metrics shown", exc)
+        return [], None
+
+
+def _read_metrics(path: Path, model: str) -> tuple[list[dict[str, Any]], str]:
+    """:func:`_metrics_rows` of one table, refusing what cannot be used, naming the table."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise ExportError(f"{path}: the metrics table does not exist (it is written by the workflow's metrics rule)")
+    try:
+        table = pd.read_csv(path, sep="\t", dtype={"model": str})  # a model named 01 stays 01
     except Exception as exc:  # pandas' parser errors have no common base
         raise ExportError(f"{path}: cannot read the metrics table ({exc})") from exc
     need = {"method", "psnr", "ssim"}
     if not need <= set(table.columns):
         raise ExportError(f"{path}: the metrics table lacks the columns {sorted(need - set(table.columns))} (see fastscan.metrics.METRIC_COLUMNS)")
-    if "model" in table.columns and (table["model"].astype(str) == model).any():
-        table = table[table["model"].astype(str) == model]
-    elif not metrics and workflow_table:
-        return [], None  # the project's table holds other models only
+    if "model" in table.columns:
+        mine = table["model"] == model
+        if not mine.any():
+            others = sorted(table["model"].dropna().unique())
+            raise ExportError(f"{path}: the metrics table holds no rows of model {model!r} (its models: {', '.join(others[:5]) or 'none'})")
+        table = table[mine]
     rows = []
     for method, part in table.groupby("method", sort=False):
         rows.append(
