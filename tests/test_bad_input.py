@@ -379,6 +379,20 @@ def test_hr_not_scale_times_lr(tmp_path: Path, hr_size: int, scale: int, expecte
     assert ("ingest.scale" in str(err)) == (hr_size % 32 == 0)
 
 
+def test_a_suggested_scale_is_one_the_config_accepts(tmp_path: Path) -> None:
+    """The hint names only factors the workflow schema allows for ingest.scale."""
+    import yaml
+
+    from fastscan.io.fov_store import MAX_SCALE
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    assert schema["properties"]["ingest"]["properties"]["scale"]["maximum"] == MAX_SCALE
+    lr, _ = _pair(tmp_path / "raw", size=8)
+    hr = _ome(tmp_path / "hr_big.ome.tif", _scene((8 * (MAX_SCALE + 1), 8 * (MAX_SCALE + 1)), 1), "YX", 0.2)
+    message = _refused(InputError, _ingest(tmp_path, lr, hr, scale=2), "with scale=2 the HR must be 16x16", out=_out(tmp_path))
+    assert "ingest.scale" not in message
+
+
 def test_lr_series_without_frames(tmp_path: Path) -> None:
     """One frame is a pair (tests/test_single_frame.py); a series of none is refused.
 

@@ -318,7 +318,7 @@ def test_png_frame_folders_of_the_fmd_layout_are_series(tmp_path: Path, capsys) 
     # Its target, left alone, points at it: the file to fix is named beside the target too.
     [target] = [u for u in proposal.unpaired if u.status == "unpaired"]
     assert target.entry.path.name == "avg50.png" and target.entry.path.parent.name == "2"
-    assert "Confocal_BPAE_B/raw/2/HV110_P*.png in the same folder could not be read" in target.reason
+    assert "Confocal_BPAE_B/raw/2/HV110_P*.png beside it (its folder, or the matching one of another role) could not be read" in target.reason
 
 
 def test_test_patterns_hold_out_a_datasets_own_test_fovs(tmp_path: Path, capsys) -> None:
@@ -374,11 +374,16 @@ def test_a_denoising_dataset_without_scale_1_is_told_so(tmp_path: Path, capsys, 
     assert "no partner" in capsys.readouterr().out  # the review was printed
     assert "no LR series could be paired" in caplog.text and "Every file is 16x16" in caplog.text and "give --scale 1" in caplog.text
     assert "matched no paired file" not in caplog.text and not out.exists()
-    # Files of several sizes that do not pair get no such hint: the scale is not the obvious cause.
+    # No such hint where the scale is not the obvious cause: files of several sizes, or series
+    # alone (no single image or target-named file that --scale 1 could pair them with).
     _png(fmd / "gt" / "2" / "avg50.png", 2, size=24)
     with pytest.raises(PairingError) as err:
         write_sheet(propose([fmd], scale=2), out)
     assert "--scale 1" not in str(err.value)
+    shutil.rmtree(fmd / "gt")
+    with pytest.raises(PairingError) as err:
+        write_sheet(propose([fmd], scale=2), out)
+    assert "no LR series could be paired" in str(err.value) and "--scale 1" not in str(err.value)
 
 
 def test_single_frame_denoising_pairs_by_name_and_role_at_scale_1(tmp_path: Path) -> None:

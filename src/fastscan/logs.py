@@ -15,7 +15,7 @@ from pathlib import Path
 #: fastai's GAN callbacks setting learner attributes, which its ``GANTrainer`` does by design.
 #: A job's log leaves them out, so that the warnings it keeps are worth reading.
 QUIET_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
-    (FutureWarning, r"`torch\.jit\.(script|load)` is deprecated"),
+    (FutureWarning, r"`torch\.jit\.(script|load|save)` is deprecated"),
     (FutureWarning, r"`torch\.nn\.utils\.weight_norm` is deprecated"),
     (UserWarning, r"You are shadowing an attribute \((generator|critic|gen_mode)\) that exists in the learner"),
 )

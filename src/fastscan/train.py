@@ -692,6 +692,6 @@ def train_gan(
     if hasattr(switcher, "steps"):  # not when a resumed run found every epoch done
         meta["gan_steps"] = dict(switcher.steps)
         if switcher.steps["generator"] == 0:
-            log.warning("%s (threshold %.2f)", describe_gan_steps(switcher.steps, advice=True), float(gcfg["critic_thresh"]))
+            log.warning("critic_thresh %.2f: %s", float(gcfg["critic_thresh"]), describe_gan_steps(switcher.steps, advice=True))
     _write_outputs(out_dir, meta, rows)
     return meta

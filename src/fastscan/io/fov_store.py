@@ -25,6 +25,9 @@ from fastscan.jsonable import jsonable
 
 logger = logging.getLogger(__name__)
 
+#: Largest HR/LR size ratio a hint may suggest: the workflow schema's ``ingest.scale`` maximum.
+MAX_SCALE = 8
+
 
 def file_sha256(path: PathLike, *, chunk_size: int = 1 << 20) -> str:
     """SHA-256 hex digest of a file, read in chunks so large files stay out of memory.
@@ -326,7 +329,7 @@ def _check_pair(lr: PathLike, hr: PathLike, lr_data: np.ndarray, hr_data: np.nda
         # Pairs whose sizes differ by another whole factor are most often a project set up at the
         # wrong scale (a denoising dataset's frames and averages are one size): name the setting.
         k = hr_data.shape[0] // lr_data.shape[1]
-        whole = k >= 1 and hr_data.shape == (lr_data.shape[1] * k, lr_data.shape[2] * k)
+        whole = 1 <= k <= MAX_SCALE and hr_data.shape == (lr_data.shape[1] * k, lr_data.shape[2] * k)
         hint = f" (the HR is {k}x the LR: for such pairs set ingest.scale: {k} in the workflow's config)" if whole else ""
         raise InputError(
             f"{hr}: HR image is {hr_data.shape[0]}x{hr_data.shape[1]} but the LR frames of "

@@ -34,7 +34,8 @@ def _point_at_unreadable_neighbours(unpaired: list[Unpaired], left: list[Unpaire
     for u in unpaired:
         near = unreadable.get(pairing_folder(u.entry))
         if u.status == "unpaired" and near:
-            u.reason += f"; {', '.join(near)} in the same folder could not be read (listed here too) and may be its partner"
+            named = ", ".join(near[:3]) + (f" and {len(near) - 3} more" if len(near) > 3 else "")
+            u.reason += f"; {named} beside it (its folder, or the matching one of another role) could not be read (listed here too) and may be its partner"
 
 
 def propose(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fastscan.pairing.entries import PairingError
+from fastscan.pairing.entries import PairingError, role_of
 from fastscan.pairing.proposal import Proposal
 from fastscan.pairing.review import review_tsv, sheet_text
 
@@ -39,8 +39,12 @@ def _write_refusing(path: Path, text: str, *, force: bool, check=None) -> None:
 def _scale_hint(proposal: Proposal) -> str:
     """When nothing paired at ``--scale N`` but the files left out come in one size, the dataset
     is most likely a denoising one (noisy frames beside averages of the same size): say so."""
-    sizes = {u.entry.size for u in proposal.unpaired if u.status == "unpaired" and u.entry.header}
-    if proposal.scale != 1 and len(sizes) == 1 and sum(u.status == "unpaired" for u in proposal.unpaired) > 1:
+    left = [u.entry for u in proposal.unpaired if u.status == "unpaired" and u.entry.header]
+    sizes = {e.size for e in left}
+    # A series and something that can be its target: a single image, or a file named as one.
+    target = any(e.header["frames"] == 1 or role_of(e) == "target" for e in left)
+    series = any(e.header["frames"] > 1 or role_of(e) == "series" for e in left)
+    if proposal.scale != 1 and len(sizes) == 1 and len(left) > 1 and target and series:
         ((y, x),) = sizes
         return f". Every file is {y}x{x}: for noisy frames and targets of one size (a denoising dataset) give --scale 1"
     return ""
