@@ -302,6 +302,16 @@ def test_evaluate_restored_baseline_values(tmp_path: Path) -> None:
     assert row["ssim"] == pytest.approx(ssim(bilinear, hr))
 
 
+def test_a_denoising_store_scores_the_input_frame_once(tmp_path: Path) -> None:
+    """At scale 1 bilinear and bicubic would both be the frame itself: one row, named bilinear."""
+    store = _write_restored(tmp_path / "fov.zarr", n=2, scale=1)
+    group = zarr.open_group(str(store), mode="r")
+    df = evaluate_restored(store, model="m", sample="s", session="x", fov="f")
+    assert list(df["method"].iloc[:3]) == ["bilinear", "mse", "gan"] and len(df) == 2 * 3
+    row = df[df["method"] == "bilinear"].iloc[0]
+    assert row["psnr"] == pytest.approx(psnr(group["lr"][0].astype(np.float64), group["hr"][...]))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

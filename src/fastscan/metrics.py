@@ -311,7 +311,8 @@ def evaluate_restored(
     pandas.DataFrame
         One row per (frame, method) with columns :data:`METRIC_COLUMNS`. The
         bilinear and bicubic baselines are computed from ``lr`` with
-        :func:`fastscan.baselines.upsample`; methods appear in
+        :func:`fastscan.baselines.upsample` (at scale 1 only ``bilinear``: the
+        frame itself); methods appear in
         :data:`fastscan.baselines.METHODS` order, unknown names after.
         ``pairs`` is the number of training tile pairs of the model behind a
         learned method (:func:`model_pairs` of its directory in
@@ -359,7 +360,10 @@ def evaluate_restored(
     if len(frames) != n_frames:
         raise ValueError(f"{store}: fastscan.frames lists {len(frames)} frames but 'lr' has {n_frames}")
 
-    methods = sorted([*BASELINE_ORDERS, *learned], key=method_sort_key)
+    # At scale 1 (denoising) there is nothing to upsample: every spline order returns the frame
+    # itself, and one row of it ("bilinear") says all a second identical row would.
+    baselines = [m for m, order in BASELINE_ORDERS.items() if scale > 1 or order == 1]
+    methods = sorted([*baselines, *learned], key=method_sort_key)
     models = attrs.get("models") if isinstance(attrs.get("models"), Mapping) else {}
     base = Path(root) if root is not None else Path(os.getcwd())
     method_pairs = _method_pairs(learned, models, pairs, base)
