@@ -371,7 +371,8 @@ def test_a_denoising_dataset_without_scale_1_is_told_so(tmp_path: Path, capsys, 
         _png(fmd / "gt" / str(fov) / "avg50.png", fov)
     out = tmp_path / "samples.tsv"
     assert cli_main(["sheet", str(fmd), "--out", str(out), "--test", "*/19/*"]) == 2
-    assert "no partner" in capsys.readouterr().out  # the review was printed
+    review = capsys.readouterr().out
+    assert "no partner" in review and "0 pair(s); " in review  # the review was printed, with no split to speak of
     assert "no LR series could be paired" in caplog.text and "Every file is 16x16" in caplog.text and "give --scale 1" in caplog.text
     assert "matched no paired file" not in caplog.text and not out.exists()
     # No such hint where the scale is not the obvious cause: files of several sizes, or series

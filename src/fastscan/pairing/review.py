@@ -103,7 +103,7 @@ def review_text(proposal: Proposal) -> str:
     counts = {s: sum(u.status == s for u in proposal.unpaired) for s in ("unpaired", "unreadable", "skipped")}
     shown = f"train {splits['train']}, val {splits['val']}, test {splits['test']}" if sum(splits.values()) else "split by the workflow's hash"
     out.append(
-        f"{len(proposal.pairs)} pair(s) ({shown}); {counts['unpaired']} image(s) unpaired, "
+        f"{len(proposal.pairs)} pair(s){f' ({shown})' if proposal.pairs else ''}; {counts['unpaired']} image(s) unpaired, "
         f"{counts['unreadable']} unreadable, {counts['skipped']} other file(s) skipped"
     )
     return "\n".join(out) + "\n"
