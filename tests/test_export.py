@@ -288,7 +288,7 @@ def test_info_shows_training_normalisation_geometry_metrics_and_version(model_di
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="fastscan"):
         assert main(["info", str(project / "models" / "unscored")]) == 0
-    assert "metrics        none at hand" in capsys.readouterr().out and "lacks the columns ['method', 'ssim']" in caplog.text
+    assert "metrics        none at hand" in capsys.readouterr().out and "missing metrics columns ['model', 'sample'" in caplog.text
 
 
 @pytest.fixture(scope="module")

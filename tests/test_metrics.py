@@ -26,6 +26,7 @@ from fastscan.baselines import (
 from fastscan.metrics import (
     ABLATION_COLUMNS,
     GENERALISATION_COLUMNS,
+    METHOD_SUMMARY_COLUMNS,
     METRIC_COLUMNS,
     SUMMARY_COLUMNS,
     ablation_table,
@@ -39,6 +40,7 @@ from fastscan.metrics import (
     read_optional_metrics,
     ssim,
     summarise,
+    summarise_methods,
     write_tsv,
 )
 
@@ -454,6 +456,20 @@ def test_summarise_ignores_infinite_psnr(caplog: pytest.LogCaptureFixture) -> No
     assert gan["psnr_mean"] == pytest.approx(31.0)
     assert math.isnan(gan["psnr_sd"])
     assert "not finite" in caplog.text
+
+
+def test_summarise_methods_pools_a_models_samples() -> None:
+    """What a model's own documents show: each method over all its test images, whatever their
+    sample, with Table II's statistics (an infinite PSNR left out of the mean)."""
+    other = _table().assign(sample="tissue", psnr=lambda d: d["psnr"] + 2.0)
+    df = pd.concat([_table(), other], ignore_index=True)
+    df.loc[(df["method"] == "bilinear") & (df["sample"] == "mito") & (df["frame"] == 0), "psnr"] = math.inf  # 21 dB before
+    summary = summarise_methods(df)
+    assert list(summary.columns) == list(METHOD_SUMMARY_COLUMNS)
+    assert list(summary["method"]) == ["bilinear", "mse", "gan"] and list(summary["n"]) == [4, 4, 4]
+    by = summary.set_index("method")
+    assert by.loc["gan", "psnr_mean"] == pytest.approx(31.0)  # 29, 31, 31, 33
+    assert by.loc["bilinear", "psnr_mean"] == pytest.approx((23.0 + 23.0 + 25.0) / 3) and by.loc["bilinear", "psnr_n"] == 3
 
 
 def test_write_tsv_roundtrip(tmp_path: Path) -> None:

@@ -77,6 +77,9 @@ _STAT_COLUMNS: tuple[str, ...] = (
 #: Columns of the summary table (Table II), in order.
 SUMMARY_COLUMNS: tuple[str, ...] = ("model", "sample", "method", "label", "pairs", *_STAT_COLUMNS)
 
+#: Columns of :func:`summarise_methods`: Table II's statistics of one model over all its samples.
+METHOD_SUMMARY_COLUMNS: tuple[str, ...] = ("method", "label", "pairs", *_STAT_COLUMNS)
+
 #: Columns of the data-size ablation table (Table III), in order; ``ablation`` names the
 #: ``results/ablation/{ablation}/metrics.tsv`` a row comes from.
 ABLATION_COLUMNS: tuple[str, ...] = ("ablation", "sample", "method", "label", "pairs", *_STAT_COLUMNS)
@@ -599,6 +602,21 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
     are left out of the statistics.
     """
     return _summarise_by(df, ("model", "sample", "method"), SUMMARY_COLUMNS)
+
+
+def summarise_methods(df: pd.DataFrame) -> pd.DataFrame:
+    """Per-method mean and SD over all rows of `df`, whatever their sample.
+
+    What a model's own documents show (``fastscan info``, the exported package's README): one
+    model's rows, all its held-out images together. The statistics are :func:`summarise`'s, so
+    an exact reconstruction's infinite PSNR is left out here as it is in the report.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`METHOD_SUMMARY_COLUMNS`, one row per method, in display order.
+    """
+    return _summarise_by(df, ("method",), METHOD_SUMMARY_COLUMNS)
 
 
 def _dedupe_baselines(df: pd.DataFrame, key: str) -> pd.DataFrame:

@@ -75,8 +75,8 @@ def _metrics_rows(metrics: str | os.PathLike | None, model_dir: str | os.PathLik
     the workflow puts it (``results/models/NAME``), the project's ``results/report/metrics.tsv``.
     A table found rather than given gives no metrics, with a warning, where it cannot be read or
     holds none of this model's rows, and the project's table also where it is older than the
-    model's weights (scores of an earlier model of that name). A table with a ``model`` column
-    counts only the rows of this model (the directory's name).
+    model's weights (scores of an earlier model of that name). Only the rows of this model (the
+    directory's name) count, summarised as the report does (:func:`fastscan.metrics.summarise_methods`).
     """
     model_dir = Path(model_dir).resolve()  # "." names a model too
     if metrics:
@@ -101,33 +101,24 @@ def _metrics_rows(metrics: str | os.PathLike | None, model_dir: str | os.PathLik
 
 def _read_metrics(path: Path, model: str) -> tuple[list[dict[str, Any]], str]:
     """:func:`_metrics_rows` of one table, refusing what cannot be used, naming the table."""
-    import pandas as pd
+    from fastscan.metrics import read_metrics_tsv, summarise_methods
 
     if not path.is_file():
         raise ExportError(f"{path}: the metrics table does not exist (it is written by the workflow's metrics rule)")
     try:
-        table = pd.read_csv(path, sep="\t", dtype={"model": str})  # a model named 01 stays 01
+        table = read_metrics_tsv(path)
+    except ValueError as exc:  # names the table and what it lacks
+        raise ExportError(str(exc)) from exc
     except Exception as exc:  # pandas' parser errors have no common base
         raise ExportError(f"{path}: cannot read the metrics table ({exc})") from exc
-    need = {"method", "psnr", "ssim"}
-    if not need <= set(table.columns):
-        raise ExportError(f"{path}: the metrics table lacks the columns {sorted(need - set(table.columns))} (see fastscan.metrics.METRIC_COLUMNS)")
-    if "model" in table.columns:
-        mine = table["model"] == model
-        if not mine.any():
-            others = sorted(table["model"].dropna().unique())
-            raise ExportError(f"{path}: the metrics table holds no rows of model {model!r} (its models: {', '.join(others[:5]) or 'none'})")
-        table = table[mine]
-    rows = []
-    for method, part in table.groupby("method", sort=False):
-        rows.append(
-            {
-                "method": str(method),
-                "images": int(len(part)),
-                "psnr_mean": float(part["psnr"].mean()),
-                "ssim_mean": float(part["ssim"].mean()),
-            }
-        )
+    mine = table["model"] == model
+    if not mine.any():
+        others = sorted(table["model"].unique())
+        raise ExportError(f"{path}: the metrics table holds no rows of model {model!r} (its models: {', '.join(others[:5]) or 'none'})")
+    summary = summarise_methods(table[mine])
+    rows = [
+        {"method": str(r.method), "images": int(r.n), "psnr_mean": float(r.psnr_mean), "ssim_mean": float(r.ssim_mean)} for r in summary.itertuples(index=False)
+    ]
     return rows, str(path)
 
 
