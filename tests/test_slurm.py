@@ -81,7 +81,7 @@ def cluster_profile(work, partition):
         "default-resources": {"slurm_partition": partition},
         "slurm-no-account": True,
         "slurm-status-command": "squeue",
-        "slurm-init-seconds-before-status-checks": 5,
+        "slurm-init-seconds-before-status-checks": 1,
         "slurm-keep-successful-logs": True,
         "latency-wait": 10,
         "set-resources": resources,
