@@ -18,8 +18,11 @@ def bin_dir() -> Path:
     return Path(sys.executable).parent
 
 
-def write_registered(path, *, seed=0, frames=3, size=64, scale=2, passed=True, offset=0.0):
-    """A small registered FOV store (layout of docs/architecture.md) with correlated LR/HR."""
+def write_registered(path, *, seed=0, frames=3, size=64, scale=2, passed=True, offset=0.0, lr_per_hr=None):
+    """A small registered FOV store (layout of docs/architecture.md) with correlated LR/HR;
+    ``lr_per_hr`` is what its registration QC records (None: not measured)."""
+    import dataclasses
+
     import numpy as np
     from scipy import ndimage as ndi
 
@@ -31,6 +34,7 @@ def write_registered(path, *, seed=0, frames=3, size=64, scale=2, passed=True, o
     lr = np.stack([base + rng.normal(0, 30, base.shape) for _ in range(frames)]).astype(np.float32)
     # Already aligned, a linear scan: written by the library's writer, so it is a valid store.
     registration = stores.Registration.aligned(frames, passed=passed, ncc=0.9 if passed else 0.1, min_ncc=0.3)
+    registration = dataclasses.replace(registration, qc=dataclasses.replace(registration.qc, lr_per_hr=lr_per_hr))
     attrs = {"scale": scale, "lr_pixel_size_um": [0.4, 0.4], "hr_pixel_size_um": [0.2, 0.2]}
     stores.write_registered(path, lr=lr, hr=hr, attrs=attrs, registration=registration)
     return path

@@ -92,6 +92,26 @@ def test_failed_registration_is_excluded_and_logged(tmp_path, caplog):
     assert "m/s/bad" in caplog.text and "registration QC failed" in caplog.text
 
 
+def test_a_training_fov_with_another_hr_brightness_is_named(tmp_path, caplog):
+    """The slopes registration measured: 10 % about the median is the scatter of simulated FOVs
+    that share one relation, and passes; a target acquired at a third of the others' brightness
+    is named with its factor; a validation FOV does not count, nor does a store without one."""
+    import logging
+
+    def entries(slopes, val=None):
+        out = [FovEntry(str(write_registered(tmp_path / f"{k}.zarr", seed=i, lr_per_hr=v)), "m", "s", k, "train") for i, (k, v) in enumerate(slopes.items())]
+        if val is not None:
+            out.append(FovEntry(str(write_registered(tmp_path / "v.zarr", seed=9, lr_per_hr=val)), "m", "s", "v", "val"))
+        return out
+
+    with caplog.at_level(logging.WARNING, logger="fastscan.dataset"):
+        build_dataset(entries({"a": 0.048, "b": 0.053, "c": 0.056, "d": None}, val=0.5), tmp_path / "ok.zarr", tile=32, stride=32)
+    assert "slope" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="fastscan.dataset"):
+        build_dataset(entries({"a": 0.048, "b": 0.053, "c": 0.0167, "d": 0.050}), tmp_path / "off.zarr", tile=32, stride=32)
+    assert "1 of 4 training FOVs" in caplog.text and "m/s/c (x0.34)" in caplog.text and "m/s/a" not in caplog.text
+
+
 def test_background_tiles_are_dropped(tmp_path):
     p = write_registered(tmp_path / "a.zarr", seed=1)
     g = zarr.open_group(str(p), mode="r+")

@@ -318,6 +318,7 @@ def test_register_fov_end_to_end(tmp_path, caplog):
         "residual_drift_px",
         "passed",
         "min_ncc",
+        "lr_per_hr",
         "photons",
         "resonant_field_fraction",
         "resonant_evidence",
@@ -349,9 +350,25 @@ def test_register_fov_end_to_end(tmp_path, caplog):
     table = reg.read_qc(qc_path)
     assert table.loc[0, "fov"] == "f1" and bool(table.loc[0, "passed"])
 
+    # Photon counts without offset: LR per unit of HR is the ratio of the means. 5 %: the
+    # forward model's borders and the photon noise of 8 frames.
+    # The QC table keeps 6 significant digits.
+    assert r["lr_per_hr"] == row["lr_per_hr"] and table.loc[0, "lr_per_hr"] == pytest.approx(row["lr_per_hr"], rel=1e-5)
+    assert r["lr_per_hr"] == pytest.approx(lr.mean() / hr.mean(), rel=0.05)
+
     # re-running replaces the store in place
     reg.register_fov(src, out)
     assert sorted(p.name for p in out.parent.iterdir()) == ["f1.qc.tsv", "f1.zarr"]
+
+
+def test_lr_per_hr_follows_the_brightness_of_the_hr_target(tmp_path):
+    """A target acquired with twice the detector gain halves the slope, and only the slope: the
+    alignment and the QC score do not depend on the target's scale. The forward model is linear,
+    so the slopes differ by float rounding only (1e-6 relative, against the 0.5 of the change)."""
+    lr, hr, _, _ = good_fov(seed=3)
+    rows = [reg.register_fov(write_canonical(tmp_path / f"in{k}.zarr", lr, k * hr, fov="f1"), tmp_path / f"out{k}.zarr") for k in (1, 2)]
+    assert rows[1]["lr_per_hr"] == pytest.approx(rows[0]["lr_per_hr"] / 2, rel=1e-6)
+    assert rows[1]["ncc"] == pytest.approx(rows[0]["ncc"], abs=1e-9)
 
 
 def test_register_fov_pure_noise_fails_qc(tmp_path, caplog):

@@ -58,6 +58,7 @@ REGISTRATION_QC = (
     "drift_rms_px",
     "residual_drift_px",
     "passed",
+    "lr_per_hr",
 )
 
 

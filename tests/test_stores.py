@@ -19,7 +19,7 @@ def _registration() -> Registration:
         drift_px=[[0.0, 0.0], [0.25, -0.5]],
         hr_shift_px=[1.5, -2.0],
         scan=ScanModel(line_phase_px=0.6, field_fraction=0.8, resonant_field_fraction=0.8, resonant_evidence=None, blur_sigma_px=0.5),
-        qc=RegistrationQC(passed=True, ncc=0.93, min_ncc=0.3),
+        qc=RegistrationQC(passed=True, ncc=0.93, min_ncc=0.3, lr_per_hr=0.05),
         residual_drift_px=0.02,
         photons={"gain_adu_per_photon": 8.0, "offset_adu": None},
     )
@@ -61,6 +61,7 @@ def test_round_trip(tmp_path):
         "residual_drift_px",
         "passed",
         "min_ncc",
+        "lr_per_hr",
         "photons",
     ]
     assert written["resonant_evidence"] is None and written["line_phase_px"] == 0.6

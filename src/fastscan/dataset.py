@@ -7,6 +7,7 @@ the training split only and stored in the attributes, so inference reuses exactl
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ TILE_COLUMNS = ["sample", "session", "fov", "frame", "y", "x", "split"]
 #: The column of ``tiles.tsv`` that gives each tile's row of the ``hr`` array: every frame of a
 #: FOV shares the HR target, so a position's HR tile is stored once, not once per frame.
 HR_ROW = "hr_row"
+#: How far (a factor either way) a training FOV's LR-per-HR intensity slope may lie from the
+#: training FOVs' median before the dataset build warns (see ``_check_intensity_relation``).
+INTENSITY_RELATION_FACTOR = 1.5
 
 
 class DatasetError(ValueError):
@@ -146,6 +150,7 @@ def build_dataset(
     if not train:
         raise DatasetError("no training FOV passed registration QC: the dataset would be empty")
     scale = _common_scale(usable)
+    _check_intensity_relation(train)
     norm_lr, norm_hr = _decide_normalisation(train, normalisation, percentiles=percentiles, max_frames=max_frames, correct_geometry=correct_geometry)
     fitted = [u.store.scan.field_fraction for u in train]
     geometry = {"correct": bool(correct_geometry), "field_fraction": float(np.median(fitted))}
@@ -208,6 +213,37 @@ def _read_usable_fovs(fovs: Sequence[FovEntry]) -> tuple[list[_UsableFov], list[
             continue
         usable.append(_UsableFov(entry, store, store.lr, np.asarray(store.hr[...], dtype=np.float32)))
     return usable, excluded
+
+
+def _check_intensity_relation(train: Sequence[_UsableFov]) -> list[str]:
+    """Warn about training FOVs whose HR target is far brighter or dimmer, for their fast frames,
+    than the others' (registration's ``lr_per_hr``); returns the warnings.
+
+    One percentile range normalises every HR target, so the network learns one brightness of the
+    target for a given input. When the detector gain, laser power or dwell of the slow scan was
+    changed between FOVs, or the targets are reconstructions with their own scale, it is asked
+    for several and learns their average. On simulated FOVs, whose targets all share one
+    relation, the slopes scattered by up to 10 % about their median; a factor of
+    :data:`INTENSITY_RELATION_FACTOR` is far outside that and well inside the factor 2 of a
+    typical change of PMT voltage.
+    """
+    slopes = {u.name: u.store.qc.lr_per_hr for u in train}
+    known = {k: v for k, v in slopes.items() if v is not None and math.isfinite(v) and v > 0}
+    if len(known) < 2:
+        return []
+    median = float(np.median(list(known.values())))
+    far = sorted(((v / median, k) for k, v in known.items() if max(v / median, median / v) > INTENSITY_RELATION_FACTOR), key=lambda t: -abs(math.log(t[0])))
+    if not far:
+        return []
+    named = ", ".join(f"{k} (x{f:.2f})" for f, k in far[:5]) + (f" and {len(far) - 5} more" if len(far) > 5 else "")
+    message = (
+        f"{len(far)} of {len(known)} training FOVs relate their fast frames to their HR target with a slope more than "
+        f"{INTENSITY_RELATION_FACTOR:g} times off the median (LR per HR intensity {median:.4g}): {named}. One normalisation maps "
+        "all HR targets, so the network learns the average brightness; acquire the HR targets with the same detector gain, "
+        "laser power and dwell, or train a model per setting (see lr_per_hr in the registration QC table)"
+    )
+    log.warning("%s", message)
+    return [message]
 
 
 def _common_scale(usable: Sequence[_UsableFov]) -> int:

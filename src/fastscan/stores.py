@@ -127,11 +127,16 @@ class RegistrationQC:
         Normalised cross-correlation of the forward-modelled HR and the registered LR mean.
     min_ncc : float
         The threshold the FOV was held to.
+    lr_per_hr : float or None
+        LR intensity per unit of HR intensity: the least-squares slope of the registered LR mean
+        against the forward-modelled HR. None where the HR target is flat, and in stores
+        registered before it was measured.
     """
 
     passed: bool
     ncc: float
     min_ncc: float
+    lr_per_hr: float | None = None
 
     @classmethod
     def from_registration(cls, registration: Mapping[str, Any], *, store: str | os.PathLike) -> RegistrationQC:
@@ -143,6 +148,7 @@ class RegistrationQC:
             passed=passed,
             ncc=_number(registration, "ncc", store, "the registration QC score"),
             min_ncc=_number(registration, "min_ncc", store, "the registration QC threshold"),
+            lr_per_hr=_optional_number(registration, "lr_per_hr"),
         )
 
 
@@ -211,6 +217,7 @@ class Registration:
             "residual_drift_px": self.residual_drift_px,
             "passed": self.qc.passed,
             "min_ncc": self.qc.min_ncc,
+            "lr_per_hr": self.qc.lr_per_hr,
             "photons": self.photons,
         }
 

@@ -178,7 +178,7 @@ def register_fov(
         smooth_sigma=smooth_sigma,
         blur_sigma=blur_sigma,
     )
-    ncc = _hr_match(reg, scale=scale, blur_sigma=blur_sigma)
+    ncc, lr_per_hr = _hr_match(reg, scale=scale, blur_sigma=blur_sigma)
     residual = _residual_drift(reg, drift_options)
     passed = bool(ncc >= min_ncc)
     photons = _photon_calibration(
@@ -191,10 +191,10 @@ def register_fov(
     median_adu = float(np.median(reg.lr_mean))
     photons_at_median = photons.photons(median_adu)
 
-    registration = _registration(reg, ncc=ncc, residual=residual, passed=passed, min_ncc=min_ncc, photons=photons.summary(median_adu))
+    registration = _registration(reg, ncc=ncc, lr_per_hr=lr_per_hr, residual=residual, passed=passed, min_ncc=min_ncc, photons=photons.summary(median_adu))
     write_registered(out, lr=reg.registered, hr=reg.hr_aligned, attrs=attrs, registration=registration)
 
-    row = _qc_row(ident, reg, ncc=ncc, residual=residual, passed=passed, photons=photons, photons_at_median=photons_at_median)
+    row = _qc_row(ident, reg, ncc=ncc, lr_per_hr=lr_per_hr, residual=residual, passed=passed, photons=photons, photons_at_median=photons_at_median)
     _log_registered(label, row, photons, median_adu=median_adu, min_ncc=min_ncc)
     if qc is not None:
         write_qc(row, qc)
@@ -383,8 +383,9 @@ def _model_drift(lr: np.ndarray, rigid: np.ndarray, field_fraction: float, *, it
     return drift
 
 
-def _hr_match(reg: _Registered, *, scale: int, blur_sigma: float) -> float:
-    """The QC score: NCC of the forward-modelled aligned HR with the registered mean, inside the borders."""
+def _hr_match(reg: _Registered, *, scale: int, blur_sigma: float) -> tuple[float, float]:
+    """How well the aligned HR explains the registered mean, inside the borders: the QC score
+    (their NCC) and the intensity relation (:func:`_lr_per_hr`)."""
     ny, nx = reg.lr_mean.shape
     drift, hr_shift = reg.drift, reg.hr_shift
     # Borders filled by the shifts carry reflected, not measured, content; the ends of resonant
@@ -404,7 +405,28 @@ def _hr_match(reg: _Registered, *, scale: int, blur_sigma: float) -> float:
     if reg.fit.blur_sigma > 0:
         # The LR acquisition's extra softness, as fitted with the scan model.
         model = ndimage.gaussian_filter(model, reg.fit.blur_sigma, mode="reflect")
-    return normalised_cross_correlation(model[inner], reg.lr_mean[inner])
+    return normalised_cross_correlation(model[inner], reg.lr_mean[inner]), _lr_per_hr(model[inner], reg.lr_mean[inner])
+
+
+def _lr_per_hr(model: np.ndarray, lr_mean: np.ndarray) -> float:
+    """LR intensity per unit of HR intensity: the least-squares slope of the registered mean
+    against the forward-modelled HR target (NaN for a flat target).
+
+    The dataset's percentile normalisation maps all training FOVs' HR through one range, so it
+    assumes this slope is the same in every FOV. It is where the HR target is the average of
+    frames taken with the same settings. It is not where the detector gain, laser power or dwell
+    of the slow scan changed between FOVs, or where the target is a reconstruction with its own
+    scale (SIM): the network is then asked for several brightnesses from the same input.
+    The slope of the noisy mean against the averaged target is unbiased by the frames' noise,
+    which sits in the regressand; the offset (dark level, background) is left to the intercept.
+    """
+    m = model.astype(np.float64).ravel()
+    y = lr_mean.astype(np.float64).ravel()
+    dm = m - m.mean()
+    var = float(np.dot(dm, dm))
+    if not var > 0:
+        return math.nan
+    return float(np.dot(dm, y - y.mean()) / var)
 
 
 def _residual_drift(reg: _Registered, drift_options: dict[str, Any]) -> float:
@@ -422,7 +444,7 @@ def _residual_drift(reg: _Registered, drift_options: dict[str, Any]) -> float:
     )
 
 
-def _registration(reg: _Registered, *, ncc: float, residual: float, passed: bool, min_ncc: float, photons: dict[str, Any]) -> Registration:
+def _registration(reg: _Registered, *, ncc: float, lr_per_hr: float, residual: float, passed: bool, min_ncc: float, photons: dict[str, Any]) -> Registration:
     """The ``registration`` attribute of the registered store (see :func:`register_fov`, Notes)."""
     fit = reg.fit
     return Registration(
@@ -436,7 +458,7 @@ def _registration(reg: _Registered, *, ncc: float, residual: float, passed: bool
             resonant_evidence=float(fit.evidence) if math.isfinite(fit.evidence) else None,
             blur_sigma_px=float(fit.blur_sigma),
         ),
-        qc=RegistrationQC(passed=passed, ncc=float(ncc), min_ncc=float(min_ncc)),
+        qc=RegistrationQC(passed=passed, ncc=float(ncc), min_ncc=float(min_ncc), lr_per_hr=float(lr_per_hr) if math.isfinite(lr_per_hr) else None),
         residual_drift_px=float(residual),
         photons=photons,
     )
@@ -447,6 +469,7 @@ def _qc_row(
     reg: _Registered,
     *,
     ncc: float,
+    lr_per_hr: float,
     residual: float,
     passed: bool,
     photons: PhotonCalibration,
@@ -464,6 +487,7 @@ def _qc_row(
         "drift_rms_px": _rms(reg.drift),
         "residual_drift_px": float(residual),
         "passed": passed,
+        "lr_per_hr": float(lr_per_hr),
         "gain_adu_per_photon": photons.gain_adu_per_photon,
         "offset_adu": photons.offset_adu,
         "read_noise_adu": photons.read_noise_adu,
