@@ -197,6 +197,27 @@ def test_registration_qc_table(tmp_path: Path) -> None:
     assert qc.read_bytes() == before
 
 
+def test_registration_qc_names_hr_targets_of_another_brightness(tmp_path: Path) -> None:
+    """Within a sample, a FOV whose target is 3x dimmer for its frames is named with its factor;
+    other samples (another microscope), unmeasured values and failed FOVs do not count."""
+    qc = tmp_path / "registration.tsv"
+    rows = {
+        "sample": ["mito"] * 5 + ["actin"] * 2,
+        "session": ["s1"] * 7,
+        "fov": ["001", "002", "003", "004", "005", "a1", "a2"],
+        "ncc": [0.9, 0.9, 0.9, 0.9, 0.1, 0.9, 0.9],
+        "min_ncc": [0.3] * 7,
+        "passed": [True, True, True, True, False, True, True],
+        "lr_per_hr": [0.050, 0.053, 0.0167, "", 0.5, 5.0, 5.2],
+    }
+    pd.DataFrame(rows).to_csv(qc, sep="\t", index=False)
+    fragment = registration_qc_table(qc)
+    assert "sample <b>mito</b> (median 0.05): s1/003 (x0.33)" in fragment
+    assert "s1/005" not in fragment.split("<table")[0] and "actin</b>" not in fragment
+    pd.DataFrame({**rows, "lr_per_hr": [0.050, 0.053, 0.051, "", 0.5, 5.0, 5.2]}).to_csv(qc, sep="\t", index=False)
+    assert "brighter or dimmer" not in registration_qc_table(qc)
+
+
 def test_registration_qc_without_passed_column(tmp_path: Path) -> None:
     qc = tmp_path / "qc.tsv"
     pd.DataFrame({"fov": ["a", "b"], "ncc": [0.9, 0.1], "min_ncc": [0.5, 0.5]}).to_csv(qc, sep="\t", index=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ TILE_COLUMNS = ["sample", "session", "fov", "frame", "y", "x", "split"]
 #: FOV shares the HR target, so a position's HR tile is stored once, not once per frame.
 HR_ROW = "hr_row"
 #: How far (a factor either way) a training FOV's LR-per-HR intensity slope may lie from the
-#: training FOVs' median before the dataset build warns (see ``_check_intensity_relation``).
+#: training FOVs' median before the dataset build warns (see :func:`intensity_outliers`).
 INTENSITY_RELATION_FACTOR = 1.5
 
 
@@ -215,29 +215,47 @@ def _read_usable_fovs(fovs: Sequence[FovEntry]) -> tuple[list[_UsableFov], list[
     return usable, excluded
 
 
-def _check_intensity_relation(train: Sequence[_UsableFov]) -> list[str]:
-    """Warn about training FOVs whose HR target is far brighter or dimmer, for their fast frames,
-    than the others' (registration's ``lr_per_hr``); returns the warnings.
+def intensity_outliers(slopes: Mapping[str, float | None]) -> tuple[float, list[tuple[str, float]]]:
+    """FOVs whose HR target is far brighter or dimmer, for their fast frames, than the others'.
 
-    One percentile range normalises every HR target, so the network learns one brightness of the
-    target for a given input. When the detector gain, laser power or dwell of the slow scan was
-    changed between FOVs, or the targets are reconstructions with their own scale, it is asked
-    for several and learns their average. On simulated FOVs, whose targets all share one
-    relation, the slopes scattered by up to 10 % about their median; a factor of
-    :data:`INTENSITY_RELATION_FACTOR` is far outside that and well inside the factor 2 of a
-    typical change of PMT voltage.
+    One percentile range normalises every HR target of a dataset, so the network learns one
+    brightness of the target for a given input. When the detector gain, laser power or dwell of
+    the slow scan was changed between FOVs, or the targets are reconstructions with their own
+    scale, it is asked for several and learns their average. On simulated FOVs, whose targets
+    all share one relation, registration's slopes scattered by up to 10 % about their median; a
+    factor of :data:`INTENSITY_RELATION_FACTOR` is far outside that and well inside the factor 2
+    of a typical change of PMT voltage.
+
+    Parameters
+    ----------
+    slopes : mapping
+        Each FOV's ``lr_per_hr`` (registration QC); None, NaN or non-positive values are not
+        measured and left out.
+
+    Returns
+    -------
+    median : float
+        Median of the measured slopes (NaN when fewer than two were measured: no outliers then).
+    outliers : list of (name, factor)
+        FOVs more than the factor off the median, ``factor = slope / median``, farthest first.
     """
-    slopes = {u.name: u.store.qc.lr_per_hr for u in train}
-    known = {k: v for k, v in slopes.items() if v is not None and math.isfinite(v) and v > 0}
+    known = {k: float(v) for k, v in slopes.items() if v is not None and math.isfinite(v) and v > 0}
     if len(known) < 2:
-        return []
+        return math.nan, []
     median = float(np.median(list(known.values())))
-    far = sorted(((v / median, k) for k, v in known.items() if max(v / median, median / v) > INTENSITY_RELATION_FACTOR), key=lambda t: -abs(math.log(t[0])))
+    far = [(k, v / median) for k, v in known.items() if max(v / median, median / v) > INTENSITY_RELATION_FACTOR]
+    return median, sorted(far, key=lambda t: -abs(math.log(t[1])))
+
+
+def _check_intensity_relation(train: Sequence[_UsableFov]) -> list[str]:
+    """Warn about training FOVs :func:`intensity_outliers` names; returns the warnings."""
+    median, far = intensity_outliers({u.name: u.store.qc.lr_per_hr for u in train})
     if not far:
         return []
-    named = ", ".join(f"{k} (x{f:.2f})" for f, k in far[:5]) + (f" and {len(far) - 5} more" if len(far) > 5 else "")
+    measured = sum(u.store.qc.lr_per_hr is not None for u in train)
+    named = ", ".join(f"{k} (x{f:.2f})" for k, f in far[:5]) + (f" and {len(far) - 5} more" if len(far) > 5 else "")
     message = (
-        f"{len(far)} of {len(known)} training FOVs relate their fast frames to their HR target with a slope more than "
+        f"{len(far)} of {measured} training FOVs relate their fast frames to their HR target with a slope more than "
         f"{INTENSITY_RELATION_FACTOR:g} times off the median (LR per HR intensity {median:.4g}): {named}. One normalisation maps "
         "all HR targets, so the network learns the average brightness; acquire the HR targets with the same detector gain, "
         "laser power and dwell, or train a model per setting (see lr_per_hr in the registration QC table)"

@@ -66,6 +66,7 @@ def registration_qc_table(qc_tsv: str | Path) -> str:
     df = pd.read_csv(qc_tsv, sep="\t", dtype=str, keep_default_na=False)
     failed = _qc_failed(df) if len(df) else pd.Series([], dtype=bool)
     figure = _photon_curve_figure(df) if "photon_curve" in df.columns else ""
+    brightness = _intensity_note(df[~failed.to_numpy(dtype=bool)]) if "lr_per_hr" in df.columns and len(df) else ""
     df = df.drop(columns=[c for c in _QC_PLOTTED if c in df.columns])
     n_failed = int(failed.sum())
     header = "".join(f"<th>{html.escape(str(c))}</th>" for c in [*df.columns, "status"])
@@ -83,7 +84,32 @@ def registration_qc_table(qc_tsv: str | Path) -> str:
     )
     if n_failed:
         logger.warning("%d of %d FOVs failed registration QC", n_failed, len(df))
-    return summary + "\n" + table + figure
+    return summary + "\n" + brightness + table + figure
+
+
+def _intensity_note(df: pd.DataFrame) -> str:
+    """A paragraph naming, per sample, the FOVs whose ``lr_per_hr`` lies far off the sample's
+    median (:func:`fastscan.dataset.intensity_outliers`); empty when none does.
+
+    Per sample, since a model trains on samples, and two samples may be two microscopes.
+    """
+    from fastscan.dataset import INTENSITY_RELATION_FACTOR, intensity_outliers
+
+    lines = []
+    for sample, part in df.groupby("sample", sort=True):
+        slopes = {"/".join((str(r["session"]), str(r["fov"]))): pd.to_numeric(r["lr_per_hr"], errors="coerce") for _, r in part.iterrows()}
+        median, far = intensity_outliers(slopes)
+        if far:
+            named = ", ".join(f"{html.escape(k)} (x{f:.2f})" for k, f in far)
+            lines.append(f"sample <b>{html.escape(str(sample))}</b> (median {median:.4g}): {named}")
+    if not lines:
+        return ""
+    return (
+        f"<p>HR targets far brighter or dimmer for their fast frames than the rest of their sample (<code>lr_per_hr</code> more "
+        f"than {INTENSITY_RELATION_FACTOR:g} times off the sample's median): {'; '.join(lines)}. One normalisation maps every "
+        "HR target of a model, so the network learns their average brightness. Was the detector gain, laser power or dwell of "
+        "the slow scan changed between these FOVs?</p>\n"
+    )
 
 
 def registration_qc_page(qc_tsv: str | Path | None) -> str:
