@@ -18,9 +18,10 @@ def bin_dir() -> Path:
     return Path(sys.executable).parent
 
 
-def write_registered(path, *, seed=0, frames=3, size=64, scale=2, passed=True, offset=0.0, lr_per_hr=None):
+def write_registered(path, *, seed=0, frames=3, size=64, scale=2, passed=True, offset=0.0, lr_per_hr=None, lr_at_zero_hr=None, hr_gain=1.0):
     """A small registered FOV store (layout of docs/architecture.md) with correlated LR/HR;
-    ``lr_per_hr`` is what its registration QC records (None: not measured)."""
+    ``lr_per_hr`` and ``lr_at_zero_hr`` are what its registration records (None: not measured),
+    ``hr_gain`` multiplies the HR target only (a slow scan at another detector gain)."""
     import dataclasses
 
     import numpy as np
@@ -34,9 +35,9 @@ def write_registered(path, *, seed=0, frames=3, size=64, scale=2, passed=True, o
     lr = np.stack([base + rng.normal(0, 30, base.shape) for _ in range(frames)]).astype(np.float32)
     # Already aligned, a linear scan: written by the library's writer, so it is a valid store.
     registration = stores.Registration.aligned(frames, passed=passed, ncc=0.9 if passed else 0.1, min_ncc=0.3)
-    registration = dataclasses.replace(registration, qc=dataclasses.replace(registration.qc, lr_per_hr=lr_per_hr))
+    registration = dataclasses.replace(registration, qc=dataclasses.replace(registration.qc, lr_per_hr=lr_per_hr, lr_at_zero_hr=lr_at_zero_hr))
     attrs = {"scale": scale, "lr_pixel_size_um": [0.4, 0.4], "hr_pixel_size_um": [0.2, 0.2]}
-    stores.write_registered(path, lr=lr, hr=hr, attrs=attrs, registration=registration)
+    stores.write_registered(path, lr=lr, hr=hr * np.float32(hr_gain), attrs=attrs, registration=registration)
     return path
 
 

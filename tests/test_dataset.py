@@ -112,6 +112,44 @@ def test_a_training_fov_with_another_hr_brightness_is_named(tmp_path, caplog):
     assert "1 of 4 training FOVs" in caplog.text and "m/s/c (x0.34)" in caplog.text and "m/s/a" not in caplog.text
 
 
+def test_matched_hr_targets_share_their_series_units(tmp_path):
+    """Two FOVs of one specimen whose slow scans ran at detector gains 1 and 3: as acquired, the
+    same LR tile asks for targets 3x apart; matched through each FOV's line (as registration
+    would fit it: LR = HR / gain), the targets agree, and the store says how they were read. A
+    store without the line is refused by name."""
+
+    def entries(match_dir, gains, lines=True):
+        return [
+            FovEntry(
+                str(
+                    write_registered(
+                        tmp_path / match_dir / f"f{i}.zarr", seed=0, hr_gain=g, lr_per_hr=1.0 / g if lines else None, lr_at_zero_hr=0.0 if lines else None
+                    )
+                ),
+                "m",
+                "s",
+                f"f{i}",
+                "train",
+            )
+            for i, g in enumerate(gains)
+        ]
+
+    def hr_tiles(path):
+        _, _, attrs = read_dataset(path)
+        tiles = zarr.open_group(str(path), mode="r")["hr"][...]
+        return attrs, tiles
+
+    build_dataset(entries("a", [1.0, 3.0]), tmp_path / "acquired.zarr", tile=32, stride=32, background=0.0)
+    build_dataset(entries("m", [1.0, 3.0]), tmp_path / "matched.zarr", tile=32, stride=32, background=0.0, match_hr_intensity=True)
+    attrs, tiles = hr_tiles(tmp_path / "acquired.zarr")
+    assert attrs["hr_intensity"] == "acquired" and np.allclose(tiles[4:], 3.0 * tiles[:4], rtol=1e-5)
+    attrs, tiles = hr_tiles(tmp_path / "matched.zarr")
+    assert attrs["hr_intensity"] == "matched" and np.allclose(tiles[4:], tiles[:4], rtol=1e-5)
+    with pytest.raises(DatasetError, match=r"f0.zarr: .*lr_per_hr and lr_at_zero_hr"):
+        build_dataset(entries("n", [1.0, 3.0], lines=False), tmp_path / "no.zarr", tile=32, stride=32, match_hr_intensity=True)
+    assert not (tmp_path / "no.zarr").exists()
+
+
 def test_background_tiles_are_dropped(tmp_path):
     p = write_registered(tmp_path / "a.zarr", seed=1)
     g = zarr.open_group(str(p), mode="r+")

@@ -319,6 +319,7 @@ def test_register_fov_end_to_end(tmp_path, caplog):
         "passed",
         "min_ncc",
         "lr_per_hr",
+        "lr_at_zero_hr",
         "photons",
         "resonant_field_fraction",
         "resonant_evidence",
@@ -355,6 +356,7 @@ def test_register_fov_end_to_end(tmp_path, caplog):
     # The QC table keeps 6 significant digits.
     assert r["lr_per_hr"] == row["lr_per_hr"] and table.loc[0, "lr_per_hr"] == pytest.approx(row["lr_per_hr"], rel=1e-5)
     assert r["lr_per_hr"] == pytest.approx(lr.mean() / hr.mean(), rel=0.05)
+    assert abs(r["lr_at_zero_hr"]) < 0.05 * lr.mean()  # no offset, no background added
 
     # re-running replaces the store in place
     reg.register_fov(src, out)
@@ -363,12 +365,15 @@ def test_register_fov_end_to_end(tmp_path, caplog):
 
 def test_lr_per_hr_follows_the_brightness_of_the_hr_target(tmp_path):
     """A target acquired with twice the detector gain halves the slope, and only the slope: the
-    alignment and the QC score do not depend on the target's scale. The forward model is linear,
-    so the slopes differ by float rounding only (1e-6 relative, against the 0.5 of the change)."""
+    intercept, the alignment and the QC score do not depend on the target's scale. The forward
+    model is linear, so they differ by float rounding only (1e-6 relative, against the 0.5 of the
+    change)."""
     lr, hr, _, _ = good_fov(seed=3)
     rows = [reg.register_fov(write_canonical(tmp_path / f"in{k}.zarr", lr, k * hr, fov="f1"), tmp_path / f"out{k}.zarr") for k in (1, 2)]
     assert rows[1]["lr_per_hr"] == pytest.approx(rows[0]["lr_per_hr"] / 2, rel=1e-6)
     assert rows[1]["ncc"] == pytest.approx(rows[0]["ncc"], abs=1e-9)
+    intercepts = [zarr.open_group(str(tmp_path / f"out{k}.zarr"), mode="r").attrs["fastscan"]["registration"]["lr_at_zero_hr"] for k in (1, 2)]
+    assert intercepts[1] == pytest.approx(intercepts[0], rel=1e-6, abs=1e-9)
 
 
 def test_register_fov_pure_noise_fails_qc(tmp_path, caplog):

@@ -19,7 +19,7 @@ def _registration() -> Registration:
         drift_px=[[0.0, 0.0], [0.25, -0.5]],
         hr_shift_px=[1.5, -2.0],
         scan=ScanModel(line_phase_px=0.6, field_fraction=0.8, resonant_field_fraction=0.8, resonant_evidence=None, blur_sigma_px=0.5),
-        qc=RegistrationQC(passed=True, ncc=0.93, min_ncc=0.3, lr_per_hr=0.05),
+        qc=RegistrationQC(passed=True, ncc=0.93, min_ncc=0.3, lr_per_hr=0.05, lr_at_zero_hr=12.5),
         residual_drift_px=0.02,
         photons={"gain_adu_per_photon": 8.0, "offset_adu": None},
     )
@@ -62,9 +62,26 @@ def test_round_trip(tmp_path):
         "passed",
         "min_ncc",
         "lr_per_hr",
+        "lr_at_zero_hr",
         "photons",
     ]
     assert written["resonant_evidence"] is None and written["line_phase_px"] == 0.6
+
+
+def test_hr_target_as_acquired_or_matched_to_its_series(tmp_path):
+    """Matched, the target goes through the line registration fitted (LR = 0.05 HR + 12.5); a
+    store without the line (older, or a flat target) names itself and how to measure it."""
+    lr = np.zeros((2, 8, 8), dtype=np.float32)
+    hr = np.arange(16 * 16, dtype=np.float32).reshape(16, 16)
+    store = read_registered(write_store(tmp_path / "r.zarr", lr=lr, hr=hr, attrs={"scale": 2}, registration=_registration()))
+    np.testing.assert_array_equal(store.hr_target(), hr)
+    matched = store.hr_target(matched=True)
+    assert matched.dtype == np.float32
+    np.testing.assert_allclose(matched, 0.05 * hr + 12.5, rtol=1e-6)  # float32 arithmetic
+    old = read_registered(write_store(tmp_path / "old.zarr", lr=lr, hr=hr, attrs={"scale": 2}, registration=Registration.aligned(2)))
+    np.testing.assert_array_equal(old.hr_target(), hr)
+    with pytest.raises(StoreError, match=r"old.zarr: .*lr_per_hr and lr_at_zero_hr .*--forcerun register_fov"):
+        old.hr_target(matched=True)
 
 
 def test_numpy_values_are_written_as_json(tmp_path):

@@ -269,6 +269,39 @@ def test_denoising_project_with_small_tiles_trains_and_restores(tmp_path):
     assert zarr.open_group(str(tmp_path / "restored.zarr"), mode="r")["gan"].shape == (1, 64, 64)
 
 
+def test_a_model_of_matched_targets_is_scored_on_matched_targets(tmp_path, tiny_dataset):
+    """``dataset.match_hr_intensity``: the model records it, and restoration reads a held-out
+    FOV's target through that FOV's own line, so a slow scan at 3x the gain scores as the others;
+    a model of acquired targets cannot be compared with it on one store."""
+    from conftest import write_registered
+
+    from fastscan.dataset import FovEntry, build_dataset
+
+    entries = [
+        FovEntry(str(write_registered(tmp_path / f"m{i}.zarr", seed=i, hr_gain=g, lr_per_hr=1.0 / g, lr_at_zero_hr=0.0)), "m", "s", f"f{i}", split)
+        for i, (g, split) in enumerate([(1.0, "train"), (2.0, "train"), (1.0, "val")])
+    ]
+    dataset = tmp_path / "matched.zarr"
+    build_dataset(entries, dataset, tile=32, stride=32, match_hr_intensity=True)
+    config = {**TINY, "generator": {"sizes": [16], "epochs": [1]}}
+    meta = train_generator(dataset=dataset, out_dir=tmp_path / "mse", config=config, seed=1, threads=2)
+    assert meta["hr_intensity"] == "matched" and json.loads((tmp_path / "mse" / "model.json").read_text())["hr_intensity"] == "matched"
+
+    test = write_registered(tmp_path / "test.zarr", seed=7, hr_gain=3.0, lr_per_hr=1.0 / 3.0, lr_at_zero_hr=0.0)
+    restore_fov(test, tmp_path / "restored.zarr", models={"mse": tmp_path / "mse"}, frames=1, tile=32, overlap=8, batch_size=4, classical=False)
+    g = zarr.open_group(str(tmp_path / "restored.zarr"), mode="r")
+    acquired = zarr.open_group(str(test), mode="r")["hr"][...]
+    # float32 arithmetic on values of about 4000 ADU, against the factor 3 of the gain.
+    np.testing.assert_allclose(g["hr"][...], normalise(acquired / 3.0, *meta["normalisation"]["hr"]), rtol=1e-4, atol=1e-4)
+    assert g.attrs["fastscan"]["hr_intensity"] == "matched"
+    # The same frames and, matched, the same targets as tiny_dataset's: one normalisation, so
+    # only the reading of the targets tells the two models apart.
+    other = train_generator(dataset=tiny_dataset, out_dir=tmp_path / "acq", config=config, seed=1, threads=2)
+    assert other["hr_intensity"] == "acquired" and other["normalisation"] == meta["normalisation"]
+    with pytest.raises(ValueError, match="read their HR targets differently"):
+        restore_fov(test, tmp_path / "both.zarr", models={"mse": tmp_path / "mse", "acq": tmp_path / "acq"}, frames=1, tile=32, overlap=8)
+
+
 def _drive_switcher(switcher, losses):
     """The side (G or C) the switcher's GAN trainer is on before each batch, for critic losses."""
     from types import SimpleNamespace

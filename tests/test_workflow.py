@@ -311,6 +311,11 @@ def test_restore_knobs_rerun_only_what_they_change(tiny_run, bin_dir):
     knob.write_text(yaml.safe_dump({"train": {"pretrain_set": {"fovs": 3}}}))
     proc = snakemake(bin_dir, work, "-n", "--configfile", "config/tiny/config.yaml", str(knob.relative_to(work)))
     assert "Nothing to be done" in proc.stdout + proc.stderr
+    # Matching the HR targets to their series rebuilds the dataset and what follows from it, not
+    # the registration (which measured the lines already).
+    knob.write_text(yaml.safe_dump({"dataset": {"match_hr_intensity": True}}))
+    jobs = planned_jobs(snakemake(bin_dir, work, "-n", "--configfile", "config/tiny/config.yaml", str(knob.relative_to(work))).stdout)
+    assert jobs["build_dataset"] == jobs["train_generator"] == jobs["restore_fov"] == 1 and "register_fov" not in jobs
     # Scattering the slide over jobs changes its jobs (a plan and the parts), not the FOVs'.
     assert plan(parts=2) == {"restore_slide_plan": 1, "restore_slide_part": 2, **slide}
     # What the metrics are computed on still reruns them.

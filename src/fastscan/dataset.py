@@ -19,7 +19,7 @@ import pandas as pd
 import zarr
 
 from fastscan.atomic import atomic_path
-from fastscan.stores import RegisteredStore, read_registered
+from fastscan.stores import RegisteredStore, StoreError, read_registered
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ def build_dataset(
     percentiles: tuple[float, float] = (1.0, 99.8),
     correct_geometry: bool = True,
     normalisation: dict[str, Any] | None = None,
+    match_hr_intensity: bool = False,
     max_tiles: int | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -134,6 +135,11 @@ def build_dataset(
     normalisation : dict, optional
         ``{"lr": [low, high], "hr": [low, high]}`` to use instead of computing percentiles, e.g. a
         pretrained model's when fine-tuning it on a new sample.
+    match_hr_intensity : bool
+        Map each FOV's HR target into its own LR series' units first
+        (:meth:`fastscan.stores.RegisteredStore.hr_target`), for targets whose brightness does not
+        follow the frames' from FOV to FOV (:func:`intensity_outliers`). Recorded as the
+        attribute ``hr_intensity`` (``matched``; ``acquired`` without it).
     max_tiles : int, optional
         Keep at most this many training tiles (pairs), drawn at random with ``seed``; validation
         tiles are all kept. For fine-tuning on N pairs and the data-size ablation.
@@ -145,12 +151,13 @@ def build_dataset(
     dict
         The attributes written (tile counts, normalisation, dropped counts).
     """
-    usable, excluded = _read_usable_fovs(fovs)
+    usable, excluded = _read_usable_fovs(fovs, match_hr_intensity=match_hr_intensity)
     train = [u for u in usable if u.entry.split == "train"]
     if not train:
         raise DatasetError("no training FOV passed registration QC: the dataset would be empty")
     scale = _common_scale(usable)
-    _check_intensity_relation(train)
+    if not match_hr_intensity:
+        _check_intensity_relation(train)
     norm_lr, norm_hr = _decide_normalisation(train, normalisation, percentiles=percentiles, max_frames=max_frames, correct_geometry=correct_geometry)
     fitted = [u.store.scan.field_fraction for u in train]
     geometry = {"correct": bool(correct_geometry), "field_fraction": float(np.median(fitted))}
@@ -180,6 +187,7 @@ def build_dataset(
         },
         "background": background,
         "geometry": geometry,
+        "hr_intensity": "matched" if match_hr_intensity else "acquired",
         "fovs": [u.name for u in usable],
     }
     hr_rows, tile_hr = _hr_rows(plans, set(keep))
@@ -190,9 +198,10 @@ def build_dataset(
     return attrs
 
 
-def _read_usable_fovs(fovs: Sequence[FovEntry]) -> tuple[list[_UsableFov], list[str]]:
+def _read_usable_fovs(fovs: Sequence[FovEntry], *, match_hr_intensity: bool = False) -> tuple[list[_UsableFov], list[str]]:
     """Open every FOV's registered store; those whose registration QC failed are logged and
-    returned by name (``sample/session/fov``) instead. Only train/val FOVs are accepted."""
+    returned by name (``sample/session/fov``) instead. Only train/val FOVs are accepted. The HR
+    targets are read as acquired, or matched to their series (``match_hr_intensity``)."""
     usable: list[_UsableFov] = []
     excluded = []
     for entry in fovs:
@@ -211,7 +220,11 @@ def _read_usable_fovs(fovs: Sequence[FovEntry]) -> tuple[list[_UsableFov], list[
             )
             excluded.append(f"{entry.sample}/{entry.session}/{entry.fov}")
             continue
-        usable.append(_UsableFov(entry, store, store.lr, np.asarray(store.hr[...], dtype=np.float32)))
+        try:
+            hr = store.hr_target(matched=match_hr_intensity)
+        except StoreError as exc:
+            raise DatasetError(str(exc)) from exc
+        usable.append(_UsableFov(entry, store, store.lr, hr))
     return usable, excluded
 
 
@@ -258,7 +271,8 @@ def _check_intensity_relation(train: Sequence[_UsableFov]) -> list[str]:
         f"{len(far)} of {measured} training FOVs relate their fast frames to their HR target with a slope more than "
         f"{INTENSITY_RELATION_FACTOR:g} times off the median (LR per HR intensity {median:.4g}): {named}. One normalisation maps "
         "all HR targets, so the network learns the average brightness; acquire the HR targets with the same detector gain, "
-        "laser power and dwell, or train a model per setting (see lr_per_hr in the registration QC table)"
+        "laser power and dwell, set dataset.match_hr_intensity: true to map each target into its own series' units, or "
+        "train a model per setting (see lr_per_hr in the registration QC table)"
     )
     log.warning("%s", message)
     return [message]

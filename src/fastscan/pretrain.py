@@ -159,6 +159,7 @@ def simulated_dataset(
             correct_geometry=bool(real.get("geometry", {}).get("correct", True)),
             background=float(real.get("background", 0.05)),
             normalisation=real["normalisation"],
+            match_hr_intensity=real.get("hr_intensity", "acquired") == "matched",
         )
     finally:
         if tmp is not None:

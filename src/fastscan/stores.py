@@ -127,16 +127,17 @@ class RegistrationQC:
         Normalised cross-correlation of the forward-modelled HR and the registered LR mean.
     min_ncc : float
         The threshold the FOV was held to.
-    lr_per_hr : float or None
-        LR intensity per unit of HR intensity: the least-squares slope of the registered LR mean
-        against the forward-modelled HR. None where the HR target is flat, and in stores
-        registered before it was measured.
+    lr_per_hr, lr_at_zero_hr : float or None
+        The least-squares line of the registered LR mean against the forward-modelled HR: its
+        slope (LR intensity per unit of HR intensity) and its value at HR 0. None where the HR
+        target is flat, and in stores registered before they were measured.
     """
 
     passed: bool
     ncc: float
     min_ncc: float
     lr_per_hr: float | None = None
+    lr_at_zero_hr: float | None = None
 
     @classmethod
     def from_registration(cls, registration: Mapping[str, Any], *, store: str | os.PathLike) -> RegistrationQC:
@@ -149,6 +150,7 @@ class RegistrationQC:
             ncc=_number(registration, "ncc", store, "the registration QC score"),
             min_ncc=_number(registration, "min_ncc", store, "the registration QC threshold"),
             lr_per_hr=_optional_number(registration, "lr_per_hr"),
+            lr_at_zero_hr=_optional_number(registration, "lr_at_zero_hr"),
         )
 
 
@@ -218,6 +220,7 @@ class Registration:
             "passed": self.qc.passed,
             "min_ncc": self.qc.min_ncc,
             "lr_per_hr": self.qc.lr_per_hr,
+            "lr_at_zero_hr": self.qc.lr_at_zero_hr,
             "photons": self.photons,
         }
 
@@ -292,6 +295,32 @@ class RegisteredStore:
     def hr(self) -> zarr.Array:
         """The HR target on the LR grid ``(scale*Y, scale*X)``, read lazily."""
         return self.group["hr"]
+
+    def hr_target(self, *, matched: bool = False) -> np.ndarray:
+        """The HR target, float32: as acquired, or ``matched`` into the LR series' units.
+
+        Matched, it is ``lr_per_hr * hr + lr_at_zero_hr``: the target through the line that
+        registration fitted between the LR mean and the forward-modelled target, so that every
+        FOV's target has its own series' brightness, whatever gain, laser power or dwell (or a
+        reconstruction's own scale) gave it its values (``dataset.match_hr_intensity``).
+
+        Raises
+        ------
+        StoreError
+            When ``matched`` and the store has no measured line (a flat target, or a store
+            registered before the line was measured).
+        """
+        hr = np.asarray(self.hr[...], dtype=np.float32)
+        if not matched:
+            return hr
+        qc = self.qc
+        if qc.lr_per_hr is None or qc.lr_at_zero_hr is None or not qc.lr_per_hr > 0:
+            raise StoreError(
+                f"{self.path}: fastscan.registration has no positive lr_per_hr and lr_at_zero_hr (got {qc.lr_per_hr}, "
+                f"{qc.lr_at_zero_hr}), which dataset.match_hr_intensity needs: register the FOV again with this version of fastscan "
+                "(snakemake --forcerun register_fov)"
+            )
+        return (np.float32(qc.lr_per_hr) * hr + np.float32(qc.lr_at_zero_hr)).astype(np.float32)
 
     @property
     def registration(self) -> dict[str, Any]:

@@ -351,6 +351,8 @@ def _base_meta(*, stage: str, dataset: Path, config: dict, seed: int, device: st
         "scale": int(attrs["scale"]),
         "normalisation": attrs["normalisation"],
         "geometry": attrs.get("geometry", {"correct": False}),
+        # What the HR targets' intensities mean: restoration reads held-out targets the same way.
+        "hr_intensity": attrs.get("hr_intensity", "acquired"),
         "dataset": {"path": str(dataset), "tile": attrs["tile"], "counts": attrs["counts"], "tiles_train": int(attrs["counts"]["train"])},
         "config": config,
         "seed": seed,

@@ -15,4 +15,5 @@ with rule_logging(snakemake.log[0]):
         background=cfg["background"],
         percentiles=tuple(cfg["percentiles"]),
         correct_geometry=cfg["correct_geometry"],
+        match_hr_intensity=cfg.get("match_hr_intensity", False),
     )

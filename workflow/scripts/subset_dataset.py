@@ -12,13 +12,16 @@ with rule_logging(snakemake.log[0]):
     kwargs = {}
     if "source" in snakemake.input.keys():
         # Fine-tuning continues a trained network: it must see intensities and geometry exactly as
-        # that network was trained on, so the source model's normalisation and geometry are reused.
+        # that network was trained on, so the source model's normalisation, geometry and reading
+        # of the HR targets are reused.
         with open(snakemake.input.source) as fh:
             source = json.load(fh)
         kwargs["normalisation"] = source["normalisation"]
         kwargs["correct_geometry"] = bool(source.get("geometry", {}).get("correct", False))
+        kwargs["match_hr_intensity"] = source.get("hr_intensity", "acquired") == "matched"
     else:
         kwargs["correct_geometry"] = cfg["correct_geometry"]
+        kwargs["match_hr_intensity"] = cfg.get("match_hr_intensity", False)
     build_dataset(
         [FovEntry(**f) for f in snakemake.params.fovs],
         snakemake.output[0],

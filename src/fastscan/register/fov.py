@@ -178,7 +178,7 @@ def register_fov(
         smooth_sigma=smooth_sigma,
         blur_sigma=blur_sigma,
     )
-    ncc, lr_per_hr = _hr_match(reg, scale=scale, blur_sigma=blur_sigma)
+    ncc, lr_per_hr, lr_at_zero_hr = _hr_match(reg, scale=scale, blur_sigma=blur_sigma)
     residual = _residual_drift(reg, drift_options)
     passed = bool(ncc >= min_ncc)
     photons = _photon_calibration(
@@ -191,7 +191,9 @@ def register_fov(
     median_adu = float(np.median(reg.lr_mean))
     photons_at_median = photons.photons(median_adu)
 
-    registration = _registration(reg, ncc=ncc, lr_per_hr=lr_per_hr, residual=residual, passed=passed, min_ncc=min_ncc, photons=photons.summary(median_adu))
+    registration = _registration(
+        reg, ncc=ncc, relation=(lr_per_hr, lr_at_zero_hr), residual=residual, passed=passed, min_ncc=min_ncc, photons=photons.summary(median_adu)
+    )
     write_registered(out, lr=reg.registered, hr=reg.hr_aligned, attrs=attrs, registration=registration)
 
     row = _qc_row(ident, reg, ncc=ncc, lr_per_hr=lr_per_hr, residual=residual, passed=passed, photons=photons, photons_at_median=photons_at_median)
@@ -383,9 +385,9 @@ def _model_drift(lr: np.ndarray, rigid: np.ndarray, field_fraction: float, *, it
     return drift
 
 
-def _hr_match(reg: _Registered, *, scale: int, blur_sigma: float) -> tuple[float, float]:
+def _hr_match(reg: _Registered, *, scale: int, blur_sigma: float) -> tuple[float, float, float]:
     """How well the aligned HR explains the registered mean, inside the borders: the QC score
-    (their NCC) and the intensity relation (:func:`_lr_per_hr`)."""
+    (their NCC) and the intensity relation's slope and intercept (:func:`_intensity_relation`)."""
     ny, nx = reg.lr_mean.shape
     drift, hr_shift = reg.drift, reg.hr_shift
     # Borders filled by the shifts carry reflected, not measured, content; the ends of resonant
@@ -405,12 +407,13 @@ def _hr_match(reg: _Registered, *, scale: int, blur_sigma: float) -> tuple[float
     if reg.fit.blur_sigma > 0:
         # The LR acquisition's extra softness, as fitted with the scan model.
         model = ndimage.gaussian_filter(model, reg.fit.blur_sigma, mode="reflect")
-    return normalised_cross_correlation(model[inner], reg.lr_mean[inner]), _lr_per_hr(model[inner], reg.lr_mean[inner])
+    return (normalised_cross_correlation(model[inner], reg.lr_mean[inner]), *_intensity_relation(model[inner], reg.lr_mean[inner]))
 
 
-def _lr_per_hr(model: np.ndarray, lr_mean: np.ndarray) -> float:
-    """LR intensity per unit of HR intensity: the least-squares slope of the registered mean
-    against the forward-modelled HR target (NaN for a flat target).
+def _intensity_relation(model: np.ndarray, lr_mean: np.ndarray) -> tuple[float, float]:
+    """``(lr_per_hr, lr_at_zero_hr)``: the least-squares line of the registered mean against the
+    forward-modelled HR target, its slope (LR intensity per unit of HR intensity) and its value at
+    HR 0 (NaN both for a flat target).
 
     The dataset's percentile normalisation maps all training FOVs' HR through one range, so it
     assumes this slope is the same in every FOV. It is where the HR target is the average of
@@ -419,14 +422,16 @@ def _lr_per_hr(model: np.ndarray, lr_mean: np.ndarray) -> float:
     scale (SIM): the network is then asked for several brightnesses from the same input.
     The slope of the noisy mean against the averaged target is unbiased by the frames' noise,
     which sits in the regressand; the offset (dark level, background) is left to the intercept.
+    ``dataset.match_hr_intensity`` maps each HR target through its own line into LR units.
     """
     m = model.astype(np.float64).ravel()
     y = lr_mean.astype(np.float64).ravel()
     dm = m - m.mean()
     var = float(np.dot(dm, dm))
     if not var > 0:
-        return math.nan
-    return float(np.dot(dm, y - y.mean()) / var)
+        return math.nan, math.nan
+    slope = float(np.dot(dm, y - y.mean()) / var)
+    return slope, float(y.mean() - slope * m.mean())
 
 
 def _residual_drift(reg: _Registered, drift_options: dict[str, Any]) -> float:
@@ -444,7 +449,9 @@ def _residual_drift(reg: _Registered, drift_options: dict[str, Any]) -> float:
     )
 
 
-def _registration(reg: _Registered, *, ncc: float, lr_per_hr: float, residual: float, passed: bool, min_ncc: float, photons: dict[str, Any]) -> Registration:
+def _registration(
+    reg: _Registered, *, ncc: float, relation: tuple[float, float], residual: float, passed: bool, min_ncc: float, photons: dict[str, Any]
+) -> Registration:
     """The ``registration`` attribute of the registered store (see :func:`register_fov`, Notes)."""
     fit = reg.fit
     return Registration(
@@ -458,10 +465,16 @@ def _registration(reg: _Registered, *, ncc: float, lr_per_hr: float, residual: f
             resonant_evidence=float(fit.evidence) if math.isfinite(fit.evidence) else None,
             blur_sigma_px=float(fit.blur_sigma),
         ),
-        qc=RegistrationQC(passed=passed, ncc=float(ncc), min_ncc=float(min_ncc), lr_per_hr=float(lr_per_hr) if math.isfinite(lr_per_hr) else None),
+        qc=RegistrationQC(
+            passed=passed, ncc=float(ncc), min_ncc=float(min_ncc), lr_per_hr=_finite_or_none(relation[0]), lr_at_zero_hr=_finite_or_none(relation[1])
+        ),
         residual_drift_px=float(residual),
         photons=photons,
     )
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
 
 
 def _qc_row(

@@ -108,7 +108,8 @@ def _intensity_note(df: pd.DataFrame) -> str:
         f"<p>HR targets far brighter or dimmer for their fast frames than the rest of their sample (<code>lr_per_hr</code> more "
         f"than {INTENSITY_RELATION_FACTOR:g} times off the sample's median): {'; '.join(lines)}. One normalisation maps every "
         "HR target of a model, so the network learns their average brightness. Was the detector gain, laser power or dwell of "
-        "the slow scan changed between these FOVs?</p>\n"
+        "the slow scan changed between these FOVs? <code>dataset.match_hr_intensity: true</code> maps each target into its "
+        "own series' units.</p>\n"
     )
 
 

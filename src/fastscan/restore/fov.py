@@ -79,16 +79,18 @@ def restore_fov(
     # (StoreError) instead of being restored uncorrected.
     store = read_registered(registered)
     n = min(int(frames), store.lr.shape[0])
-    loaded, norm, scale = _load_models(models, device=device)
+    loaded, norm, scale, hr_intensity = _load_models(models, device=device)
     ensembles = {name: check_ensemble(ensemble, model_meta, model_dir=models[name]) for name, (_, model_meta) in loaded.items()}
     geometries = {name: model_geometry(meta) is not None for name, (_, meta) in loaded.items()}
     total = store.lr.shape[0]
     # Generators with temporal context also read the frames after the last restored one.
     windows = {name: model_frames(meta) for name, (_, meta) in loaded.items()}
-    lr_all, corrected_all, hr = _read_frames(store, read=min(total, n + max(windows.values()) // 2), norm=norm, correct=any(geometries.values()))
+    read = min(total, n + max(windows.values()) // 2)
+    lr_all, corrected_all, hr = _read_frames(store, read=read, norm=norm, correct=any(geometries.values()), matched=hr_intensity == "matched")
     lr = lr_all[:n]
     meta = _fov_meta(registered, store.attrs, loaded=loaded, models=models, n=n, classical=classical, scale=scale, norm=norm)
     meta["ensemble"] = ensembles
+    meta["hr_intensity"] = hr_intensity
     with atomic_path(out) as tmp:
         og = zarr.open_group(tmp, mode="w")
         og.create_array("lr", data=lr, chunks=(1,) + lr.shape[1:])
@@ -118,8 +120,9 @@ def restore_fov(
     return meta
 
 
-def _load_models(models: Mapping[str, str | os.PathLike], *, device: str) -> tuple[dict[str, tuple[torch.nn.Module, dict[str, Any]]], dict[str, Any], int]:
-    """Each model's generator and ``model.json``, their shared normalisation and their scale."""
+def _load_models(models: Mapping[str, str | os.PathLike], *, device: str) -> tuple[dict[str, tuple[torch.nn.Module, dict[str, Any]]], dict[str, Any], int, str]:
+    """Each model's generator and ``model.json``, their shared normalisation, their scale and
+    their reading of the HR targets (``hr_intensity``)."""
     from fastscan.models import load_generator
 
     loaded = {name: load_generator(path, device=device) for name, path in models.items()}
@@ -127,18 +130,24 @@ def _load_models(models: Mapping[str, str | os.PathLike], *, device: str) -> tup
     norm = next(iter(norms.values()))
     if any(v["lr"] != norm["lr"] or v["hr"] != norm["hr"] for v in norms.values()):
         raise ValueError(f"models {list(models)} were trained with different normalisations; compare models of one dataset")
+    intensities = {name: meta.get("hr_intensity", "acquired") for name, (_, meta) in loaded.items()}
+    if len(set(intensities.values())) > 1:
+        raise ValueError(f"models {list(models)} read their HR targets differently ({intensities}); compare models of one dataset")
     scale = int(next(iter(loaded.values()))[1]["scale"])
-    return loaded, norm, scale
+    return loaded, norm, scale, next(iter(intensities.values()))
 
 
-def _read_frames(store: RegisteredStore, *, read: int, norm: Mapping[str, Any], correct: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+def _read_frames(
+    store: RegisteredStore, *, read: int, norm: Mapping[str, Any], correct: bool, matched: bool
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """The first ``read`` LR frames normalised, the same in the models' geometry (None unless
-    ``correct``), and the normalised HR target."""
+    ``correct``), and the normalised HR target, ``matched`` to the series as the models' dataset
+    matched its targets (:meth:`fastscan.stores.RegisteredStore.hr_target`)."""
     from fastscan.dataset import normalise
 
     raw_all = np.asarray(store.lr[:read], dtype=np.float32)
     lr_all = normalise(raw_all, *norm["lr"])
-    hr = normalise(store.hr[...], *norm["hr"])
+    hr = normalise(store.hr_target(matched=matched), *norm["hr"])
     # The networks see the frames in the geometry they were trained on; this FOV's own fitted
     # scan model is used, as for the classical cascade. ``lr`` keeps the scan geometry: it is
     # the input of the interpolation baselines.
