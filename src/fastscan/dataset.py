@@ -235,7 +235,7 @@ def intensity_outliers(slopes: Mapping[str, float | None]) -> tuple[float, list[
     brightness of the target for a given input. When the detector gain, laser power or dwell of
     the slow scan was changed between FOVs, or the targets are reconstructions with their own
     scale, it is asked for several and learns their average. On simulated FOVs, whose targets
-    all share one relation, registration's slopes scattered by up to 10 % about their median; a
+    all share one relation, registration's slopes scattered by up to 11 % about their median; a
     factor of :data:`INTENSITY_RELATION_FACTOR` is far outside that and well inside the factor 2
     of a typical change of PMT voltage.
 
