@@ -260,11 +260,11 @@ def intensity_outliers(slopes: Mapping[str, float | None]) -> tuple[float, list[
     return median, sorted(far, key=lambda t: -abs(math.log(t[1])))
 
 
-def _check_intensity_relation(train: Sequence[_UsableFov]) -> list[str]:
-    """Warn about training FOVs :func:`intensity_outliers` names; returns the warnings."""
+def _check_intensity_relation(train: Sequence[_UsableFov]) -> None:
+    """Warn about training FOVs :func:`intensity_outliers` names."""
     median, far = intensity_outliers({u.name: u.store.qc.lr_per_hr for u in train})
     if not far:
-        return []
+        return
     measured = sum(u.store.qc.lr_per_hr is not None for u in train)
     named = ", ".join(f"{k} (x{f:.2f})" for k, f in far[:5]) + (f" and {len(far) - 5} more" if len(far) > 5 else "")
     message = (
@@ -275,7 +275,6 @@ def _check_intensity_relation(train: Sequence[_UsableFov]) -> list[str]:
         "train a model per setting (see lr_per_hr in the registration QC table)"
     )
     log.warning("%s", message)
-    return [message]
 
 
 def _common_scale(usable: Sequence[_UsableFov]) -> int:

@@ -17,6 +17,7 @@ import numpy as np
 import zarr
 from scipy import ndimage
 
+from fastscan.jsonable import jsonable
 from fastscan.photons import PhotonCalibration, calibrate_series, curve_to_text
 from fastscan.register.arrays import _as_frames
 from fastscan.register.correlate import normalised_cross_correlation
@@ -465,16 +466,10 @@ def _registration(
             resonant_evidence=float(fit.evidence) if math.isfinite(fit.evidence) else None,
             blur_sigma_px=float(fit.blur_sigma),
         ),
-        qc=RegistrationQC(
-            passed=passed, ncc=float(ncc), min_ncc=float(min_ncc), lr_per_hr=_finite_or_none(relation[0]), lr_at_zero_hr=_finite_or_none(relation[1])
-        ),
+        qc=RegistrationQC(passed=passed, ncc=float(ncc), min_ncc=float(min_ncc), lr_per_hr=jsonable(relation[0]), lr_at_zero_hr=jsonable(relation[1])),
         residual_drift_px=float(residual),
         photons=photons,
     )
-
-
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
 
 
 def _qc_row(

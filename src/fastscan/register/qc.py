@@ -28,7 +28,7 @@ QC_COLUMNS: tuple[str, ...] = (
     "drift_rms_px",
     "residual_drift_px",
     "passed",
-    # LR intensity per unit of HR intensity (register.fov._lr_per_hr); one value across the
+    # LR intensity per unit of HR intensity (register.fov._intensity_relation); one value across the
     # training FOVs is what the dataset's normalisation assumes.
     "lr_per_hr",
     # Photon calibration of the raw series (fastscan.photons); NaN where not measurable.
