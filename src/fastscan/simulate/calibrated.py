@@ -541,18 +541,16 @@ class FovMeasurement:
         cal = self.photons
         out["photons"] = None
         if cal is not None:
-            out["photons"] = {
-                "gain_adu_per_photon": _finite_or_none(cal.gain_adu_per_photon),
-                "offset_adu": _finite_or_none(cal.offset_adu),
-                "read_noise_adu": _finite_or_none(cal.read_noise_adu),
-                "variance_intercept_adu2": _finite_or_none(cal.variance_intercept_adu2),
-                "reason": cal.reason,
-            }
+            out["photons"] = jsonable(
+                {
+                    "gain_adu_per_photon": cal.gain_adu_per_photon,
+                    "offset_adu": cal.offset_adu,
+                    "read_noise_adu": cal.read_noise_adu,
+                    "variance_intercept_adu2": cal.variance_intercept_adu2,
+                    "reason": cal.reason,
+                }
+            )
         return out
-
-
-def _finite_or_none(value: float | None) -> float | None:
-    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def _bits(significant_bits: Any, dtype: Any, max_value: float) -> tuple[int | None, str]:
